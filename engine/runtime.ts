@@ -1,0 +1,371 @@
+// The runtime: one per device. Owns the buffer pool, the pipeline cache (keyed by WGSL source), the
+// command batching (many dispatches per command buffer, flushed every `maxBatch` or on read-back),
+// the per-batch uniform arena, memory counters, and error surfacing (validation, OOM, device loss).
+import { requestGpu, type DeviceOptions, type GpuContext } from './device.js';
+
+export class GpuError extends Error {
+  constructor(message: string, readonly ops: string[] = []) {
+    super(message);
+    this.name = 'GpuError';
+  }
+}
+export class GpuOutOfMemoryError extends GpuError {
+  constructor(message: string, ops: string[] = []) {
+    super(message, ops);
+    this.name = 'GpuOutOfMemoryError';
+  }
+}
+export class DeviceLostError extends GpuError {
+  constructor(message: string) {
+    super(message);
+    this.name = 'DeviceLostError';
+  }
+}
+
+const STORAGE_USAGE = GPUBufferUsageFlags();
+function GPUBufferUsageFlags() {
+  // GPUBufferUsage is a global only after the webgpu module is loaded; use numeric constants.
+  return { STORAGE: 0x80, COPY_SRC: 0x4, COPY_DST: 0x8, UNIFORM: 0x40, MAP_READ: 0x1 };
+}
+
+/** Round a byte size up to its pool bucket: powers of two up to 1 MiB, then multiples of 1/8 of the power of two. */
+export function bucketSize(bytes: number): number {
+  const b = Math.max(256, bytes);
+  if (b <= 1 << 20) return 1 << Math.ceil(Math.log2(b));
+  const p = 1 << Math.floor(Math.log2(b));
+  const step = p / 8;
+  return Math.ceil(b / step) * step;
+}
+
+export interface Binding {
+  buffer: GPUBuffer;
+  /** byte offset into the buffer (multiple of minStorageBufferOffsetAlignment) */
+  offset?: number;
+  size?: number;
+}
+
+export interface DispatchSpec {
+  /** op name, used as the pipeline label and in error messages */
+  name: string;
+  /** WGSL source; binding 0 is the uniform block when `uniforms` is given, then storage buffers in order */
+  code: string;
+  entry?: string;
+  bindings: Binding[];
+  uniforms?: ArrayBuffer;
+  workgroups: [number, number?, number?];
+}
+
+export interface MemoryStats {
+  liveBytes: number;
+  peakBytes: number;
+  pooledBytes: number;
+  liveBuffers: number;
+}
+
+export class Runtime {
+  readonly device: GPUDevice;
+  readonly gpu: GpuContext;
+  /** largest storage binding in bytes; tests may lower it to exercise the split paths */
+  maxBindingBytes: number;
+  readonly maxWorkgroups: number;
+  readonly offsetAlign: number;
+  maxBatch = 32;
+  /** optional cap on live GPU bytes (beyond the device's own limits); throws GpuOutOfMemoryError when exceeded */
+  memoryCap = Infinity;
+
+  private pipelines = new Map<string, GPUComputePipeline>();
+  private free = new Map<number, GPUBuffer[]>();
+  private pendingFree: GPUBuffer[] = [];
+  private encoder: GPUCommandEncoder | null = null;
+  private batchOps: string[] = [];
+  private uniformData = new Uint8Array(64 * 1024);
+  private uniformUsed = 0;
+  private uniformBuffer: GPUBuffer | null = null;
+  private uniformBuffers: GPUBuffer[] = [];
+  private error: GpuError | null = null;
+  private lost: string | null = null;
+  private stats: MemoryStats = { liveBytes: 0, peakBytes: 0, pooledBytes: 0, liveBuffers: 0 };
+  dispatchCount = 0;
+
+  constructor(gpu: GpuContext) {
+    this.gpu = gpu;
+    this.device = gpu.device;
+    this.maxBindingBytes = gpu.limits.maxStorageBufferBindingSize;
+    this.maxWorkgroups = gpu.limits.maxComputeWorkgroupsPerDimension;
+    this.offsetAlign = gpu.limits.minStorageBufferOffsetAlignment;
+    this.device.lost.then((info) => {
+      if (info.reason !== 'destroyed') this.lost = `${info.reason}: ${info.message}`;
+    });
+    this.device.addEventListener('uncapturederror', (ev) => {
+      const err = (ev as GPUUncapturedErrorEvent).error;
+      this.recordError(err, ['(outside a batch)']);
+    });
+  }
+
+  get features() {
+    return this.gpu.features;
+  }
+
+  private recordError(err: GPUError, ops: string[]) {
+    if (this.error) return;
+    const where = ops.length ? ` in a batch with ops [${[...new Set(ops)].join(', ')}]` : '';
+    const isOom = err.constructor?.name === 'GPUOutOfMemoryError' || /out of memory/i.test(err.message);
+    this.error = isOom
+      ? new GpuOutOfMemoryError(`GPU out of memory${where}: ${err.message}`, ops)
+      : new GpuError(`WebGPU error${where}: ${err.message}`, ops);
+  }
+
+  /** Throws any error recorded since the last check (called at every op and read-back). */
+  check() {
+    if (this.lost) throw new DeviceLostError(`WebGPU device lost (${this.lost}); recreate the engine to continue`);
+    if (this.error) {
+      const e = this.error;
+      this.error = null;
+      throw e;
+    }
+  }
+
+  // ---- memory ----
+  alloc(bytes: number, label = 'tensor'): GPUBuffer {
+    this.check();
+    const size = bucketSize(bytes);
+    if (size > this.gpu.limits.maxBufferSize)
+      throw new GpuOutOfMemoryError(`${label}: a buffer of ${size} bytes exceeds the device's maxBufferSize (${this.gpu.limits.maxBufferSize})`, [label]);
+    const list = this.free.get(size);
+    let buf = list?.pop();
+    if (buf) this.stats.pooledBytes -= size;
+    else {
+      if (this.stats.liveBytes + size > this.memoryCap) {
+        this.releasePool();
+        if (this.stats.liveBytes + size > this.memoryCap)
+          throw new GpuOutOfMemoryError(`${label}: allocating ${size} bytes would exceed the memory cap (${this.memoryCap}); live ${this.stats.liveBytes}`, [label]);
+      }
+      this.device.pushErrorScope('out-of-memory');
+      buf = this.device.createBuffer({ size, usage: STORAGE_USAGE.STORAGE | STORAGE_USAGE.COPY_SRC | STORAGE_USAGE.COPY_DST, label });
+      this.device.popErrorScope().then((e) => e && this.recordError(e, [label]));
+    }
+    this.stats.liveBytes += size;
+    this.stats.liveBuffers++;
+    if (this.stats.liveBytes > this.stats.peakBytes) this.stats.peakBytes = this.stats.liveBytes;
+    return buf;
+  }
+
+  /** Return a buffer to the pool; it becomes reusable only after the submit that may still use it. */
+  release(buf: GPUBuffer) {
+    this.stats.liveBytes -= buf.size;
+    this.stats.liveBuffers--;
+    this.pendingFree.push(buf);
+    if (!this.encoder) this.recycle();
+  }
+
+  private recycle() {
+    for (const b of this.pendingFree) {
+      let list = this.free.get(b.size);
+      if (!list) this.free.set(b.size, (list = []));
+      list.push(b);
+      this.stats.pooledBytes += b.size;
+    }
+    this.pendingFree = [];
+  }
+
+  /** Destroy every pooled (unused) buffer. */
+  releasePool() {
+    this.flush();
+    for (const list of this.free.values()) for (const b of list) b.destroy();
+    this.free.clear();
+    this.stats.pooledBytes = 0;
+  }
+
+  memory(): MemoryStats {
+    return { ...this.stats };
+  }
+  resetPeak() {
+    this.stats.peakBytes = this.stats.liveBytes;
+  }
+
+  // ---- pipelines ----
+  pipeline(name: string, code: string, entry = 'main'): GPUComputePipeline {
+    const key = `${entry}\n${code}`;
+    let p = this.pipelines.get(key);
+    if (p) return p;
+    this.device.pushErrorScope('validation');
+    const module = this.device.createShaderModule({ code, label: name });
+    p = this.device.createComputePipeline({ layout: 'auto', compute: { module, entryPoint: entry }, label: name });
+    this.device.popErrorScope().then(async (e) => {
+      if (!e) return;
+      const info = await module.getCompilationInfo();
+      const lines = code.split('\n');
+      const msgs = info.messages
+        .map((m) => `  line ${m.lineNum}: ${m.message}\n    ${lines[m.lineNum - 1]?.trim() ?? ''}`)
+        .join('\n');
+      this.recordError({ message: `shader "${name}" failed to compile:\n${msgs || e.message}` } as GPUError, [name]);
+    });
+    this.pipelines.set(key, p);
+    return p;
+  }
+
+  // ---- dispatch ----
+  private uniformSlot(data: ArrayBuffer): number {
+    const size = Math.ceil(data.byteLength / 256) * 256;
+    if (this.uniformUsed + size > this.uniformData.byteLength) this.flush();
+    if (!this.uniformBuffer) {
+      this.uniformBuffer = this.device.createBuffer({ size: this.uniformData.byteLength, usage: STORAGE_USAGE.UNIFORM | STORAGE_USAGE.COPY_DST, label: 'uniforms' });
+    }
+    const off = this.uniformUsed;
+    this.uniformData.set(new Uint8Array(data), off);
+    this.uniformUsed += size;
+    return off;
+  }
+
+  private ensureEncoder(): GPUCommandEncoder {
+    if (!this.encoder) {
+      this.encoder = this.device.createCommandEncoder({ label: 'batch' });
+      this.device.pushErrorScope('validation');
+      this.device.pushErrorScope('out-of-memory');
+    }
+    return this.encoder;
+  }
+
+  dispatch(spec: DispatchSpec) {
+    this.check();
+    const pipe = this.pipeline(spec.name, spec.code, spec.entry);
+    // take the uniform slot first: a full arena flushes the batch
+    const uoff = spec.uniforms ? this.uniformSlot(spec.uniforms) : -1;
+    this.ensureEncoder();
+    const entries: GPUBindGroupEntry[] = [];
+    let b = 0;
+    if (spec.uniforms) entries.push({ binding: b++, resource: { buffer: this.uniformBuffer!, offset: uoff, size: spec.uniforms.byteLength } });
+    for (const bind of spec.bindings) {
+      const size = bind.size ?? bind.buffer.size - (bind.offset ?? 0);
+      entries.push({ binding: b++, resource: { buffer: bind.buffer, offset: bind.offset ?? 0, size: Math.min(size, this.maxBindingBytes) } });
+    }
+    const group = this.device.createBindGroup({ layout: pipe.getBindGroupLayout(0), entries, label: spec.name });
+    const pass = this.encoder!.beginComputePass({ label: spec.name });
+    pass.setPipeline(pipe);
+    pass.setBindGroup(0, group);
+    const [x, y = 1, z = 1] = spec.workgroups;
+    if (x > this.maxWorkgroups || y > this.maxWorkgroups || z > this.maxWorkgroups)
+      throw new GpuError(`${spec.name}: dispatch ${x}x${y}x${z} exceeds maxComputeWorkgroupsPerDimension ${this.maxWorkgroups}`, [spec.name]);
+    if (x > 0 && y > 0 && z > 0) pass.dispatchWorkgroups(x, y, z);
+    pass.end();
+    this.batchOps.push(spec.name);
+    this.dispatchCount++;
+    if (this.batchOps.length >= this.maxBatch) this.flush();
+  }
+
+  /** Record a buffer-to-buffer copy in the current batch. */
+  copy(src: GPUBuffer, srcOffset: number, dst: GPUBuffer, dstOffset: number, bytes: number) {
+    this.check();
+    this.ensureEncoder().copyBufferToBuffer(src, srcOffset, dst, dstOffset, bytes);
+    this.batchOps.push('copy');
+  }
+
+  /** Submit the current batch. */
+  flush() {
+    if (!this.encoder) return;
+    if (this.uniformUsed > 0) this.device.queue.writeBuffer(this.uniformBuffer!, 0, this.uniformData, 0, this.uniformUsed);
+    this.device.queue.submit([this.encoder.finish()]);
+    const ops = this.batchOps;
+    const pop = (e: GPUError | null) => e && this.recordError(e, ops);
+    this.device.popErrorScope().then(pop);
+    this.device.popErrorScope().then(pop);
+    this.encoder = null;
+    this.batchOps = [];
+    if (this.uniformBuffer) {
+      // the uniform arena of a submitted batch is destroyed once the queue is done with it
+      const ub = this.uniformBuffer;
+      this.uniformBuffers.push(ub);
+      this.uniformBuffer = null;
+      if (this.uniformBuffers.length > 8) {
+        const old = this.uniformBuffers.splice(0, this.uniformBuffers.length - 8);
+        this.device.queue.onSubmittedWorkDone().then(() => old.forEach((u) => u.destroy()));
+      }
+    }
+    this.uniformUsed = 0;
+    this.recycle();
+  }
+
+  /** Upload host data into a GPU buffer (queued before the next submit). */
+  write(buf: GPUBuffer, data: ArrayBufferView, offset = 0) {
+    this.flush(); // keep queue order: pending dispatches may read the old contents
+    this.device.queue.writeBuffer(buf, offset, data.buffer, data.byteOffset, data.byteLength);
+  }
+
+  /** Read bytes back (flushes pending work). */
+  async read(buf: GPUBuffer, offset: number, bytes: number): Promise<ArrayBuffer> {
+    this.check();
+    const size = Math.ceil(bytes / 4) * 4;
+    const staging = this.device.createBuffer({ size, usage: STORAGE_USAGE.MAP_READ | STORAGE_USAGE.COPY_DST, label: 'readback' });
+    this.copy(buf, offset, staging, 0, size);
+    this.flush();
+    try {
+      await staging.mapAsync(1 /* READ */);
+    } catch (e) {
+      this.check();
+      throw new GpuError(`read-back failed: ${(e as Error).message}`);
+    }
+    const out = staging.getMappedRange().slice(0, bytes);
+    staging.unmap();
+    staging.destroy();
+    this.check();
+    return out;
+  }
+
+  /** Waits for all submitted work (for benchmarks). */
+  async sync() {
+    this.flush();
+    await this.device.queue.onSubmittedWorkDone();
+    this.check();
+  }
+}
+
+let current: Runtime | null = null;
+let pending: Promise<Runtime> | null = null;
+
+/** Create (once) and return the runtime. */
+export async function init(opts?: DeviceOptions): Promise<Runtime> {
+  if (current) return current;
+  if (!pending) pending = requestGpu(opts).then((g) => (current = new Runtime(g)));
+  try {
+    return await pending;
+  } catch (e) {
+    pending = null;
+    throw e;
+  }
+}
+
+/** The runtime created by `init()`. */
+export function rt(): Runtime {
+  if (!current) throw new Error('engine not initialised: call `await init()` first');
+  return current;
+}
+
+/** Helper to build a uniform block: u32/i32/f32 fields, each 4 bytes, in order. */
+export class Uniforms {
+  private view: DataView;
+  private n = 0;
+  constructor(private maxFields = 64) {
+    this.view = new DataView(new ArrayBuffer(maxFields * 4));
+  }
+  u32(...v: number[]) {
+    for (const x of v) this.view.setUint32(4 * this.n++, x >>> 0, true);
+    return this;
+  }
+  i32(...v: number[]) {
+    for (const x of v) this.view.setInt32(4 * this.n++, x | 0, true);
+    return this;
+  }
+  f32(...v: number[]) {
+    for (const x of v) this.view.setFloat32(4 * this.n++, x, true);
+    return this;
+  }
+  /** pad to a multiple of 4 fields (vec4 alignment) */
+  align4() {
+    while (this.n % 4) this.u32(0);
+    return this;
+  }
+  done(): ArrayBuffer {
+    const len = Math.max(16, Math.ceil((this.n * 4) / 16) * 16);
+    return this.view.buffer.slice(0, len) as ArrayBuffer;
+  }
+}

@@ -1,0 +1,139 @@
+// Layer norm over the last axis with affine gamma/beta: statistics in f32, two-pass (mean, then variance of
+// the centred values), one workgroup per row. The forward saves mean and rstd per row for the backward.
+import { rt, Uniforms } from '../engine/runtime.js';
+import { ShapeError, Tensor, record, wantsGrad } from '../engine/tensor.js';
+import { grid, WG_INDEX } from './util.js';
+import { ROW_REDUCE } from './rowwise.js';
+
+const FORWARD = /* wgsl */ `
+${WG_INDEX}
+${ROW_REDUCE}
+struct P { rows: u32, L: u32, eps: f32, _0: u32 }
+@group(0) @binding(0) var<uniform> u: P;
+@group(0) @binding(1) var<storage, read> X: array<f32>;
+@group(0) @binding(2) var<storage, read> W: array<f32>;
+@group(0) @binding(3) var<storage, read> Bv: array<f32>;
+@group(0) @binding(4) var<storage, read_write> Y: array<f32>;
+@group(0) @binding(5) var<storage, read_write> S: array<f32>; // [rows, 2]: mean, rstd
+@compute @workgroup_size(64)
+fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
+  let row = wg_index(wid, nwg);
+  if (row >= u.rows) { return; }
+  let base = row * u.L;
+  let n = f32(u.L);
+  var s = 0.0;
+  for (var i = li; i < u.L; i += 64u) { s += X[base + i]; }
+  let mean = row_sum(s, li) / n;
+  var v = 0.0;
+  for (var i = li; i < u.L; i += 64u) { let d = X[base + i] - mean; v += d * d; }
+  let rstd = inverseSqrt(row_sum(v, li) / n + u.eps);
+  for (var i = li; i < u.L; i += 64u) { Y[base + i] = (X[base + i] - mean) * rstd * W[i] + Bv[i]; }
+  if (li == 0u) { S[2u * row] = mean; S[2u * row + 1u] = rstd; }
+}`;
+
+const BACKWARD_X = /* wgsl */ `
+${WG_INDEX}
+${ROW_REDUCE}
+struct P { rows: u32, L: u32, eps: f32, _0: u32 }
+@group(0) @binding(0) var<uniform> u: P;
+@group(0) @binding(1) var<storage, read> X: array<f32>;
+@group(0) @binding(2) var<storage, read> W: array<f32>;
+@group(0) @binding(3) var<storage, read> S: array<f32>;
+@group(0) @binding(4) var<storage, read> G: array<f32>;
+@group(0) @binding(5) var<storage, read_write> DX: array<f32>;
+@compute @workgroup_size(64)
+fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
+  let row = wg_index(wid, nwg);
+  if (row >= u.rows) { return; }
+  let base = row * u.L;
+  let mean = S[2u * row];
+  let rstd = S[2u * row + 1u];
+  var a = 0.0;
+  var b = 0.0;
+  for (var i = li; i < u.L; i += 64u) {
+    let gw = G[base + i] * W[i];
+    a += gw;
+    b += gw * (X[base + i] - mean) * rstd;
+  }
+  let n = f32(u.L);
+  let ma = row_sum(a, li) / n;
+  let mb = row_sum(b, li) / n;
+  for (var i = li; i < u.L; i += 64u) {
+    let xh = (X[base + i] - mean) * rstd;
+    DX[base + i] = rstd * (G[base + i] * W[i] - ma - xh * mb);
+  }
+}`;
+
+// gamma/beta gradients: one invocation per column, summing over rows
+const BACKWARD_W = /* wgsl */ `
+struct P { rows: u32, L: u32, eps: f32, _0: u32 }
+@group(0) @binding(0) var<uniform> u: P;
+@group(0) @binding(1) var<storage, read> X: array<f32>;
+@group(0) @binding(2) var<storage, read> S: array<f32>;
+@group(0) @binding(3) var<storage, read> G: array<f32>;
+@group(0) @binding(4) var<storage, read_write> DW: array<f32>; // [2, L]: dgamma, dbeta
+@compute @workgroup_size(64)
+fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
+  let c = gid.x;
+  if (c >= u.L) { return; }
+  var dw = 0.0;
+  var db = 0.0;
+  for (var r = 0u; r < u.rows; r++) {
+    let g = G[r * u.L + c];
+    dw += g * (X[r * u.L + c] - S[2u * r]) * S[2u * r + 1u];
+    db += g;
+  }
+  DW[c] = dw;
+  DW[u.L + c] = db;
+}`;
+
+export function layerNorm(x: Tensor, weight: Tensor, bias: Tensor, eps = 1e-5): Tensor {
+  const L = x.shape[x.rank - 1];
+  if (x.dtype !== 'f32' || weight.size !== L || bias.size !== L)
+    throw new ShapeError(`layerNorm: input [${x.shape}] needs weight and bias of size ${L}, got [${weight.shape}] and [${bias.shape}]`);
+  if (x.byteLength > rt().maxBindingBytes) throw new ShapeError(`layerNorm: input of ${x.byteLength} bytes exceeds the storage binding limit`);
+  const rows = x.size / L;
+  const y = Tensor.empty(x.shape, 'f32', 'layer_norm');
+  const stats = Tensor.empty([rows, 2], 'f32', 'layer_norm_stats');
+  const uni = () => new Uniforms().u32(rows, L).f32(eps).u32(0).done();
+  rt().dispatch({
+    name: 'layer_norm',
+    code: FORWARD,
+    uniforms: uni(),
+    bindings: [x, weight, bias, y, stats].map((t) => ({ buffer: t.buffer })),
+    workgroups: grid(rows),
+  });
+  return record(
+    y,
+    'layer_norm',
+    [x, weight, bias],
+    (g) => {
+      let dx: Tensor | null = null;
+      if (wantsGrad(x)) {
+        dx = Tensor.empty(x.shape, 'f32', 'layer_norm_backward');
+        rt().dispatch({
+          name: 'layer_norm_backward',
+          code: BACKWARD_X,
+          uniforms: uni(),
+          bindings: [x, weight, stats, g, dx].map((t) => ({ buffer: t.buffer })),
+          workgroups: grid(rows),
+        });
+      }
+      if (!wantsGrad(weight) && !wantsGrad(bias)) return [dx, null, null];
+      const dw = Tensor.empty([2, L], 'f32', 'layer_norm_backward_w');
+      rt().dispatch({
+        name: 'layer_norm_backward_w',
+        code: BACKWARD_W,
+        uniforms: uni(),
+        bindings: [x, stats, g, dw].map((t) => ({ buffer: t.buffer })),
+        workgroups: [Math.ceil(L / 64)],
+      });
+      const gw = Tensor.empty([L], 'f32');
+      const gb = Tensor.empty([L], 'f32');
+      rt().copy(dw.buffer, 0, gw.buffer, 0, L * 4);
+      rt().copy(dw.buffer, L * 4, gb.buffer, 0, L * 4);
+      return [dx, gw, gb];
+    },
+    [stats],
+  );
+}

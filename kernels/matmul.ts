@@ -1,0 +1,208 @@
+// Batched matmul C[b] = op(A[b]) @ op(B[b]) (+ bias over N), f32 accumulation, with transposes folded into
+// the loads so no transpose copies are needed in forward or backward. Two tilings:
+//  - 'register' (CPU adapters such as lavapipe): each invocation computes a TM x TN block straight from
+//    global memory; no workgroup memory and no barriers (barriers serialize lavapipe's SIMD lanes).
+//  - 'shared' (GPUs): 64x64 workgroup tiles staged in workgroup memory, 4x4 outputs per invocation.
+// Both are tested; the runtime picks by adapter class unless told otherwise (`setMatmulVariant`).
+import { rt, Uniforms } from '../engine/runtime.js';
+import { ShapeError, Tensor, record, wantsGrad } from '../engine/tensor.js';
+import { grid } from './util.js';
+import { reshape } from './shape.js';
+import { sumTo } from './reduce.js';
+
+export type MatmulVariant = 'register' | 'shared';
+let forced: MatmulVariant | null = null;
+/** Force a tiling (tests and benchmarks); null restores the per-adapter default. */
+export function setMatmulVariant(v: MatmulVariant | null) {
+  forced = v;
+}
+export function matmulVariant(): MatmulVariant {
+  return forced ?? (rt().gpu.adapterClass === 'cpu' ? 'register' : 'shared');
+}
+
+const TM = 4;
+const TN = 4;
+
+function loadExprs(transA: boolean, transB: boolean, f16: boolean) {
+  const cvt = f16 ? 'f32' : '';
+  // element (m, k) of op(A) and (k, n) of op(B) within the current batch
+  const a = transA ? (m: string, k: string) => `${cvt}(A[aBase + (${k}) * u.M + (${m})])` : (m: string, k: string) => `${cvt}(A[aBase + (${m}) * u.K + (${k})])`;
+  const b = transB ? (k: string, n: string) => `${cvt}(B[bBase + (${n}) * u.K + (${k})])` : (k: string, n: string) => `${cvt}(B[bBase + (${k}) * u.N + (${n})])`;
+  return { a, b };
+}
+
+const HEADER = (f16: boolean, bias: boolean) => /* wgsl */ `
+${f16 ? 'enable f16;' : ''}
+struct P { M: u32, N: u32, K: u32, batch: u32, aStride: u32, bStride: u32, cStride: u32, _0: u32 }
+@group(0) @binding(0) var<uniform> u: P;
+@group(0) @binding(1) var<storage, read> A: array<f32>;
+@group(0) @binding(2) var<storage, read> B: array<${f16 ? 'f16' : 'f32'}>;
+${bias ? '@group(0) @binding(3) var<storage, read> BIAS: array<f32>;' : ''}
+@group(0) @binding(${bias ? 4 : 3}) var<storage, read_write> C: array<f32>;`;
+
+function registerKernel(transA: boolean, transB: boolean, bias: boolean, f16: boolean): string {
+  const { a, b } = loadExprs(transA, transB, f16);
+  const rows = [...Array(TM).keys()];
+  const cols = [...Array(TN).keys()];
+  return /* wgsl */ `${HEADER(f16, bias)}
+@compute @workgroup_size(8, 8, 1)
+fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
+  let n0 = gid.x * ${TN}u;
+  let m0 = gid.y * ${TM}u;
+  let bat = gid.z;
+  if (n0 >= u.N || m0 >= u.M) { return; }
+  let aBase = bat * u.aStride;
+  let bBase = bat * u.bStride;
+  // clamp rows/cols so that edge tiles read valid memory; their results are not stored
+  ${rows.map((i) => `let mi${i} = min(m0 + ${i}u, u.M - 1u);`).join(' ')}
+  ${cols.map((j) => `let nj${j} = min(n0 + ${j}u, u.N - 1u);`).join(' ')}
+  ${rows.map((i) => `var acc${i} = vec4<f32>(0.0);`).join(' ')}
+  for (var k = 0u; k < u.K; k++) {
+    let bv = vec4<f32>(${cols.map((j) => b('k', `nj${j}`)).join(', ')});
+    ${rows.map((i) => `acc${i} = fma(vec4<f32>(${a(`mi${i}`, 'k')}), bv, acc${i});`).join('\n    ')}
+  }
+  let cBase = bat * u.cStride;
+  ${bias ? `let bb = vec4<f32>(${cols.map((j) => `BIAS[nj${j}]`).join(', ')});` : ''}
+  ${rows
+    .map(
+      (i) => `if (m0 + ${i}u < u.M) {
+    let v = acc${i}${bias ? ' + bb' : ''};
+    ${cols.map((j) => `if (n0 + ${j}u < u.N) { C[cBase + (m0 + ${i}u) * u.N + n0 + ${j}u] = v[${j}]; }`).join(' ')}
+  }`,
+    )
+    .join('\n  ')}
+}`;
+}
+
+function sharedKernel(transA: boolean, transB: boolean, bias: boolean, f16: boolean): string {
+  // 64x64 tile, 16x16 invocations, 4x4 outputs each, K step 16
+  const { a, b } = loadExprs(transA, transB, f16);
+  return /* wgsl */ `${HEADER(f16, bias)}
+var<workgroup> As: array<array<f32, 64>, 16>;
+var<workgroup> Bs: array<array<f32, 64>, 16>;
+@compute @workgroup_size(16, 16, 1)
+fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
+  let tileN = wid.x * 64u;
+  let tileM = wid.y * 64u;
+  let bat = wid.z;
+  let aBase = bat * u.aStride;
+  let bBase = bat * u.bStride;
+  let li = lid.y * 16u + lid.x;
+  var acc: array<vec4<f32>, 4>;
+  for (var i = 0u; i < 4u; i++) { acc[i] = vec4<f32>(0.0); }
+  for (var k0 = 0u; k0 < u.K; k0 += 16u) {
+    // write-after-read: every invocation must be done reading the previous tile
+    workgroupBarrier();
+    for (var e = li; e < 1024u; e += 256u) {
+      let kk = e / 64u;
+      let mm = e % 64u;
+      let gk = k0 + kk;
+      let gm = tileM + mm;
+      let gn = tileN + mm;
+      As[kk][mm] = select(0.0, ${a('min(gm, u.M - 1u)', 'min(gk, u.K - 1u)')}, gk < u.K && gm < u.M);
+      Bs[kk][mm] = select(0.0, ${b('min(gk, u.K - 1u)', 'min(gn, u.N - 1u)')}, gk < u.K && gn < u.N);
+    }
+    workgroupBarrier();
+    for (var kk = 0u; kk < 16u; kk++) {
+      let bv = vec4<f32>(Bs[kk][lid.x * 4u], Bs[kk][lid.x * 4u + 1u], Bs[kk][lid.x * 4u + 2u], Bs[kk][lid.x * 4u + 3u]);
+      for (var i = 0u; i < 4u; i++) { acc[i] = fma(vec4<f32>(As[kk][lid.y * 4u + i]), bv, acc[i]); }
+    }
+  }
+  let cBase = bat * u.cStride;
+  for (var i = 0u; i < 4u; i++) {
+    let m = tileM + lid.y * 4u + i;
+    if (m >= u.M) { continue; }
+    for (var j = 0u; j < 4u; j++) {
+      let n = tileN + lid.x * 4u + j;
+      if (n < u.N) { C[cBase + m * u.N + n] = acc[i][j]${bias ? ' + BIAS[n]' : ''}; }
+    }
+  }
+}`;
+}
+
+export interface MatmulOptions {
+  transA?: boolean;
+  transB?: boolean;
+  bias?: Tensor;
+}
+
+/** Raw batched matmul on 2D/3D operands, no autodiff. A: [Ba, M, K] (or [Ba, K, M] transposed), B likewise. */
+export function matmulRaw(a: Tensor, b: Tensor, opts: MatmulOptions = {}): Tensor {
+  const { transA = false, transB = false, bias } = opts;
+  if (a.rank < 2 || b.rank < 2) throw new ShapeError(`matmul: operands must have rank >= 2, got [${a.shape}] and [${b.shape}]`);
+  const [M, K] = transA ? [a.shape[a.rank - 1], a.shape[a.rank - 2]] : [a.shape[a.rank - 2], a.shape[a.rank - 1]];
+  const [K2, N] = transB ? [b.shape[b.rank - 1], b.shape[b.rank - 2]] : [b.shape[b.rank - 2], b.shape[b.rank - 1]];
+  if (K !== K2) throw new ShapeError(`matmul: inner dims differ: [${a.shape}]${transA ? 'ᵀ' : ''} @ [${b.shape}]${transB ? 'ᵀ' : ''} (${K} vs ${K2})`);
+  const batchA = a.shape.slice(0, -2);
+  const batchB = b.shape.slice(0, -2);
+  const Ba = batchA.reduce((x, y) => x * y, 1);
+  const Bb = batchB.reduce((x, y) => x * y, 1);
+  if (Ba !== Bb && Ba !== 1 && Bb !== 1) throw new ShapeError(`matmul: batch dims [${batchA}] and [${batchB}] do not broadcast`);
+  if (a.dtype !== 'f32') throw new ShapeError(`matmul: A must be f32, got ${a.dtype}`);
+  if (b.dtype !== 'f32' && b.dtype !== 'f16') throw new ShapeError(`matmul: B must be f32 or f16, got ${b.dtype}`);
+  if (bias && (bias.size !== N || bias.dtype !== 'f32')) throw new ShapeError(`matmul: bias must be f32 [${N}], got ${bias.dtype} [${bias.shape}]`);
+  const batch = Math.max(Ba, Bb);
+  const outBatch = Ba >= Bb ? batchA : batchB;
+  const out = Tensor.empty([...outBatch, M, N], 'f32', 'matmul');
+  if (M * N * batch === 0) return out;
+  const r = rt();
+  for (const t of [a, b, out])
+    if (t.byteLength > r.maxBindingBytes) throw new ShapeError(`matmul: operand of ${t.byteLength} bytes exceeds the storage binding limit; split the batch`);
+  const f16 = b.dtype === 'f16';
+  const variant = matmulVariant();
+  const code = variant === 'register' ? registerKernel(transA, transB, !!bias, f16) : sharedKernel(transA, transB, !!bias, f16);
+  const wg: [number, number, number] =
+    variant === 'register' ? [Math.ceil(N / TN / 8), Math.ceil(M / TM / 8), batch] : [Math.ceil(N / 64), Math.ceil(M / 64), batch];
+  r.dispatch({
+    name: `matmul_${variant}`,
+    code,
+    uniforms: new Uniforms().u32(M, N, K, batch, Ba === 1 ? 0 : M * K, Bb === 1 ? 0 : K * N, M * N, 0).done(),
+    bindings: [{ buffer: a.buffer }, { buffer: b.buffer }, ...(bias ? [{ buffer: bias.buffer }] : []), { buffer: out.buffer }],
+    workgroups: wg,
+  });
+  return out;
+}
+
+/**
+ * op(A) @ op(B) with batch broadcasting (batch dims flattened; one side may have batch 1), optional bias
+ * added over the last dim. Gradients for A, B and bias.
+ */
+export function matmul(a: Tensor, b: Tensor, opts: MatmulOptions = {}): Tensor {
+  const { transA = false, transB = false, bias } = opts;
+  const out = matmulRaw(a, b, opts);
+  return record(out, 'matmul', bias ? [a, b, bias] : [a, b], (g) => {
+    let ga: Tensor | null = null;
+    let gb: Tensor | null = null;
+    if (wantsGrad(a)) {
+      // dA = dC @ op(B)^T  (or its transpose when A was transposed)
+      ga = transA ? matmulRaw(b, g, { transA: transB, transB: true }) : matmulRaw(g, b, { transB: !transB });
+      if (ga.size !== a.size) ga = sumTo(ga, a.shape);
+    }
+    if (wantsGrad(b)) {
+      const Ba = a.shape.slice(0, -2).reduce((x, y) => x * y, 1);
+      const Bb = b.shape.slice(0, -2).reduce((x, y) => x * y, 1);
+      if (Bb === 1 && Ba > 1 && !transA) {
+        // shared weight: fold the batch into M (one big GEMM instead of a batch then a sum)
+        const a2 = reshape(a, [Ba * a.shape[a.rank - 2], a.shape[a.rank - 1]]);
+        const g2 = reshape(g, [Ba * g.shape[g.rank - 2], g.shape[g.rank - 1]]);
+        gb = transB ? matmulRaw(g2, a2, { transA: true }) : matmulRaw(a2, g2, { transA: true });
+        gb = reshape(gb, b.shape);
+      } else {
+        gb = transB ? matmulRaw(g, a, { transA: true, transB: transA }) : matmulRaw(a, g, { transA: !transA });
+        if (gb.size !== b.size) gb = sumTo(gb, b.shape);
+      }
+    }
+    const gBias = bias && wantsGrad(bias) ? sumTo(g, [bias.size]) : null;
+    return [ga, gb, gBias];
+  });
+}
+
+/** y = x @ W^T + bias for x [..., in] and W [out, in] (PyTorch Linear layout). */
+export function linear(x: Tensor, w: Tensor, bias?: Tensor): Tensor {
+  if (x.shape[x.rank - 1] !== w.shape[1])
+    throw new ShapeError(`linear: input [${x.shape}] does not match weight [${w.shape}] (expected last dim ${w.shape[1]})`);
+  const lead = x.shape.slice(0, -1);
+  const x2 = reshape(x, [lead.reduce((p, q) => p * q, 1), x.shape[x.rank - 1]]);
+  const y = matmul(x2, w, { transB: true, bias });
+  return reshape(y, [...lead, w.shape[0]]);
+}

@@ -1,0 +1,93 @@
+// Small helpers shared by the kernel families: shape arithmetic, dispatch grids, the uniform layout of
+// shapes/strides (up to MAX_RANK dims, packed as vec4<u32> arrays), and the WGSL that decodes them.
+import { ShapeError, Tensor } from '../engine/tensor.js';
+
+export const MAX_RANK = 8;
+
+export const ceilDiv = (a: number, b: number) => Math.ceil(a / b);
+export const prod = (s: readonly number[]) => s.reduce((a, b) => a * b, 1);
+
+export function stridesOf(shape: readonly number[]): number[] {
+  const st = new Array(shape.length);
+  let s = 1;
+  for (let i = shape.length - 1; i >= 0; i--) {
+    st[i] = s;
+    s *= shape[i];
+  }
+  return st;
+}
+
+/** Broadcast two shapes (numpy rules); throws a ShapeError naming the op. */
+export function broadcastShapes(op: string, a: readonly number[], b: readonly number[]): number[] {
+  const n = Math.max(a.length, b.length);
+  const out = new Array(n);
+  for (let i = 0; i < n; i++) {
+    const x = a[a.length - n + i] ?? 1;
+    const y = b[b.length - n + i] ?? 1;
+    if (x !== y && x !== 1 && y !== 1) throw new ShapeError(`${op}: shapes [${a}] and [${b}] cannot be broadcast (dim ${i}: ${x} vs ${y})`);
+    out[i] = x === 1 ? y : x;
+  }
+  return out;
+}
+
+/** Strides of `shape` seen through the broadcast `out` shape (0 where broadcast). */
+export function broadcastStrides(shape: readonly number[], out: readonly number[]): number[] {
+  const st = stridesOf(shape);
+  const off = out.length - shape.length;
+  return out.map((d, i) => (i < off || shape[i - off] === 1 ? 0 : st[i - off]));
+}
+
+/**
+ * Merge adjacent dims that are contiguous for every stride set, so that most index math is rank <= 3.
+ * Returns the merged shape and stride sets.
+ */
+export function collapseDims(shape: readonly number[], strideSets: number[][]): { shape: number[]; strides: number[][] } {
+  const outShape: number[] = [];
+  const outStrides: number[][] = strideSets.map(() => []);
+  for (let i = 0; i < shape.length; i++) {
+    if (shape[i] === 1) continue;
+    const last = outShape.length - 1;
+    if (last >= 0 && strideSets.every((st, k) => outStrides[k][last] === st[i] * shape[i])) {
+      outShape[last] *= shape[i];
+      strideSets.forEach((st, k) => (outStrides[k][last] = st[i]));
+    } else {
+      outShape.push(shape[i]);
+      strideSets.forEach((st, k) => outStrides[k].push(st[i]));
+    }
+  }
+  if (!outShape.length) {
+    outShape.push(1);
+    outStrides.forEach((s) => s.push(0));
+  }
+  return { shape: outShape, strides: outStrides };
+}
+
+/** Pad a dims list to MAX_RANK for the uniform block (leading 1s / 0s). */
+export function padDims(v: readonly number[], fill: number): number[] {
+  if (v.length > MAX_RANK) throw new ShapeError(`rank ${v.length} exceeds the engine's maximum of ${MAX_RANK}`);
+  return [...new Array(MAX_RANK - v.length).fill(fill), ...v];
+}
+
+/** Workgroup grid for `n` workgroups along x, folding into y beyond the 65535 limit. */
+export function grid(n: number, maxX = 65535): [number, number] {
+  if (n <= maxX) return [Math.max(1, n), 1];
+  const y = Math.ceil(n / maxX);
+  return [Math.ceil(n / y), y];
+}
+
+/** WGSL: the flat workgroup index for a `grid()` dispatch. */
+export const WG_INDEX = /* wgsl */ `fn wg_index(wid: vec3<u32>, nwg: vec3<u32>) -> u32 { return wid.x + wid.y * nwg.x; }`;
+
+export function assertDtype(op: string, t: Tensor, ...allowed: string[]) {
+  if (!allowed.includes(t.dtype)) throw new ShapeError(`${op}: expected dtype ${allowed.join(' or ')}, got ${t.dtype} for [${t.shape}]`);
+}
+
+export function sameShape(a: readonly number[], b: readonly number[]) {
+  return a.length === b.length && a.every((d, i) => d === b[i]);
+}
+
+export function normAxis(axis: number, rank: number, op: string): number {
+  const a = axis < 0 ? axis + rank : axis;
+  if (a < 0 || a >= rank) throw new ShapeError(`${op}: axis ${axis} out of range for rank ${rank}`);
+  return a;
+}

@@ -1,6 +1,6 @@
 // Reverse-mode autodiff over the records that ops attach to their outputs (see `record` in tensor.ts),
 // and the checkpoint primitive: run a function without keeping its intermediates, recompute it in backward.
-import { Tensor, ShapeError, isGradEnabled, noGrad, record, tidy, wantsGrad } from './tensor.js';
+import { Tensor, ShapeError, isGradEnabled, noGrad, record, tidy, wantsGrad, withGrad } from './tensor.js';
 import { add, ones, zeros } from '../kernels/elementwise.js';
 
 function topoOrder(root: Tensor): Tensor[] {
@@ -37,7 +37,7 @@ function topoOrder(root: Tensor): Tensor[] {
  * Leaves not listed in `wrt` that require grad get their gradients accumulated into `.grad` when
  * `accumulateLeaves` is set (that is what `backward()` does).
  */
-export function grad(output: Tensor, wrt: Tensor[], gradOutput?: Tensor, accumulateLeaves = false): Tensor[] {
+export function grad(output: Tensor, wrt: Tensor[], gradOutput?: Tensor, accumulateLeaves = false, retainGraph = false): Tensor[] {
   if (gradOutput && gradOutput.size !== output.size)
     throw new ShapeError(`grad: gradOutput [${gradOutput.shape}] does not match output [${output.shape}]`);
   const wanted = new Set(wrt);
@@ -98,6 +98,8 @@ export function grad(output: Tensor, wrt: Tensor[], gradOutput?: Tensor, accumul
       if (!wanted.has(t) && (g !== gradOutput || !userGrad)) g.dispose();
     }
   });
+  // like PyTorch, free the graph after use: scopes then release the intermediates it held
+  if (!retainGraph) for (const t of order) t.node = null;
   return wrt.map((t) => result.get(t) ?? noGrad(() => zeros(t.shape)));
 }
 
@@ -122,7 +124,7 @@ export function checkpoint(fn: (...xs: Tensor[]) => Tensor, inputs: Tensor[], na
     });
     const wanted = detached.filter((d) => d.requiresGrad);
     const gs = tidy(() => {
-      const y = fn(...detached);
+      const y = withGrad(() => fn(...detached));
       return grad(y, wanted, g, true);
     });
     let k = 0;

@@ -38,6 +38,8 @@ export class Tensor {
   grad: Tensor | null = null;
   node: GradNode | null = null;
   label?: string;
+  /** intermediates of this tensor's autodiff graph that no scope owns any more (freed with it) */
+  graphHeld?: Tensor[];
 
   constructor(shape: readonly number[], dtype: DType, storage: GPUBuffer | Storage) {
     this.shape = shape;
@@ -133,6 +135,11 @@ export class Tensor {
     if (--this._storage.refs === 0) rt().release(this._storage.buffer);
     this._storage = null;
     this.node = null;
+    if (this.graphHeld) {
+      const held = this.graphHeld;
+      this.graphHeld = undefined;
+      for (const t of held) t.dispose();
+    }
     if (this.grad) {
       this.grad.dispose();
       this.grad = null;
@@ -181,9 +188,18 @@ function endScope(scope: Set<Tensor>, result: unknown) {
     if (t.node) for (const s of savedOf(t.node)) stack.push(s);
   }
   scopes.pop();
+  const held: Tensor[] = [];
   for (const t of scope) {
-    if (reachable.has(t)) track(t);
-    else t.dispose();
+    if (keep.has(t)) track(t);
+    else if (reachable.has(t)) {
+      track(t);
+      held.push(t);
+    } else t.dispose();
+  }
+  // with no enclosing scope, what a returned graph holds is freed with the first returned tensor
+  if (!scopes.length && held.length) {
+    const root = [...keep].find((t) => t.node);
+    if (root) root.graphHeld = (root.graphHeld ?? []).concat(held);
   }
 }
 
@@ -236,6 +252,16 @@ export function isGradEnabled() {
 export function noGrad<T>(fn: () => T): T {
   const prev = gradEnabled;
   gradEnabled = false;
+  try {
+    return fn();
+  } finally {
+    gradEnabled = prev;
+  }
+}
+/** Run with recording on (used to recompute checkpointed segments inside a backward pass). */
+export function withGrad<T>(fn: () => T): T {
+  const prev = gradEnabled;
+  gradEnabled = true;
   try {
     return fn();
   } finally {

@@ -13,7 +13,7 @@ import { DTYPE_BYTES, f32ToF16Bits, type StDtype } from './dtype.js';
 import { writeSafetensorsFile } from './node-source.js';
 import { Rng } from './rng.js';
 
-export const PRESETS = ['sd-1.5', 'sd-2.1-base', 'clip-vit-h-14', 'clip-vit-l-14'] as const;
+export const PRESETS = ['sd-1.5', 'sd-2.1-base', 'clip-vit-h-14', 'clip-vit-l-14', 'tiny-sd'] as const;
 export type PresetName = (typeof PRESETS)[number];
 
 export function presetsDir(): string {
@@ -133,7 +133,7 @@ async function makePart(folder: string, config: ConfigObject, cfgFile: string, o
   return { folder, className, params: countParams(spec), file, bytes };
 }
 
-const PIPELINE_PARTS = ['unet', 'vae', 'text_encoder'];
+const PIPELINE_PARTS = ['unet', 'vae', 'text_encoder', 'image_encoder'];
 
 async function makePipeline(src: string, opts: MakeModelOptions): Promise<MakeModelResult> {
   const index = await readJson(join(src, 'model_index.json'));
@@ -145,7 +145,8 @@ async function makePipeline(src: string, opts: MakeModelOptions): Promise<MakeMo
     const cfgFile = join(src, part, 'config.json');
     parts.push(await makePart(join(out, part), await readJson(cfgFile), cfgFile, opts, k));
   }
-  for (const [dir, files] of [['scheduler', ['scheduler_config.json']], ['tokenizer', ['tokenizer_config.json', 'special_tokens_map.json']]] as const) {
+  for (const [dir, files] of [['scheduler', ['scheduler_config.json']], ['tokenizer', ['tokenizer_config.json', 'special_tokens_map.json']], ['image_encoder', ['preprocessor_config.json']]] as const) {
+    if (dir === 'image_encoder' && !index[dir]) continue;
     await mkdir(join(out, dir), { recursive: true });
     for (const f of files) if (await exists(join(src, dir, f))) await copyFile(join(src, dir, f), join(out, dir, f));
   }

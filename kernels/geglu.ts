@@ -1,0 +1,113 @@
+// GEGLU as in diffusers' attention feed-forward, after its projection: x [..., 2D] is split into
+// (hidden, gate) along the last axis and y = hidden * gelu(gate) with the exact (erf) GELU.
+// Forward and backward are one elementwise pass each (vec4 when D % 4 == 0); the backward writes both
+// halves of dx from the same loads. Each row is split over TC invocations that each loop over columns
+// sub, sub + TC, ... (neighbouring invocations on neighbouring vec4s; many per invocation on CPU adapters,
+// where per-workgroup overhead dominates). Inputs larger than one storage binding are processed in row
+// windows bound at aligned offsets.
+import { rt, Uniforms } from '../engine/runtime.js';
+import { ShapeError, Tensor, record, wantsGrad } from '../engine/tensor.js';
+import { grid, WG_INDEX } from './util.js';
+
+function kernel(vec: boolean, backward: boolean): string {
+  const V = vec ? 'vec4<f32>' : 'f32';
+  return /* wgsl */ `
+${WG_INDEX}
+alias V = ${V};
+// 1 + erf(z) from erfc(|z|) (Chebyshev fit with fractional error < 1.2e-7 for all z >= 0): 2 - erfc(z) for
+// z >= 0 and erfc(-z) for z < 0, which keeps the left tail of gelu accurate instead of cancelling.
+fn one_plus_erf(z: V) -> V {
+  let a = abs(z);
+  let t = 1.0 / (1.0 + 0.5 * a);
+  let p = -1.26551223 + t * (1.00002368 + t * (0.37409196 + t * (0.09678418 + t * (-0.18628806 + t * (0.27886807
+    + t * (-1.13520398 + t * (1.48851587 + t * (-0.82215223 + t * 0.17087277))))))));
+  let e = t * exp(p - a * a);
+  return select(2.0 - e, e, z < V(0.0));
+}
+struct P { rows: u32, D4: u32, TC: u32, _0: u32 }
+@group(0) @binding(0) var<uniform> u: P;
+@group(0) @binding(1) var<storage, read> X: array<V>;
+${
+  backward
+    ? `@group(0) @binding(2) var<storage, read> G: array<V>;
+@group(0) @binding(3) var<storage, read_write> DX: array<V>;`
+    : '@group(0) @binding(2) var<storage, read_write> Y: array<V>;'
+}
+@compute @workgroup_size(64)
+fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
+  let t = wg_index(wid, nwg) * 64u + li;
+  if (t >= u.rows * u.TC) { return; }
+  let row = t / u.TC;
+  let sub = t - row * u.TC;
+  for (var c = sub; c < u.D4; c += u.TC) {
+    let i = row * u.D4 + c;
+    let xi = i + row * u.D4; // row * 2 * D4 + c
+    let h = X[xi];
+    let gt = X[xi + u.D4];
+    let cdf = 0.5 * one_plus_erf(gt * 0.7071067811865476);
+    ${
+      backward
+        ? `let g = G[i];
+    DX[xi] = g * gt * cdf;
+    DX[xi + u.D4] = g * h * (cdf + gt * 0.3989422804014327 * exp(-0.5 * gt * gt));`
+        : 'Y[i] = h * gt * cdf;'
+    }
+  }
+}`;
+}
+
+/** vec4 outputs per invocation (null: the adapter's preset). For benchmarks and tests. */
+let perInvocation: number | null = null;
+export function setGegluChunk(n: number | null) {
+  perInvocation = n === null ? null : Math.max(1, Math.floor(n));
+}
+
+function gcd(a: number, b: number): number {
+  while (b) [a, b] = [b, a % b];
+  return a;
+}
+
+function run(name: string, x: Tensor, g: Tensor | null, out: Tensor, D: number) {
+  const r = rt();
+  const rows = x.size / (2 * D);
+  const vec = D % 4 === 0;
+  const D4 = vec ? D / 4 : D;
+  const rowBytes = 2 * D * 4;
+  let per = rows;
+  if (rows * rowBytes > r.maxBindingBytes) {
+    const alignElems = r.offsetAlign / 4;
+    const step = alignElems / gcd(D, alignElems); // rows per aligned offset step of the D-wide tensors
+    per = Math.floor(r.maxBindingBytes / rowBytes / step) * step;
+    if (per < 1) throw new ShapeError(`${name}: ${step} row(s) of ${rowBytes} bytes exceed the storage binding limit (${r.maxBindingBytes})`);
+  }
+  const code = kernel(vec, !!g);
+  const TC = Math.ceil(D4 / (perInvocation ?? (r.gpu.adapterClass === 'cpu' ? 64 : 4)));
+  for (let r0 = 0; r0 < rows; r0 += per) {
+    const nr = Math.min(per, rows - r0);
+    const wide = (t: Tensor) => ({ buffer: t.buffer, offset: r0 * rowBytes, size: nr * rowBytes });
+    const narrow = (t: Tensor) => ({ buffer: t.buffer, offset: (r0 * rowBytes) / 2, size: (nr * rowBytes) / 2 });
+    r.dispatch({
+      name,
+      code,
+      uniforms: new Uniforms().u32(nr, D4, TC, 0).done(),
+      bindings: g ? [wide(x), narrow(g), wide(out)] : [wide(x), narrow(out)],
+      workgroups: grid(Math.ceil((nr * TC) / 64)),
+    });
+  }
+}
+
+/** diffusers GEGLU after its projection: x [..., 2D] -> hidden * gelu(gate), [..., D] (erf GELU). Gradient for x. */
+export function geglu(x: Tensor): Tensor {
+  if (x.rank < 1 || x.shape[x.rank - 1] % 2) throw new ShapeError(`geglu: last dim must be even (2 * D), got [${x.shape}]`);
+  if (x.dtype !== 'f32') throw new ShapeError(`geglu: input must be f32, got ${x.dtype}`);
+  const D = x.shape[x.rank - 1] / 2;
+  const y = Tensor.empty([...x.shape.slice(0, -1), D], 'f32', 'geglu');
+  if (y.size === 0) return y;
+  run('geglu', x, null, y, D);
+  return record(y, 'geglu', [x], (g) => {
+    if (!wantsGrad(x)) return [null];
+    const dx = Tensor.empty(x.shape, 'f32', 'geglu_backward');
+    run('geglu_backward', x, g, dx, D);
+    return [dx];
+  });
+}

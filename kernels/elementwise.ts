@@ -84,7 +84,7 @@ const TERNARY: Record<string, string> = {
   fma: 'a * b + c',
 };
 
-function contiguousKernel(def: ElementwiseDef): string {
+function contiguousKernel(def: ElementwiseDef, per: number): string {
   const names = ['a', 'b', 'c'].slice(0, def.arity);
   return /* wgsl */ `
 ${PRELUDE}
@@ -95,12 +95,23 @@ ${names.map((x, i) => `@group(0) @binding(${i + 1}) var<storage, read> ${x.toUpp
 @group(0) @binding(${def.arity + 1}) var<storage, read_write> Y: array<vec4<f32>>;
 @compute @workgroup_size(64)
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
-  let i = wg_index(wid, nwg) * 64u + li;
-  if (i >= u.n) { return; }
+  let base = wg_index(wid, nwg) * ${64 * per}u + li;
   let p0 = u.p0; let p1 = u.p1;
-  ${names.map((x) => `let ${x} = ${x.toUpperCase()}[i];`).join(' ')}
-  Y[i] = ${def.expr};
+  for (var j = 0u; j < ${per}u; j++) {
+    let i = base + j * 64u;
+    if (i >= u.n) { return; }
+    ${names.map((x) => `let ${x} = ${x.toUpperCase()}[i];`).join(' ')}
+    Y[i] = ${def.expr};
+  }
 }`;
+}
+
+/**
+ * vec4s per invocation in the contiguous kernels: CPU adapters pay about a microsecond per workgroup, so
+ * each invocation loops over many elements there; GPUs want one per invocation.
+ */
+export function elementsPerInvocation(): number {
+  return rt().gpu.adapterClass === 'cpu' ? 16 : 1;
 }
 
 function broadcastKernel(def: ElementwiseDef, rank: number): string {
@@ -150,7 +161,8 @@ export function elementwise(name: string, def: ElementwiseDef, inputs: Tensor[],
     // contiguous: 4 elements per invocation, chunked by binding size
     const n4 = Math.ceil(n / 4);
     const chunk = Math.floor(r.maxBindingBytes / 16 / 64) * 64; // vec4s per chunk, 256-byte aligned offsets
-    const code = contiguousKernel(def);
+    const per = elementsPerInvocation();
+    const code = contiguousKernel(def, per);
     for (let start = 0; start < n4; start += chunk) {
       const cnt = Math.min(chunk, n4 - start);
       const bind = (t: Tensor) => ({ buffer: t.buffer, offset: start * 16, size: Math.min(cnt * 16, t.buffer.size - start * 16) });
@@ -159,7 +171,7 @@ export function elementwise(name: string, def: ElementwiseDef, inputs: Tensor[],
         code,
         uniforms: new Uniforms().u32(cnt, 0).f32(p0, p1).done(),
         bindings: [...inputs.map(bind), bind(out)],
-        workgroups: grid(Math.ceil(cnt / 64)),
+        workgroups: grid(Math.ceil(cnt / 64 / per)),
       });
     }
     return out;

@@ -1,23 +1,44 @@
 // Batched matmul C[b] = op(A[b]) @ op(B[b]) (+ bias over N), f32 accumulation, with transposes folded into
-// the loads so no transpose copies are needed in forward or backward. Two tilings:
-//  - 'register' (CPU adapters such as lavapipe): each invocation computes a TM x TN block straight from
-//    global memory; no workgroup memory and no barriers (barriers serialize lavapipe's SIMD lanes).
+// the loads so no transpose copies are needed in forward or backward. Three tilings:
+//  - 'subgroup' (CPU adapters such as lavapipe, when the `subgroups` feature is present, the subgroup size is
+//    fixed and the shape is vec4-aligned): one workgroup = one subgroup. Each lane owns TR rows of C and the
+//    subgroup shares TN columns; A rows are read per lane as vec4 along K, and each B vec4 is read once per
+//    subgroup (one lane each) and handed to all lanes with subgroupBroadcast. On lavapipe every memory
+//    access that differs between lanes becomes a per-lane loop with bounds checks (~25 instructions per
+//    lane and vec4), so the kernel is built to minimise such loads per FMA; see bench/README.md.
+//  - 'register' (CPU fallback for odd shapes): each invocation computes a 4x4 block straight from global
+//    memory with scalar loads; no workgroup memory and no barriers (barriers serialize lavapipe's lanes).
 //  - 'shared' (GPUs): 64x64 workgroup tiles staged in workgroup memory, 4x4 outputs per invocation.
-// Both are tested; the runtime picks by adapter class unless told otherwise (`setMatmulVariant`).
+// All are tested; the runtime picks by adapter class unless told otherwise (`setMatmulVariant`).
 import { rt, Uniforms } from '../engine/runtime.js';
 import { ShapeError, Tensor, record, wantsGrad } from '../engine/tensor.js';
 import { grid } from './util.js';
 import { reshape } from './shape.js';
 import { sumTo } from './reduce.js';
 
-export type MatmulVariant = 'register' | 'shared';
+export type MatmulVariant = 'register' | 'shared' | 'subgroup';
 let forced: MatmulVariant | null = null;
-/** Force a tiling (tests and benchmarks); null restores the per-adapter default. */
+/**
+ * Force a tiling (tests and benchmarks); null restores the per-adapter default. A forced 'subgroup' still
+ * falls back to 'register' for shapes it cannot take (see `subgroupShapeOk`).
+ */
 export function setMatmulVariant(v: MatmulVariant | null) {
   forced = v;
 }
+/** The preferred tiling on this adapter (before per-shape fallbacks). */
 export function matmulVariant(): MatmulVariant {
-  return forced ?? (rt().gpu.adapterClass === 'cpu' ? 'register' : 'shared');
+  if (forced) return forced;
+  if (rt().gpu.adapterClass !== 'cpu') return 'shared';
+  return subgroupSize() ? 'subgroup' : 'register';
+}
+
+/** The fixed subgroup size when the device has `subgroups` and min == max, else 0. */
+function subgroupSize(): number {
+  const g = rt().gpu;
+  if (!g.features.has('subgroups')) return 0;
+  const lo = g.subgroupMinSize ?? 0;
+  const hi = g.subgroupMaxSize ?? 0;
+  return lo === hi && lo >= 4 && lo <= 64 && (lo & (lo - 1)) === 0 ? lo : 0;
 }
 
 const TM = 4;
@@ -120,6 +141,102 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
 }`;
 }
 
+/** Tile of the 'subgroup' tiling: rows per lane (non-transposed A; transposed A uses 4) and columns per subgroup as a multiple of the subgroup size. Exposed for benchmarks. */
+export const matmulTuning = { rowsPerLane: 2, colsPerLane: 4 };
+
+interface SubgroupCfg {
+  S: number;
+  TR: number;
+  TN: number;
+  transA: boolean;
+  transB: boolean;
+  bias: boolean;
+  f16: boolean;
+}
+
+const range = (n: number) => [...Array(n).keys()];
+
+/** Shapes the 'subgroup' tiling takes: vec4 loads along K, N (and M when A is transposed). */
+function subgroupShapeOk(M: number, N: number, K: number, transA: boolean): boolean {
+  return K % 4 === 0 && N % 4 === 0 && (!transA || M % 4 === 0);
+}
+
+function subgroupKernel(c: SubgroupCfg): string {
+  const { S, TR, TN, transA, transB, bias, f16 } = c;
+  const R = range(TR);
+  const KK = [0, 1, 2, 3];
+  const ldB = (i: string) => (f16 ? `vec4<f32>(B[${i}])` : `B[${i}]`);
+  const body: string[] = [];
+  // A: a(r, kk) = op(A)[row r of this lane][k + kk]
+  if (!transA) for (const r of R) body.push(`let a${r} = A[aB + row${r} * u.K4 + kq];`);
+  else for (const kk of KK) for (const h of range(TR / 4)) body.push(`let at${kk}_${h} = A[aB + (k + ${kk}u) * u.M4 + rq${h}];`);
+  const a = (r: number, kk: number) => (transA ? `at${kk}_${r >> 2}[${r & 3}]` : `a${r}[${kk}]`);
+  const fmas = (j: number, kk: number, b: string) => R.map((r) => `c${r}_${j} = fma(${a(r, kk)}, ${b}, c${r}_${j});`).join(' ');
+  if (!transB) {
+    // each lane loads one vec4 of 4 columns per k; the subgroup shares them by broadcast
+    const G = TN / (4 * S);
+    for (const kk of KK) for (const g of range(G)) body.push(`let bv${kk}_${g} = ${ldB(`bB + (k + ${kk}u) * u.N4 + cq${g}`)};`);
+    for (const kk of KK)
+      for (const g of range(G))
+        for (const s of range(S)) {
+          body.push(`{ let b = subgroupBroadcast(bv${kk}_${g}, ${s}u);`);
+          for (const cc of KK) body.push(`  ${fmas(g * 4 * S + 4 * s + cc, kk, `b[${cc}]`)}`);
+          body.push('}');
+        }
+  } else {
+    // each lane loads 4 consecutive k of one column; broadcast gives every lane that column's 4 values
+    for (const g of range(TN / S)) body.push(`let bt${g} = ${ldB(`bB + col${g} * u.K4 + kq`)};`);
+    for (const g of range(TN / S))
+      for (const s of range(S)) {
+        body.push(`{ let b = subgroupBroadcast(bt${g}, ${s}u);`);
+        for (const kk of KK) body.push(`  ${fmas(g * S + s, kk, `b[${kk}]`)}`);
+        body.push('}');
+      }
+  }
+  const rowDecl = transA
+    ? range(TR / 4).map((h) => `let rq${h} = min(m0 / 4u + ${h}u, u.M4 - 1u);`)
+    : R.map((r) => `let row${r} = min(m0 + ${r}u, u.M - 1u);`);
+  const colDecl = !transB
+    ? range(TN / (4 * S)).map((g) => `let cq${g} = min(n0 / 4u + ${g * S}u + sl, u.N4 - 1u);`)
+    : range(TN / S).map((g) => `let col${g} = min(n0 + ${g * S}u + sl, u.N - 1u);`);
+  const stores = R.map(
+    (r) =>
+      `if (m0 + ${r}u < u.M) {\n` +
+      range(TN / 4)
+        .map((q) => {
+          const v = `vec4<f32>(${KK.map((cc) => `c${r}_${q * 4 + cc}`).join(', ')})`;
+          return `    if (n0 / 4u + ${q}u < u.N4) { C[cB + (m0 + ${r}u) * u.N4 + n0 / 4u + ${q}u] = ${v}${bias ? ` + BIAS[n0 / 4u + ${q}u]` : ''}; }`;
+        })
+        .join('\n') +
+      '\n  }',
+  );
+  return /* wgsl */ `enable subgroups;
+${f16 ? 'enable f16;' : ''}
+struct P { M: u32, N: u32, K: u32, M4: u32, N4: u32, K4: u32, aS: u32, bS: u32, cS: u32, _0: u32, _1: u32, _2: u32 }
+@group(0) @binding(0) var<uniform> u: P;
+@group(0) @binding(1) var<storage, read> A: array<vec4<f32>>;
+@group(0) @binding(2) var<storage, read> B: array<${f16 ? 'vec4<f16>' : 'vec4<f32>'}>;
+${bias ? '@group(0) @binding(3) var<storage, read> BIAS: array<vec4<f32>>;' : ''}
+@group(0) @binding(${bias ? 4 : 3}) var<storage, read_write> C: array<vec4<f32>>;
+@compute @workgroup_size(${S}, 1, 1)
+fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(subgroup_invocation_id) sl: u32) {
+  // row blocks vary fastest so that consecutive workgroups reuse the same columns of B from cache
+  let m0 = wid.x * ${S * TR}u + sl * ${TR}u;
+  let n0 = wid.y * ${TN}u;
+  let aB = wid.z * u.aS;
+  let bB = wid.z * u.bS;
+  ${rowDecl.join(' ')}
+  ${colDecl.join(' ')}
+  ${R.map((r) => range(TN).map((j) => `var c${r}_${j} = 0.0;`).join(' ')).join('\n  ')}
+  for (var kq = 0u; kq < u.K4; kq++) {
+    let k = kq * 4u;
+    ${body.join('\n    ')}
+  }
+  let cB = wid.z * u.cS;
+  ${stores.join('\n  ')}
+}`;
+}
+
 export interface MatmulOptions {
   transA?: boolean;
   transB?: boolean;
@@ -149,15 +266,32 @@ export function matmulRaw(a: Tensor, b: Tensor, opts: MatmulOptions = {}): Tenso
   for (const t of [a, b, out])
     if (t.byteLength > r.maxBindingBytes) throw new ShapeError(`matmul: operand of ${t.byteLength} bytes exceeds the storage binding limit; split the batch`);
   const f16 = b.dtype === 'f16';
-  const variant = matmulVariant();
+  let variant = matmulVariant();
+  const S = subgroupSize();
+  if (variant === 'subgroup' && !(S && subgroupShapeOk(M, N, K, transA))) variant = 'register';
+  const aS = Ba === 1 ? 0 : M * K;
+  const bS = Bb === 1 ? 0 : K * N;
+  const bindings = [{ buffer: a.buffer }, { buffer: b.buffer }, ...(bias ? [{ buffer: bias.buffer }] : []), { buffer: out.buffer }];
+  if (variant === 'subgroup') {
+    const TR = transA ? 4 : matmulTuning.rowsPerLane;
+    const TN = matmulTuning.colsPerLane * S;
+    r.dispatch({
+      name: 'matmul_subgroup',
+      code: subgroupKernel({ S, TR, TN, transA, transB, bias: !!bias, f16 }),
+      uniforms: new Uniforms().u32(M, N, K, M >> 2, N >> 2, K >> 2, aS >> 2, bS >> 2, (M * N) >> 2, 0, 0, 0).done(),
+      bindings,
+      workgroups: [Math.ceil(M / (S * TR)), Math.ceil(N / TN), batch],
+    });
+    return out;
+  }
   const code = variant === 'register' ? registerKernel(transA, transB, !!bias, f16) : sharedKernel(transA, transB, !!bias, f16);
   const wg: [number, number, number] =
     variant === 'register' ? [Math.ceil(N / TN / 8), Math.ceil(M / TM / 8), batch] : [Math.ceil(N / 64), Math.ceil(M / 64), batch];
   r.dispatch({
     name: `matmul_${variant}`,
     code,
-    uniforms: new Uniforms().u32(M, N, K, batch, Ba === 1 ? 0 : M * K, Bb === 1 ? 0 : K * N, M * N, 0).done(),
-    bindings: [{ buffer: a.buffer }, { buffer: b.buffer }, ...(bias ? [{ buffer: bias.buffer }] : []), { buffer: out.buffer }],
+    uniforms: new Uniforms().u32(M, N, K, batch, aS, bS, M * N, 0).done(),
+    bindings,
     workgroups: wg,
   });
   return out;

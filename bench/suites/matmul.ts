@@ -1,0 +1,143 @@
+// Matmul at the UNet's two biggest linear shapes: forward, the two backward matmuls (dA = dC @ Bᵀ,
+// dB = Aᵀ @ dC) and a full autodiff step; the same matmuls through @tensorflow/tfjs-backend-webgpu and
+// @jax-js/jax on the same adapter.
+import { Tensor, grad, tidy } from '../../engine/index.js';
+import { matmul, matmulRaw, setMatmulVariant, type MatmulVariant } from '../../kernels/matmul.js';
+import { gpuFn, loadJax, loadTfjs, randn, type BenchCase, type BenchSuite } from '../lib.js';
+
+const SHAPES: [number, number, number][] = [
+  [4096, 320, 1280],
+  [1024, 1280, 1280],
+];
+
+function oursCases(M: number, K: number, N: number): BenchCase[] {
+  const shape = `${M}x${K} @ ${K}x${N}`;
+  const flops = 2 * M * N * K;
+  let A: Tensor, B: Tensor, G: Tensor;
+  const alloc = () => {
+    A = Tensor.from(randn(M * K, 1), [M, K]);
+    B = Tensor.from(randn(K * N, 2), [K, N]);
+    G = Tensor.from(randn(M * N, 3), [M, N]);
+  };
+  const free = () => [A, B, G].forEach((t) => t?.dispose());
+  const mk = (name: string, pass: BenchCase['pass'], fl: number, fn: () => Tensor | Tensor[]): BenchCase => ({
+    name,
+    shape,
+    pass,
+    flops: fl,
+    async setup() {
+      alloc();
+      return gpuFn(fn);
+    },
+    teardown: free,
+  });
+  // the other tilings, forced, for comparison with the adapter's default
+  const forced = (v: MatmulVariant): BenchCase => ({
+    ...mk(`matmul [${v} tiling]`, 'fwd', flops, () => matmulRaw(A, B)),
+    async setup() {
+      alloc();
+      const run = gpuFn(() => matmulRaw(A, B));
+      return async () => {
+        setMatmulVariant(v);
+        try {
+          await run();
+        } finally {
+          setMatmulVariant(null);
+        }
+      };
+    },
+  });
+  return [
+    mk('matmul', 'fwd', flops, () => matmulRaw(A, B)),
+    forced('register'),
+    mk('matmul dA=dC@Bᵀ', 'bwd', flops, () => matmulRaw(G, B, { transB: true })),
+    mk('matmul dB=Aᵀ@dC', 'bwd', flops, () => matmulRaw(A, G, { transA: true })),
+    mk('matmul autodiff', 'fwd+bwd', 3 * flops, () =>
+      tidy(() => {
+        const a = A.detach().requireGrad();
+        const b = B.detach().requireGrad();
+        return grad(matmul(a, b), [a, b], G);
+      }),
+    ),
+  ];
+}
+
+function tfCases(M: number, K: number, N: number): BenchCase[] {
+  const shape = `${M}x${K} @ ${K}x${N}`;
+  const flops = 2 * M * N * K;
+  const lib = '@tensorflow/tfjs-backend-webgpu';
+  type T = import('@tensorflow/tfjs-core').Tensor;
+  let ts: T[] = [];
+  const mk = (name: string, pass: BenchCase['pass'], run: (tf: typeof import('@tensorflow/tfjs-core'), a: T, b: T, g: T) => T): BenchCase => ({
+    name,
+    shape,
+    pass,
+    flops,
+    library: lib,
+    async setup() {
+      const tf = await loadTfjs();
+      if (!tf) return null;
+      const [a, b, g] = [tf.tensor2d(randn(M * K, 1), [M, K]), tf.tensor2d(randn(K * N, 2), [K, N]), tf.tensor2d(randn(M * N, 3), [M, N])];
+      ts = [a, b, g];
+      return async () => {
+        const c = run(tf, a, b, g);
+        // reading one element waits for the whole matmul without timing a large download
+        await tf.slice(c, [0, 0], [1, 1]).data();
+        c.dispose();
+      };
+    },
+    teardown() {
+      ts.forEach((t) => t.dispose());
+    },
+  });
+  return [
+    mk('matmul', 'fwd', (tf, a, b) => tf.matMul(a, b)),
+    mk('matmul dA=dC@Bᵀ', 'bwd', (tf, _a, b, g) => tf.matMul(g, b, false, true)),
+    mk('matmul dB=Aᵀ@dC', 'bwd', (tf, a, _b, g) => tf.matMul(a, g, true, false)),
+  ];
+}
+
+function jaxCases(M: number, K: number, N: number): BenchCase[] {
+  const shape = `${M}x${K} @ ${K}x${N}`;
+  const flops = 2 * M * N * K;
+  const lib = '@jax-js/jax';
+  type J = typeof import('@jax-js/jax');
+  type Arr = import('@jax-js/jax').Array;
+  let arrs: Arr[] = [];
+  const mk = (name: string, pass: BenchCase['pass'], run: (jax: J, a: Arr, b: Arr, g: Arr) => Arr): BenchCase => ({
+    name,
+    shape,
+    pass,
+    flops,
+    library: lib,
+    async setup() {
+      const jax = await loadJax();
+      if (!jax) return null;
+      const np = jax.numpy;
+      const a = np.array(randn(M * K, 1)).reshape([M, K]);
+      const b = np.array(randn(K * N, 2)).reshape([K, N]);
+      const g = np.array(randn(M * N, 3)).reshape([M, N]);
+      arrs = [a, b, g];
+      return async () => {
+        // jax-js arrays are consumed by operations: pass new references
+        const c = run(jax, a.ref, b.ref, g.ref);
+        await c.blockUntilReady();
+        c.dispose();
+      };
+    },
+    teardown() {
+      arrs.forEach((x) => x.dispose());
+    },
+  });
+  return [
+    mk('matmul', 'fwd', (jax, a, b) => jax.numpy.matmul(a, b)),
+    mk('matmul dA=dC@Bᵀ', 'bwd', (jax, _a, b, g) => jax.numpy.matmul(g, b.transpose())),
+    mk('matmul dB=Aᵀ@dC', 'bwd', (jax, a, _b, g) => jax.numpy.matmul(a.transpose(), g)),
+  ];
+}
+
+const suite: BenchSuite = {
+  name: 'matmul',
+  cases: SHAPES.flatMap(([M, K, N]) => [...oursCases(M, K, N), ...tfCases(M, K, N), ...jaxCases(M, K, N)]),
+};
+export default suite;

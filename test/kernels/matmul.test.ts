@@ -1,0 +1,163 @@
+// matmul: every tiling ('subgroup', 'register', 'shared') against the float64 reference on odd shapes,
+// transposes, batches and batch broadcasting, with bias and f16 weights; backward against finite differences.
+import { afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { Tensor, rt, tidy } from '../../engine/index.js';
+import { matmul, matmulRaw, linear, setMatmulVariant, matmulVariant, type MatmulVariant } from '../../kernels/matmul.js';
+import * as R from '../../kernels/core.ref.js';
+import { checkGrad, expectClose, gpu, rand } from '../helpers/check.js';
+
+beforeAll(async () => {
+  await gpu();
+});
+afterEach(() => setMatmulVariant(null));
+
+const VARIANTS: MatmulVariant[] = ['subgroup', 'register', 'shared'];
+
+/** Names of the kernels dispatched while running fn. */
+async function dispatchedBy(fn: () => Promise<void>): Promise<string[]> {
+  const r = rt();
+  const names: string[] = [];
+  const orig = r.dispatch.bind(r);
+  r.dispatch = (spec) => {
+    names.push(spec.name);
+    orig(spec);
+  };
+  try {
+    await fn();
+  } finally {
+    r.dispatch = orig;
+  }
+  return names;
+}
+
+type Case = [a: number[], b: number[], transA: boolean, transB: boolean];
+const tag = ([a, b, ta, tb]: Case) => `[${a}]${ta ? 'ᵀ' : ''} @ [${b}]${tb ? 'ᵀ' : ''}`;
+
+// odd sizes everywhere; some are vec4-aligned in K/N (and M for Aᵀ) so that the subgroup tiling takes them
+const FORWARD: Record<string, Case[]> = {
+  'A @ B': [
+    [[1, 1], [1, 1], false, false],
+    [[7, 33], [33, 77], false, false],
+    [[77, 36], [36, 20], false, false],
+    [[1000, 8], [8, 100], false, false],
+    [[33, 1000], [1000, 12], false, false],
+    [[3, 17, 36], [36, 44], false, false],
+    [[3, 17, 36], [3, 36, 44], false, false],
+    [[1, 9, 12], [4, 12, 8], false, false],
+  ],
+  'A @ Bᵀ': [
+    [[9, 13], [77, 13], false, true],
+    [[77, 40], [36, 40], false, true],
+    [[2, 33, 40], [2, 77, 40], false, true],
+    [[5, 64], [1000, 64], false, true],
+  ],
+  'Aᵀ @ B': [
+    [[33, 7], [33, 5], true, false],
+    [[36, 44], [36, 20], true, false],
+    [[1000, 12], [1000, 36], true, false],
+    [[2, 40, 76], [2, 40, 12], true, false],
+  ],
+  'Aᵀ @ Bᵀ': [
+    [[13, 9], [7, 13], true, true],
+    [[36, 20], [44, 36], true, true],
+    [[3, 12, 8], [3, 77, 12], true, true],
+  ],
+};
+
+async function checkForward(c: Case, tol = 2e-5) {
+  const [a, b, ta, tb] = c;
+  const ad = rand(R.rprod(a), 11);
+  const bd = rand(R.rprod(b), 12);
+  const got = await tidy(() => matmul(Tensor.from(ad, a), Tensor.from(bd, b), { transA: ta, transB: tb })).data();
+  const ref = R.rmatmul(R.rt64(ad, a), R.rt64(bd, b), ta, tb);
+  expectClose(got, ref.data, tol, `matmul ${matmulVariant()} ${tag(c)}`);
+}
+
+describe('matmul forward vs float64 reference', () => {
+  for (const v of VARIANTS)
+    for (const [group, cases] of Object.entries(FORWARD))
+      it(`${v}: ${group} on odd shapes, batches and broadcast batches`, async () => {
+        setMatmulVariant(v);
+        for (const c of cases) await checkForward(c);
+      });
+
+  it('subgroup tiling takes vec4-aligned shapes and falls back for odd ones', async () => {
+    setMatmulVariant('subgroup');
+    const aligned = await dispatchedBy(() => checkForward([[77, 36], [36, 20], false, false]));
+    const odd = await dispatchedBy(() => checkForward([[7, 33], [33, 77], false, false]));
+    expect(odd).toContain('matmul_register');
+    const g = rt().gpu;
+    if (g.features.has('subgroups') && g.subgroupMinSize === g.subgroupMaxSize) expect(aligned).toContain('matmul_subgroup');
+  });
+
+  it('default tiling per adapter: subgroup or register on CPU adapters, shared on GPUs', () => {
+    const v = matmulVariant();
+    if (rt().gpu.adapterClass === 'cpu') expect(['subgroup', 'register']).toContain(v);
+    else expect(v).toBe('shared');
+  });
+
+  const BIAS_SHAPES = [
+    [7, 33, 5],
+    [77, 36, 20],
+    [40, 64, 96],
+  ];
+  for (const v of VARIANTS)
+    it(`${v}: linear with bias over N`, async () => {
+      setMatmulVariant(v);
+      for (const [M, K, N] of BIAS_SHAPES) {
+        const x = rand(M * K, 1);
+        const w = rand(N * K, 2);
+        const bias = rand(N, 3);
+        const got = await tidy(() => linear(Tensor.from(x, [M, K]), Tensor.from(w, [N, K]), Tensor.from(bias, [N]))).data();
+        const ref = R.rmap([R.rmatmul(R.rt64(x, [M, K]), R.rt64(w, [N, K]), false, true), R.rt64(bias, [N])], (p, q) => p + q);
+        expectClose(got, ref.data, 2e-5, `linear ${v} [${M}x${K}] [${N}x${K}]ᵀ + bias`);
+      }
+    });
+  for (const v of VARIANTS)
+    for (const tb of [false, true])
+      it(`${v}: f16 weights${tb ? ', transposed' : ''}`, async (ctx) => {
+        if (!rt().features.has('shader-f16')) return ctx.skip();
+        setMatmulVariant(v);
+        for (const [M, K, N] of BIAS_SHAPES.slice(0, 2)) {
+          const x = rand(M * K, 1);
+          const wShape = tb ? [N, K] : [K, N];
+          const wt = Tensor.from(rand(N * K, 2), wShape, 'f16');
+          const w16 = (await wt.data()) as Float32Array; // the f16-rounded weights
+          const got = await tidy(() => matmulRaw(Tensor.from(x, [M, K]), wt, { transB: tb })).data();
+          wt.dispose();
+          const ref = R.rmatmul(R.rt64(x, [M, K]), R.rt64(w16, wShape), false, tb);
+          expectClose(got, ref.data, 2e-5, `matmul ${v} f16 weights [${M}x${K}] @ [${wShape}]${tb ? 'ᵀ' : ''}`);
+        }
+      });
+});
+
+describe('matmul backward vs finite differences', () => {
+  const cases: Case[] = [
+    [[8, 12], [12, 16], false, false],
+    [[8, 12], [16, 12], false, true],
+    [[12, 8], [12, 16], true, false],
+    [[12, 8], [16, 12], true, true],
+    [[5, 7], [7, 3], false, false],
+    [[7, 5], [3, 7], true, true],
+    [[2, 5, 7], [7, 3], false, false],
+    [[2, 8, 12], [12, 4], false, false],
+    [[2, 5, 7], [2, 3, 7], false, true],
+    [[1, 4, 8], [3, 8, 4], false, false],
+  ];
+  for (const v of VARIANTS)
+    it(`${v}: gradients of A and B for every transpose and batch broadcast`, async () => {
+      setMatmulVariant(v);
+      for (const c of cases) {
+        const [a, b, ta, tb] = c;
+        await checkGrad(
+          `matmul ${v} ${tag(c)}`,
+          [
+            { data: rand(R.rprod(a), 1), shape: a },
+            { data: rand(R.rprod(b), 2), shape: b },
+          ],
+          (x, y) => matmul(x, y, { transA: ta, transB: tb }),
+          (x, y) => R.rmatmul(x, y, ta, tb),
+        );
+      }
+    });
+});

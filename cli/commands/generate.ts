@@ -36,6 +36,8 @@ export interface GenerateOptions {
   f16?: boolean;
   resume: boolean;
   quiet?: boolean;
+  /** library use: cancel like Ctrl-C (the run stays resumable) */
+  signal?: AbortSignal;
 }
 
 const int = (name: string) => (v: string) => {
@@ -175,6 +177,7 @@ export async function generate(o: GenerateOptions): Promise<RunJson> {
     controller.abort();
   };
   process.once('SIGINT', onSig);
+  o.signal?.addEventListener('abort', () => controller.abort());
   const history = new Map<number, RunJson['images'][number]>();
   run.images.forEach((im, i) => history.set(i, im));
   const entry = (i: number) => {

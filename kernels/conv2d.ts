@@ -1,0 +1,907 @@
+// 2D convolution (NCHW activations, OIHW weights) as implicit GEMMs: no im2col buffer is ever built.
+//  - forward:          Y[n, o, p]      = sum_{c,ky,kx} W[o, c, ky, kx] * X[n, c, iy(p,ky), ix(p,kx)]  (+ bias[o])
+//  - backward-data:    dX[n, c, iy, ix] = sum_{o,ky,kx} W[o, c, ky, kx] * dY[n, o, oy, ox], a gather over the
+//    output positions that read (iy, ix): per input pixel only the taps with (i + pad - k) % stride == 0
+//    contribute, so each invocation owns pixels of one stride phase and loops over exactly those taps.
+//  - backward-weight:  dW[o, c, ky, kx] = sum_{n,oy,ox} dY[n, o, oy, ox] * X[n, c, iy, ix], a GEMM with the
+//    reduction over the output positions; each invocation has one tap (ky, kx), so the valid output range
+//    is computed once and the inner loop has no bounds checks.
+//  - bias gradient:    sum of dY over n, oy, ox.
+// Two tilings, both without workgroup memory or barriers, picked per adapter (`conv2dVariant`), both tested:
+//  - 'subgroup' (CPU adapters with 8-wide subgroups, e.g. lavapipe): a workgroup is one subgroup computing a
+//    32 x 32 tile; weights are shared between lanes with subgroupBroadcast (see the section below).
+//  - 'register' (everything else): each invocation computes a 4x4 block straight from global memory.
+// Kernel size, stride and padding are uniforms, so one pipeline per kernel serves every convolution.
+// Tensors larger than one storage binding are processed in chunks of batch items, or of channels within one
+// item, each bound at a 256-byte aligned offset with the remainder passed as an element shift.
+import { rt, Uniforms, type Binding } from '../engine/runtime.js';
+import { DTYPE_BYTES, ShapeError, Tensor, record, wantsGrad } from '../engine/tensor.js';
+import { grid, WG_INDEX } from './util.js';
+
+export interface Conv2dOptions {
+  stride?: number | [number, number];
+  /** symmetric, [vertical, horizontal], or [top, bottom, left, right] */
+  padding?: number | [number, number] | [number, number, number, number];
+}
+
+interface Geom {
+  N: number;
+  C: number;
+  H: number;
+  W: number;
+  O: number;
+  KH: number;
+  KW: number;
+  SH: number;
+  SW: number;
+  PT: number;
+  PB: number;
+  PL: number;
+  PR: number;
+  Ho: number;
+  Wo: number;
+}
+
+function geometry(x: Tensor, w: Tensor, opts: Conv2dOptions): Geom {
+  if (x.rank !== 4) throw new ShapeError(`conv2d: input must be [N, C, H, W], got [${x.shape}]`);
+  if (w.rank !== 4) throw new ShapeError(`conv2d: weight must be [O, C, kh, kw], got [${w.shape}]`);
+  const [N, C, H, W] = x.shape;
+  const [O, C2, KH, KW] = w.shape;
+  if (C !== C2) throw new ShapeError(`conv2d: input [${x.shape}] has ${C} channels but weight [${w.shape}] expects ${C2}`);
+  const s = opts.stride ?? 1;
+  const [SH, SW] = typeof s === 'number' ? [s, s] : s;
+  const p = opts.padding ?? 0;
+  const [PT, PB, PL, PR] = typeof p === 'number' ? [p, p, p, p] : p.length === 2 ? [p[0], p[0], p[1], p[1]] : p;
+  for (const v of [SH, SW]) if (!Number.isInteger(v) || v < 1) throw new ShapeError(`conv2d: invalid stride ${s}`);
+  for (const v of [PT, PB, PL, PR]) if (!Number.isInteger(v) || v < 0) throw new ShapeError(`conv2d: invalid padding ${p}`);
+  const Ho = Math.floor((H + PT + PB - KH) / SH) + 1;
+  const Wo = Math.floor((W + PL + PR - KW) / SW) + 1;
+  if (Ho < 1 || Wo < 1) throw new ShapeError(`conv2d: kernel ${KH}x${KW} is larger than the padded input [${x.shape}]`);
+  return { N, C, H, W, O, KH, KW, SH, SW, PT, PB, PL, PR, Ho, Wo };
+}
+
+// ---------------- binding windows for tensors larger than one storage binding ----------------
+
+/** Bind elements [start, start + count) of `t` at an aligned offset; `shift` is the element index of `start` in the window. */
+function window(t: Tensor, start: number, count: number): { bind: Binding; shift: number } {
+  const r = rt();
+  const eb = DTYPE_BYTES[t.dtype];
+  const byte = start * eb;
+  const offset = Math.floor(byte / r.offsetAlign) * r.offsetAlign;
+  const shift = (byte - offset) / eb;
+  const size = Math.min(t.buffer.size - offset, Math.ceil(((count + shift) * eb) / 4) * 4);
+  return { bind: { buffer: t.buffer, offset, size }, shift };
+}
+
+/** Largest element count (f32) that a window may hold, leaving room for the alignment shift. */
+function windowLimit(): number {
+  const r = rt();
+  return Math.floor((r.maxBindingBytes - r.offsetAlign) / 4);
+}
+
+/**
+ * Chunking of two per-item operands A [N, CA, SA] and B [N, CB, SB] (f32): `nb` whole items per chunk when an
+ * item of each fits a binding, else one item per chunk with `ca`/`cb` channels per window.
+ */
+function plan(op: string, N: number, CA: number, SA: number, CB: number, SB: number) {
+  const lim = windowLimit();
+  if (CA * SA <= lim && CB * SB <= lim) return { nb: Math.max(1, Math.min(N, Math.floor(lim / Math.max(CA * SA, CB * SB, 1)))), ca: CA, cb: CB };
+  const ca = Math.min(CA, Math.floor(lim / SA));
+  const cb = Math.min(CB, Math.floor(lim / SB));
+  if (ca < 1 || cb < 1) throw new ShapeError(`${op}: one channel plane exceeds the storage binding limit (${rt().maxBindingBytes} bytes)`);
+  return { nb: 1, ca, cb };
+}
+
+function checkWeightBinding(op: string, w: Tensor) {
+  if (w.byteLength > rt().maxBindingBytes) throw new ShapeError(`${op}: weight of ${w.byteLength} bytes exceeds the storage binding limit`);
+}
+
+function checkGrid(op: string, wg: number[]) {
+  const m = rt().maxWorkgroups;
+  if (wg.some((v) => v > m)) throw new ShapeError(`${op}: dispatch [${wg}] exceeds ${m} workgroups per dimension`);
+}
+
+// kernel geometry as uniforms (appended to each register kernel's parameter block): one pipeline per kernel
+const GEOM_FIELDS = 'KH: i32, KW: i32, SH: i32, SW: i32, PT: i32, PL: i32, _g0: i32, _g1: i32';
+const GEOM_LETS = 'let KH = u.KH; let KW = u.KW; let KHW = u32(u.KH * u.KW); let SH = u.SH; let SW = u.SW; let PT = u.PT; let PL = u.PL;';
+const geomUniforms = (un: Uniforms, g: Geom) => un.i32(g.KH, g.KW, g.SH, g.SW, g.PT, g.PL, 0, 0).done();
+
+// ---------------- forward ----------------
+
+// uniforms: Cc (channels in this window), Ctot, c0, Oc, o0, H, W, Ho, Wo, xBS, yBS, xShift, yShift, accum
+function forwardKernel(f16: boolean, bias: boolean): string {
+  const J = [0, 1, 2, 3];
+  return /* wgsl */ `${f16 ? 'enable f16;' : ''}
+struct P { Cc: u32, Ctot: u32, c0: u32, Oc: u32, o0: u32, H: u32, W: u32, Ho: u32, Wo: u32, xBS: u32, yBS: u32, xShift: u32, yShift: u32, accum: u32, _0: u32, _1: u32, ${GEOM_FIELDS} }
+@group(0) @binding(0) var<uniform> u: P;
+@group(0) @binding(1) var<storage, read> X: array<f32>;
+@group(0) @binding(2) var<storage, read> WT: array<${f16 ? 'f16' : 'f32'}>;
+${bias ? '@group(0) @binding(3) var<storage, read> BIAS: array<f32>;' : ''}
+@group(0) @binding(${bias ? 4 : 3}) var<storage, read_write> Y: array<f32>;
+@compute @workgroup_size(8, 8, 1)
+fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
+  ${GEOM_LETS}
+  let P = u.Ho * u.Wo;
+  let HW = u.H * u.W;
+  let p0 = gid.x * 4u;
+  let ol = gid.y * 4u;
+  let n = gid.z;
+  if (p0 >= P || ol >= u.Oc) { return; }
+  let pj = min(vec4<u32>(p0) + vec4<u32>(0u, 1u, 2u, 3u), vec4<u32>(P - 1u));
+  let oy = vec4<i32>(pj / u.Wo);
+  let ox = vec4<i32>(pj % u.Wo);
+  let iy0 = oy * SH - PT;
+  let ix0 = ox * SW - PL;
+  let Hi = i32(u.H);
+  let Wi = i32(u.W);
+  let xb = u.xShift + n * u.xBS;
+  // weight rows of the 4 output channels (clamped; their results are not stored)
+  let og = vec4<u32>(u.o0) + min(vec4<u32>(ol) + vec4<u32>(0u, 1u, 2u, 3u), vec4<u32>(u.Oc - 1u));
+  let wrow = (og * u.Ctot + u.c0) * KHW;
+  var acc0 = vec4<f32>(0.0); var acc1 = vec4<f32>(0.0); var acc2 = vec4<f32>(0.0); var acc3 = vec4<f32>(0.0);
+  for (var ky = 0; ky < KH; ky++) {
+    let iy = iy0 + ky;
+    let rowOk = (iy >= vec4<i32>(0)) & (iy < vec4<i32>(Hi));
+    for (var kx = 0; kx < KW; kx++) {
+      let ix = ix0 + kx;
+      let ok = rowOk & (ix >= vec4<i32>(0)) & (ix < vec4<i32>(Wi));
+      let m = select(vec4<f32>(0.0), vec4<f32>(1.0), ok);
+      let a = vec4<u32>(select(vec4<i32>(0), iy * Wi + ix, ok)) + xb;
+      let wk = wrow + u32(ky * KW + kx);
+      for (var c = 0u; c < u.Cc; c++) {
+        let xo = c * HW;
+        let xv = vec4<f32>(X[a.x + xo], X[a.y + xo], X[a.z + xo], X[a.w + xo]) * m;
+        let wc = wk + c * KHW;
+        acc0 = fma(vec4<f32>(f32(WT[wc.x])), xv, acc0);
+        acc1 = fma(vec4<f32>(f32(WT[wc.y])), xv, acc1);
+        acc2 = fma(vec4<f32>(f32(WT[wc.z])), xv, acc2);
+        acc3 = fma(vec4<f32>(f32(WT[wc.w])), xv, acc3);
+      }
+    }
+  }
+  let accs = array<vec4<f32>, 4>(acc0, acc1, acc2, acc3);
+  for (var i = 0u; i < 4u; i++) {
+    if (ol + i >= u.Oc) { break; }
+    let base = u.yShift + n * u.yBS + (ol + i) * P + p0;
+    var v = accs[i];
+    ${bias ? 'if (u.accum == 0u) { v += vec4<f32>(BIAS[u.o0 + ol + i]); }' : ''}
+    ${J.map((j) => `if (p0 + ${j}u < P) { Y[base + ${j}u] = select(v[${j}], v[${j}] + Y[base + ${j}u], u.accum != 0u); }`).join('\n    ')}
+  }
+}`;
+}
+
+function forwardRaw(x: Tensor, w: Tensor, bias: Tensor | undefined, g: Geom): Tensor {
+  const { N, C, H, W, O, Ho, Wo } = g;
+  const y = Tensor.empty([N, O, Ho, Wo], 'f32', 'conv2d');
+  if (y.size === 0) return y;
+  checkWeightBinding('conv2d', w);
+  if (useSubgroup(O)) {
+    forwardSg(x, w, bias, g, y);
+    return y;
+  }
+  const r = rt();
+  const f16 = w.dtype === 'f16';
+  const code = forwardKernel(f16, !!bias);
+  const { nb, ca: cb, cb: ob } = plan('conv2d', N, C, H * W, O, Ho * Wo);
+  for (let n0 = 0; n0 < N; n0 += nb) {
+    const nn = Math.min(nb, N - n0);
+    for (let o0 = 0; o0 < O; o0 += ob) {
+      const oc = Math.min(ob, O - o0);
+      const yw = window(y, n0 * O * Ho * Wo + o0 * Ho * Wo, (nn - 1) * O * Ho * Wo + oc * Ho * Wo);
+      for (let c0 = 0; c0 < C; c0 += cb) {
+        const cc = Math.min(cb, C - c0);
+        const xw = window(x, n0 * C * H * W + c0 * H * W, (nn - 1) * C * H * W + cc * H * W);
+        const wg: [number, number, number] = [Math.ceil((Ho * Wo) / 32), Math.ceil(oc / 32), nn];
+        checkGrid('conv2d', wg);
+        r.dispatch({
+          name: 'conv2d',
+          code,
+          uniforms: geomUniforms(new Uniforms().u32(cc, C, c0, oc, o0, H, W, Ho, Wo, C * H * W, O * Ho * Wo, xw.shift, yw.shift, c0 > 0 ? 1 : 0, 0, 0), g),
+          bindings: [xw.bind, { buffer: w.buffer }, ...(bias ? [{ buffer: bias.buffer }] : []), yw.bind],
+          workgroups: wg,
+        });
+      }
+    }
+  }
+  return y;
+}
+
+// ---------------- backward-data ----------------
+
+// uniforms: Cc, c0, Oc, o0, Ctot, H, W, Ho, Wo, xBS, gBS, xShift, gShift, accum, QB (blocks of 4 per phase row)
+function backwardDataKernel(f16: boolean): string {
+  const J = [0, 1, 2, 3];
+  return /* wgsl */ `${f16 ? 'enable f16;' : ''}
+struct P { Cc: u32, c0: u32, Oc: u32, o0: u32, Ctot: u32, H: u32, W: u32, Ho: u32, Wo: u32, xBS: u32, gBS: u32, xShift: u32, gShift: u32, accum: u32, QB: u32, _0: u32, ${GEOM_FIELDS} }
+@group(0) @binding(0) var<uniform> u: P;
+@group(0) @binding(1) var<storage, read> G: array<f32>;
+@group(0) @binding(2) var<storage, read> WT: array<${f16 ? 'f16' : 'f32'}>;
+@group(0) @binding(3) var<storage, read_write> DX: array<f32>;
+@compute @workgroup_size(8, 8, 1)
+fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
+  ${GEOM_LETS}
+  // gid.x enumerates (iy, stride phase px, block qb of 4 pixels ix = px + SW * (4 qb + j))
+  let qb = gid.x % u.QB;
+  let t = gid.x / u.QB;
+  let px = t % u32(SW);
+  let iy = t / u32(SW);
+  let cl = gid.y * 4u;
+  let n = gid.z;
+  if (iy >= u.H || cl >= u.Cc) { return; }
+  let ix = vec4<u32>(px + u32(SW) * 4u * qb) + vec4<u32>(0u, 1u, 2u, 3u) * u32(SW);
+  let colOk = ix < vec4<u32>(u.W);
+  let HoWo = u.Ho * u.Wo;
+  let gb = u.gShift + n * u.gBS;
+  let cg = vec4<u32>(u.c0) + min(vec4<u32>(cl) + vec4<u32>(0u, 1u, 2u, 3u), vec4<u32>(u.Cc - 1u));
+  let wrow = (u.o0 * u.Ctot + cg) * KHW;
+  let wo = u.Ctot * KHW;
+  var acc0 = vec4<f32>(0.0); var acc1 = vec4<f32>(0.0); var acc2 = vec4<f32>(0.0); var acc3 = vec4<f32>(0.0);
+  let ky0 = (i32(iy) + PT) % SH;
+  let kx0 = (i32(px) + PL) % SW;
+  for (var ky = ky0; ky < KH; ky += SH) {
+    let ny = i32(iy) + PT - ky;
+    if (ny < 0) { break; }
+    let oy = u32(ny / SH);
+    if (oy >= u.Ho) { continue; }
+    for (var kx = kx0; kx < KW; kx += SW) {
+      let nx = vec4<i32>(ix) + (PL - kx);
+      let ox = nx / SW;
+      let ok = colOk & (nx >= vec4<i32>(0)) & (ox < vec4<i32>(i32(u.Wo)));
+      let m = select(vec4<f32>(0.0), vec4<f32>(1.0), ok);
+      let a = vec4<u32>(select(vec4<i32>(0), ox, ok)) + (gb + oy * u.Wo);
+      let wk = wrow + u32(ky * KW + kx);
+      for (var o = 0u; o < u.Oc; o++) {
+        let go = o * HoWo;
+        let gv = vec4<f32>(G[a.x + go], G[a.y + go], G[a.z + go], G[a.w + go]) * m;
+        let wc = wk + o * wo;
+        acc0 = fma(vec4<f32>(f32(WT[wc.x])), gv, acc0);
+        acc1 = fma(vec4<f32>(f32(WT[wc.y])), gv, acc1);
+        acc2 = fma(vec4<f32>(f32(WT[wc.z])), gv, acc2);
+        acc3 = fma(vec4<f32>(f32(WT[wc.w])), gv, acc3);
+      }
+    }
+  }
+  let accs = array<vec4<f32>, 4>(acc0, acc1, acc2, acc3);
+  for (var i = 0u; i < 4u; i++) {
+    if (cl + i >= u.Cc) { break; }
+    let base = u.xShift + n * u.xBS + (cl + i) * u.H * u.W + iy * u.W;
+    let v = accs[i];
+    ${J.map((j) => `if (colOk[${j}]) { let k = base + ix[${j}]; DX[k] = select(v[${j}], v[${j}] + DX[k], u.accum != 0u); }`).join('\n    ')}
+  }
+}`;
+}
+
+function backwardDataRaw(gy: Tensor, w: Tensor, g: Geom): Tensor {
+  const { N, C, H, W, O, Ho, Wo, SW } = g;
+  const dx = Tensor.empty([N, C, H, W], 'f32', 'conv2d_dx');
+  if (dx.size === 0) return dx;
+  checkWeightBinding('conv2d backward', w);
+  if (useSubgroup(C)) {
+    backwardDataSg(gy, w, g, dx);
+    return dx;
+  }
+  const r = rt();
+  const code = backwardDataKernel(w.dtype === 'f16');
+  const QB = Math.ceil(Math.ceil(W / SW) / 4);
+  const { nb, ca: cb, cb: ob } = plan('conv2d backward', N, C, H * W, O, Ho * Wo);
+  for (let n0 = 0; n0 < N; n0 += nb) {
+    const nn = Math.min(nb, N - n0);
+    for (let c0 = 0; c0 < C; c0 += cb) {
+      const cc = Math.min(cb, C - c0);
+      const xw = window(dx, n0 * C * H * W + c0 * H * W, (nn - 1) * C * H * W + cc * H * W);
+      for (let o0 = 0; o0 < O; o0 += ob) {
+        const oc = Math.min(ob, O - o0);
+        const gw = window(gy, n0 * O * Ho * Wo + o0 * Ho * Wo, (nn - 1) * O * Ho * Wo + oc * Ho * Wo);
+        const wg: [number, number, number] = [Math.ceil((H * SW * QB) / 8), Math.ceil(cc / 32), nn];
+        checkGrid('conv2d backward', wg);
+        r.dispatch({
+          name: 'conv2d_bwd_data',
+          code,
+          uniforms: geomUniforms(new Uniforms().u32(cc, c0, oc, o0, C, H, W, Ho, Wo, C * H * W, O * Ho * Wo, xw.shift, gw.shift, o0 > 0 ? 1 : 0, QB, 0), g),
+          bindings: [gw.bind, { buffer: w.buffer }, xw.bind],
+          workgroups: wg,
+        });
+      }
+    }
+  }
+  return dx;
+}
+
+// ---------------- backward-weight ----------------
+
+// uniforms: Cc, c0, Oc, o0, Ctot, H, W, Ho, Wo, nb, xBS, gBS, xShift, gShift, accum
+function backwardWeightKernel(): string {
+  return /* wgsl */ `
+struct P { Cc: u32, c0: u32, Oc: u32, o0: u32, Ctot: u32, H: u32, W: u32, Ho: u32, Wo: u32, nb: u32, xBS: u32, gBS: u32, xShift: u32, gShift: u32, accum: u32, _0: u32, ${GEOM_FIELDS} }
+@group(0) @binding(0) var<uniform> u: P;
+@group(0) @binding(1) var<storage, read> X: array<f32>;
+@group(0) @binding(2) var<storage, read> G: array<f32>;
+@group(0) @binding(3) var<storage, read_write> DW: array<f32>;
+@compute @workgroup_size(8, 8, 1)
+fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
+  ${GEOM_LETS}
+  let cl = gid.x * 4u;
+  let ol = gid.y * 4u;
+  let kk = i32(gid.z);
+  if (cl >= u.Cc || ol >= u.Oc) { return; }
+  let ky = kk / KW;
+  let kx = kk % KW;
+  // output positions whose tap (ky, kx) lands inside the input
+  let oyLo = max(0, (PT - ky + SH - 1) / SH);
+  // floor division: a negative numerator means no output row reads this tap
+  let oyHi = min(i32(u.Ho), select((i32(u.H) - 1 + PT - ky) / SH + 1, 0, i32(u.H) - 1 + PT - ky < 0));
+  let oxLo = max(0, (PL - kx + SW - 1) / SW);
+  let oxHi = min(i32(u.Wo), select((i32(u.W) - 1 + PL - kx) / SW + 1, 0, i32(u.W) - 1 + PL - kx < 0));
+  let HW = u.H * u.W;
+  let HoWo = u.Ho * u.Wo;
+  let xc = vec4<u32>(u.xShift) + min(vec4<u32>(cl) + vec4<u32>(0u, 1u, 2u, 3u), vec4<u32>(u.Cc - 1u)) * HW;
+  let gc = vec4<u32>(u.gShift) + min(vec4<u32>(ol) + vec4<u32>(0u, 1u, 2u, 3u), vec4<u32>(u.Oc - 1u)) * HoWo;
+  var acc0 = vec4<f32>(0.0); var acc1 = vec4<f32>(0.0); var acc2 = vec4<f32>(0.0); var acc3 = vec4<f32>(0.0);
+  for (var n = 0u; n < u.nb; n++) {
+    for (var oy = oyLo; oy < oyHi; oy++) {
+      let iy = oy * SH - PT + ky;
+      let xr = vec4<u32>(u32(i32(n * u.xBS) + iy * i32(u.W) + kx - PL)) + xc;
+      let gr = vec4<u32>(n * u.gBS + u32(oy) * u.Wo) + gc;
+      for (var ox = oxLo; ox < oxHi; ox++) {
+        let xi = xr + u32(ox * SW);
+        let gi = gr + u32(ox);
+        let xv = vec4<f32>(X[xi.x], X[xi.y], X[xi.z], X[xi.w]);
+        acc0 = fma(vec4<f32>(G[gi.x]), xv, acc0);
+        acc1 = fma(vec4<f32>(G[gi.y]), xv, acc1);
+        acc2 = fma(vec4<f32>(G[gi.z]), xv, acc2);
+        acc3 = fma(vec4<f32>(G[gi.w]), xv, acc3);
+      }
+    }
+  }
+  let accs = array<vec4<f32>, 4>(acc0, acc1, acc2, acc3);
+  for (var i = 0u; i < 4u; i++) {
+    if (ol + i >= u.Oc) { break; }
+    let v = accs[i];
+    for (var j = 0u; j < 4u; j++) {
+      if (cl + j >= u.Cc) { break; }
+      let k = ((u.o0 + ol + i) * u.Ctot + u.c0 + cl + j) * KHW + u32(kk);
+      DW[k] = select(v[j], v[j] + DW[k], u.accum != 0u);
+    }
+  }
+}`;
+}
+
+function backwardWeightRaw(gy: Tensor, x: Tensor, g: Geom): Tensor {
+  const { N, C, H, W, O, KH, KW, Ho, Wo } = g;
+  const dw = Tensor.empty([O, C, KH, KW], 'f32', 'conv2d_dw');
+  if (dw.size === 0) return dw;
+  const r = rt();
+  if (N === 0) {
+    r.dispatch(zeroSpec(dw));
+    return dw;
+  }
+  checkWeightBinding('conv2d backward', dw);
+  if (useSubgroup(O) && backwardWeightSg(gy, x, g, dw)) return dw;
+  const code = backwardWeightKernel();
+  const { nb, ca: cb, cb: ob } = plan('conv2d backward', N, C, H * W, O, Ho * Wo);
+  for (let n0 = 0; n0 < N; n0 += nb) {
+    const nn = Math.min(nb, N - n0);
+    for (let o0 = 0; o0 < O; o0 += ob) {
+      const oc = Math.min(ob, O - o0);
+      const gw = window(gy, n0 * O * Ho * Wo + o0 * Ho * Wo, (nn - 1) * O * Ho * Wo + oc * Ho * Wo);
+      for (let c0 = 0; c0 < C; c0 += cb) {
+        const cc = Math.min(cb, C - c0);
+        const xw = window(x, n0 * C * H * W + c0 * H * W, (nn - 1) * C * H * W + cc * H * W);
+        const wg: [number, number, number] = [Math.ceil(cc / 32), Math.ceil(oc / 32), KH * KW];
+        checkGrid('conv2d backward', wg);
+        r.dispatch({
+          name: 'conv2d_bwd_weight',
+          code,
+          uniforms: geomUniforms(new Uniforms().u32(cc, c0, oc, o0, C, H, W, Ho, Wo, nn, C * H * W, O * Ho * Wo, xw.shift, gw.shift, n0 > 0 ? 1 : 0, 0), g),
+          bindings: [xw.bind, gw.bind, { buffer: dw.buffer }],
+          workgroups: wg,
+        });
+      }
+    }
+  }
+  return dw;
+}
+
+// ---------------- subgroup-broadcast variant (CPU adapters) ----------------
+// On lavapipe every storage load is executed lane by lane (a bounds check and a scalar load per lane), while
+// arithmetic runs 8 lanes wide, so a kernel is fast when each loaded value feeds many FMAs. Here a
+// workgroup is one subgroup of SG lanes computing a 32-row x (SG*4)-position tile: each lane loads one vec4
+// of 4 consecutive rows of a repacked weight matrix and every row's weight reaches all lanes through
+// subgroupBroadcast; each lane loads its own 4 input values per reduction step. That is 32x4 FMAs per lane
+// for 1 vec4 + 4 scalar loads. Shapes, kernel size, stride and padding are uniforms (one pipeline per mode).
+//  - mode 'fwd': rows = output channels, positions = output pixels, reduction = input channels x taps.
+//  - mode 'bwd': rows = input channels, positions = input pixels of one stride phase (py, px) per workgroup
+//    (the phase is part of workgroup_id.z), so the taps that reach them are uniform: ky = (py + pt) mod sh
+//    stepping by sh, and likewise kx; the source is dY at oy = (iy + pt - ky) / sh.
+
+const SG = 8;
+const SG_R = 32; // rows per workgroup (4 per lane)
+const SG_T = 4; // positions per lane
+export type ConvVariant = 'subgroup' | 'register';
+let forcedVariant: ConvVariant | null = null;
+/** Force a conv2d tiling (tests and benchmarks); null restores the per-adapter default. */
+export function setConv2dVariant(v: ConvVariant | null) {
+  forcedVariant = v;
+}
+export function conv2dVariant(): ConvVariant {
+  if (forcedVariant) return forcedVariant;
+  const g = rt().gpu;
+  return g.adapterClass === 'cpu' && subgroupsUsable() ? 'subgroup' : 'register';
+}
+/** Whether a pass with `rows` GEMM rows (fwd/bwd-weight: output channels, bwd-data: input channels) takes the
+ * subgroup tiling: by default not for fewer than 8 rows (a 32-row tile would be mostly padding). */
+function useSubgroup(rows: number): boolean {
+  if (forcedVariant) return forcedVariant === 'subgroup';
+  return conv2dVariant() === 'subgroup' && rows >= 8;
+}
+
+/** The tilings this adapter can run. */
+export function conv2dVariants(): ConvVariant[] {
+  return subgroupsUsable() ? ['subgroup', 'register'] : ['register'];
+}
+function subgroupsUsable() {
+  const g = rt().gpu;
+  return rt().features.has('subgroups') && g.subgroupMinSize === SG && g.subgroupMaxSize === SG;
+}
+
+/** WR[(tap * K + k) * Rp + r] = W[o, c, tap] (fwd: o = rStart + r, c = k; bwd: o = k, c = rStart + r), zero rows past rCount; then bias. */
+function repackKernel(f16: boolean, mode: 'fwd' | 'bwd', bias: boolean) {
+  return /* wgsl */ `${f16 ? 'enable f16;' : ''}
+${WG_INDEX}
+struct P { n: u32, rCount: u32, rStart: u32, Rp: u32, K: u32, C: u32, KK: u32, _0: u32 }
+@group(0) @binding(0) var<uniform> u: P;
+@group(0) @binding(1) var<storage, read> W: array<${f16 ? 'f16' : 'f32'}>;
+${bias ? '@group(0) @binding(2) var<storage, read> BIAS: array<f32>;' : ''}
+@group(0) @binding(${bias ? 3 : 2}) var<storage, read_write> WR: array<f32>;
+@compute @workgroup_size(64)
+fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
+  let idx = wg_index(wid, nwg) * 64u + li;
+  if (idx >= u.n + u.Rp) { return; }
+  let r = idx % u.Rp;
+  let rg = u.rStart + min(r, u.rCount - 1u);
+  if (idx >= u.n) { WR[idx] = ${bias ? 'select(0.0, BIAS[rg], r < u.rCount)' : '0.0'}; return; }
+  let rest = idx / u.Rp;
+  let k = rest % u.K;
+  let tap = rest / u.K;
+  ${mode === 'fwd' ? 'let o = rg; let c = k;' : 'let o = k; let c = rg;'}
+  WR[idx] = select(0.0, f32(W[(o * u.C + c) * u.KK + tap]), r < u.rCount);
+}`;
+}
+
+/** Repacked weights (and bias) for rows [rStart, rStart + rCount), padded to a multiple of SG_R rows. */
+function repack(w: Tensor, bias: Tensor | undefined, mode: 'fwd' | 'bwd', rStart: number, rCount: number, g: Geom) {
+  const Rp = Math.ceil(rCount / SG_R) * SG_R;
+  const K = mode === 'fwd' ? g.C : g.O;
+  const KK = g.KH * g.KW;
+  const n = KK * K * Rp;
+  const wr = Tensor.empty([n + Rp], 'f32', 'conv2d_wrepack');
+  rt().dispatch({
+    name: 'conv2d_repack',
+    code: repackKernel(w.dtype === 'f16', mode, !!bias),
+    uniforms: new Uniforms().u32(n, rCount, rStart, Rp, K, g.C, KK, 0).done(),
+    bindings: [{ buffer: w.buffer }, ...(bias ? [{ buffer: bias.buffer }] : []), { buffer: wr.buffer }],
+    workgroups: grid(Math.ceil((n + Rp) / 64)),
+  });
+  if (wr.byteLength > rt().maxBindingBytes) throw new ShapeError(`conv2d: repacked weight of ${wr.byteLength} bytes exceeds the storage binding limit`);
+  return { wr, Rp, biasOff: n };
+}
+
+function sgGemmKernel(mode: 'fwd' | 'bwd'): string {
+  const R = [...Array(SG_R).keys()];
+  const T = [...Array(SG_T).keys()];
+  const Q = [...Array(SG_T / 4).keys()];
+  const V = [...Array(SG_R / (4 * SG)).keys()];
+  // row r lives in component r % 4 of lane (r / 4) % SG's vec4 number r / (4 SG)
+  const bc = (name: string, r: number) => `subgroupBroadcast(${name}${Math.floor(r / (4 * SG))}[${r % 4}], ${(r >> 2) % SG}u)`;
+  // one flat loop over the taps that reach this workgroup's pixels
+  const taps =
+    mode === 'fwd'
+      ? `let nkx = u.KW;
+  let ntap = u.KH * u.KW;
+  for (var kk = 0; kk < ntap; kk++) {
+    {
+      let ky = kk / nkx;
+      let kx = kk % nkx;
+      ${T.map((t) => `let sy${t} = ya${t} + ky; let sx${t} = xb${t} + kx;`).join(' ')}`
+      : `let ky0 = (py + u.PT) % u.SH;
+  let kx0 = (px + u.PL) % u.SW;
+  let nkx = (u.KW - kx0 + u.SW - 1) / u.SW;
+  let ntap = ((u.KH - ky0 + u.SH - 1) / u.SH) * nkx;
+  for (var kk = 0; kk < ntap; kk++) {
+    {
+      let ky = ky0 + (kk / nkx) * u.SH;
+      let kx = kx0 + (kk % nkx) * u.SW;
+      let dy = (py + u.PT - ky) / u.SH;
+      let dx = (px + u.PL - kx) / u.SW;
+      ${T.map((t) => `let sy${t} = ya${t} + dy; let sx${t} = xb${t} + dx;`).join(' ')}`;
+  return /* wgsl */ `enable subgroups;
+struct P {
+  K: u32, kOff: u32, Ktot: u32, Rc: u32,
+  Rp4: u32, srcH: u32, srcW: u32, sBS: u32,
+  sShift: u32, outH: u32, outW: u32, oBS: u32,
+  oShift: u32, accum: u32, biasOff4: u32, _0: u32,
+  KH: i32, KW: i32, SH: i32, SW: i32,
+  PT: i32, PL: i32, _1: i32, _2: i32 }
+@group(0) @binding(0) var<uniform> u: P;
+@group(0) @binding(1) var<storage, read> SRC: array<f32>;
+@group(0) @binding(2) var<storage, read> WR: array<vec4<f32>>;
+@group(0) @binding(3) var<storage, read_write> Y: array<f32>;
+@compute @workgroup_size(${SG})
+fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(subgroup_invocation_id) lane: u32) {
+  ${
+    mode === 'fwd'
+      ? `let n = wid.z;
+  let PA = u.outH;
+  let PB = u.outW;`
+      : `let nph = u32(u.SH * u.SW);
+  let n = wid.z / nph;
+  let ph = i32(wid.z % nph);
+  let py = ph / u.SW;
+  let px = ph % u.SW;
+  let PA = (u.outH + u32(u.SH - 1 - py)) / u32(u.SH);
+  let PB = (u.outW + u32(u.SW - 1 - px)) / u32(u.SW);`
+  }
+  let NP = PA * PB;
+  let p0 = wid.x * ${SG * SG_T}u;
+  let srcPlane = u.srcH * u.srcW;
+  let sBase = u.sShift + n * u.sBS;
+  ${T.map(
+    (t) => `let pi${t} = p0 + ${t * SG}u + lane;
+  let pc${t} = min(pi${t}, max(NP, 1u) - 1u);
+  let a${t} = pc${t} / PB;
+  let b${t} = pc${t} % PB;
+  ${
+    mode === 'fwd'
+      ? `let ya${t} = i32(a${t}) * u.SH - u.PT; let xb${t} = i32(b${t}) * u.SW - u.PL; let oa${t} = a${t} * u.outW + b${t};`
+      : `let ya${t} = i32(a${t}); let xb${t} = i32(b${t}); let oa${t} = (u32(py) + u32(u.SH) * a${t}) * u.outW + u32(px) + u32(u.SW) * b${t};`
+  }`,
+  ).join('\n  ')}
+  ${R.map((r) => T.map((t) => `var c${r}_${t} = 0.0;`).join(' ')).join('\n  ')}
+  let wRow = wid.y * ${SG_R / 4}u + lane;
+  let Hs = i32(u.srcH);
+  let Ws = i32(u.srcW);
+  ${taps}
+      let tap = u32(ky * u.KW + kx);
+      ${T.map(
+        (t) => `let ok${t} = sy${t} >= 0 && sy${t} < Hs && sx${t} >= 0 && sx${t} < Ws;
+      let m${t} = select(0.0, 1.0, ok${t});
+      let s${t} = sBase + u32(select(0, sy${t} * Ws + sx${t}, ok${t}));`,
+      ).join('\n      ')}
+      let wi0 = (tap * u.Ktot + u.kOff) * u.Rp4 + wRow;
+      for (var k = 0u; k < u.K; k++) {
+        ${V.map((v) => `let wv${v} = WR[wi0 + k * u.Rp4 + ${v * SG}u];`).join(' ')}
+        let so = k * srcPlane;
+        ${T.map((t) => `let x${t} = SRC[s${t} + so] * m${t};`).join(' ')}
+        ${R.map(
+          (r) =>
+            `{ let w = ${bc('wv', r)}; ${T.map((t) => `c${r}_${t} = fma(w, x${t}, c${r}_${t});`).join(' ')} }`,
+        ).join('\n        ')}
+      }
+    }
+  }
+  // the epilogue runs as a loop over rows (small code); the accumulators are staged in a private array
+  ${V.map((v) => `let bv${v} = select(vec4<f32>(0.0), WR[u.biasOff4 + wRow + ${v * SG}u], u.accum == 0u);`).join(' ')}
+  var acc: array<vec4<f32>, ${(SG_R * SG_T) / 4}>;
+  ${R.map((r) => `{ let bb = ${bc('bv', r)}; ${Q.map((q) => `acc[${(r * SG_T) / 4 + q}] = vec4<f32>(${[0, 1, 2, 3].map((j) => `c${r}_${4 * q + j}`).join(', ')}) + bb;`).join(' ')} }`).join('\n  ')}
+  let rb = wid.y * ${SG_R}u;
+  let outPlane = u.outH * u.outW;
+  let oBase = u.oShift + n * u.oBS + rb * outPlane;
+  let rn = min(${SG_R}u, u.Rc - rb);
+  for (var r = 0u; r < rn; r++) {
+    ${Q.map((q) => `let v${q} = acc[r * ${SG_T / 4}u + ${q}u];`).join(' ')}
+    let ro = oBase + r * outPlane;
+    ${T.map((t) => `if (pi${t} < NP) { let q = ro + oa${t}; Y[q] = select(v${t >> 2}[${t % 4}], v${t >> 2}[${t % 4}] + Y[q], u.accum != 0u); }`).join('\n    ')}
+  }
+}`;
+}
+
+function sgUniforms(o: {
+  K: number; kOff: number; Ktot: number; Rc: number; Rp: number; srcH: number; srcW: number; sBS: number; sShift: number;
+  outH: number; outW: number; oBS: number; oShift: number; accum: boolean; biasOff: number; g: Geom;
+}) {
+  const g = o.g;
+  return new Uniforms()
+    .u32(o.K, o.kOff, o.Ktot, o.Rc, o.Rp / 4, o.srcH, o.srcW, o.sBS, o.sShift, o.outH, o.outW, o.oBS, o.oShift, o.accum ? 1 : 0, o.biasOff / 4, 0)
+    .i32(g.KH, g.KW, g.SH, g.SW, g.PT, g.PL, 0, 0)
+    .done();
+}
+
+function forwardSg(x: Tensor, w: Tensor, bias: Tensor | undefined, g: Geom, y: Tensor) {
+  const { N, C, H, W, O, Ho, Wo } = g;
+  const r = rt();
+  const code = sgGemmKernel('fwd');
+  const { nb, ca: cb, cb: ob } = plan('conv2d', N, C, H * W, O, Ho * Wo);
+  for (let o0 = 0; o0 < O; o0 += ob) {
+    const oc = Math.min(ob, O - o0);
+    const { wr, Rp, biasOff } = repack(w, bias, 'fwd', o0, oc, g);
+    for (let n0 = 0; n0 < N; n0 += nb) {
+      const nn = Math.min(nb, N - n0);
+      const yw = window(y, n0 * O * Ho * Wo + o0 * Ho * Wo, (nn - 1) * O * Ho * Wo + oc * Ho * Wo);
+      for (let c0 = 0; c0 < C; c0 += cb) {
+        const cc = Math.min(cb, C - c0);
+        const xw = window(x, n0 * C * H * W + c0 * H * W, (nn - 1) * C * H * W + cc * H * W);
+        const wg: [number, number, number] = [Math.ceil((Ho * Wo) / (SG * SG_T)), Rp / SG_R, nn];
+        checkGrid('conv2d', wg);
+        r.dispatch({
+          name: 'conv2d_sg',
+          code,
+          uniforms: sgUniforms({ K: cc, kOff: c0, Ktot: C, Rc: oc, Rp, srcH: H, srcW: W, sBS: C * H * W, sShift: xw.shift, outH: Ho, outW: Wo, oBS: O * Ho * Wo, oShift: yw.shift, accum: c0 > 0, biasOff, g }),
+          bindings: [xw.bind, { buffer: wr.buffer }, yw.bind],
+          workgroups: wg,
+        });
+      }
+    }
+    wr.dispose();
+  }
+}
+
+function backwardDataSg(gy: Tensor, w: Tensor, g: Geom, dx: Tensor) {
+  const { N, C, H, W, O, Ho, Wo, SH, SW } = g;
+  const r = rt();
+  const code = sgGemmKernel('bwd');
+  const { nb, ca: cb, cb: ob } = plan('conv2d backward', N, C, H * W, O, Ho * Wo);
+  const phasePlane = Math.ceil(H / SH) * Math.ceil(W / SW);
+  for (let c0 = 0; c0 < C; c0 += cb) {
+    const cc = Math.min(cb, C - c0);
+    const { wr, Rp, biasOff } = repack(w, undefined, 'bwd', c0, cc, g);
+    for (let n0 = 0; n0 < N; n0 += nb) {
+      const nn = Math.min(nb, N - n0);
+      const xw = window(dx, n0 * C * H * W + c0 * H * W, (nn - 1) * C * H * W + cc * H * W);
+      for (let o0 = 0; o0 < O; o0 += ob) {
+        const oc = Math.min(ob, O - o0);
+        const gw = window(gy, n0 * O * Ho * Wo + o0 * Ho * Wo, (nn - 1) * O * Ho * Wo + oc * Ho * Wo);
+        const wg: [number, number, number] = [Math.ceil(phasePlane / (SG * SG_T)), Rp / SG_R, nn * SH * SW];
+        checkGrid('conv2d backward', wg);
+        r.dispatch({
+          name: 'conv2d_sg_bwd_data',
+          code,
+          uniforms: sgUniforms({ K: oc, kOff: o0, Ktot: O, Rc: cc, Rp, srcH: Ho, srcW: Wo, sBS: O * Ho * Wo, sShift: gw.shift, outH: H, outW: W, oBS: C * H * W, oShift: xw.shift, accum: o0 > 0, biasOff, g }),
+          bindings: [gw.bind, { buffer: wr.buffer }, xw.bind],
+          workgroups: wg,
+        });
+      }
+    }
+    wr.dispose();
+  }
+}
+
+// dW[o, c, tap]: rows = output channels (4 per lane, shared by broadcast), positions = input channels (4 per
+// lane), reduction over the output pixels where the workgroup's tap (workgroup_id.z) lands inside the input.
+// dY and X are first transposed to [n, pixel, channel] (channels padded to a multiple of 4) so that a lane's 4
+// rows and its 4 columns are one vec4 load each.
+function sgWeightKernel(): string {
+  if (SG_R !== 4 * SG || SG_T !== 4) throw new Error('conv2d: the weight-gradient kernel assumes one vec4 of rows and of columns per lane');
+  const R = [...Array(SG_R).keys()];
+  const T = [...Array(SG_T).keys()];
+  const Q = [...Array(SG_T / 4).keys()];
+  return /* wgsl */ `enable subgroups;
+struct P {
+  Cc: u32, c0: u32, Ctot: u32, Oc: u32,
+  o0: u32, H: u32, W: u32, Ho: u32,
+  Wo: u32, nb: u32, xBS: u32, Rp4: u32,
+  _x: u32, _g: u32, accum: u32, _0: u32,
+  KH: i32, KW: i32, SH: i32, SW: i32,
+  PT: i32, PL: i32, _1: i32, _2: i32 }
+@group(0) @binding(0) var<uniform> u: P;
+@group(0) @binding(1) var<storage, read> XT: array<vec4<f32>>;
+@group(0) @binding(2) var<storage, read> GT: array<vec4<f32>>;
+@group(0) @binding(3) var<storage, read_write> DW: array<f32>;
+@compute @workgroup_size(${SG})
+fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(subgroup_invocation_id) lane: u32) {
+  let cb = wid.x * ${SG * SG_T}u;
+  let Rp4 = u.Rp4;
+  let ob = wid.y * ${SG_R}u;
+  let tap = i32(wid.z);
+  let ky = tap / u.KW;
+  let kx = tap % u.KW;
+  let oyLo = max(0, (u.PT - ky + u.SH - 1) / u.SH);
+  // floor division: a negative numerator means no output row reads this tap
+  let oyHi = min(i32(u.Ho), select((i32(u.H) - 1 + u.PT - ky) / u.SH + 1, 0, i32(u.H) - 1 + u.PT - ky < 0));
+  let oxLo = max(0, (u.PL - kx + u.SW - 1) / u.SW);
+  let oxHi = min(i32(u.Wo), select((i32(u.W) - 1 + u.PL - kx) / u.SW + 1, 0, i32(u.W) - 1 + u.PL - kx < 0));
+  let HW = u.H * u.W;
+  let HoWo = u.Ho * u.Wo;
+  let Cp4 = u.xBS;
+  ${T.map((t) => `let cl${t} = cb + lane * ${SG_T}u + ${t}u;`).join(' ')}
+  let xq = wid.x * ${(SG * SG_T) / 4}u + lane * ${SG_T / 4}u;
+  let wRow = wid.y * ${SG_R / 4}u + lane;
+  ${R.map((r) => T.map((t) => `var c${r}_${t} = 0.0;`).join(' ')).join('\n  ')}
+  for (var n = 0u; n < u.nb; n++) {
+    for (var oy = oyLo; oy < oyHi; oy++) {
+      let iy = oy * u.SH - u.PT + ky;
+      var xo = (n * HW + u32(iy * i32(u.W) + oxLo * u.SW - u.PL + kx)) * Cp4 + xq;
+      var go = (n * HoWo + u32(oy) * u.Wo + u32(oxLo)) * Rp4 + wRow;
+      for (var ox = oxLo; ox < oxHi; ox++) {
+        let gv = GT[go];
+        ${Q.map((q) => `let xv${q} = XT[xo + ${q}u];`).join(' ')}
+        ${T.map((t) => `let x${t} = xv${t >> 2}[${t % 4}];`).join(' ')}
+        ${R.map(
+          (r) => `{ let g = subgroupBroadcast(gv[${r % 4}], ${r >> 2}u); ${T.map((t) => `c${r}_${t} = fma(g, x${t}, c${r}_${t});`).join(' ')} }`,
+        ).join('\n        ')}
+        xo += u32(u.SW) * Cp4;
+        go += Rp4;
+      }
+    }
+  }
+  let KK = u32(u.KH * u.KW);
+  var acc: array<vec4<f32>, ${(SG_R * SG_T) / 4}>;
+  ${R.map((r) => Q.map((q) => `acc[${(r * SG_T) / 4 + q}] = vec4<f32>(${[0, 1, 2, 3].map((j) => `c${r}_${4 * q + j}`).join(', ')});`).join(' ')).join('\n  ')}
+  let rn = min(${SG_R}u, u.Oc - ob);
+  for (var r = 0u; r < rn; r++) {
+    ${Q.map((q) => `let v${q} = acc[r * ${SG_T / 4}u + ${q}u];`).join(' ')}
+    let ro = ((u.o0 + ob + r) * u.Ctot + u.c0) * KK + u32(tap);
+    ${T.map((t) => `if (cl${t} < u.Cc) { let q = ro + cl${t} * KK; DW[q] = select(v${t >> 2}[${t % 4}], v${t >> 2}[${t % 4}] + DW[q], u.accum != 0u); }`).join('\n    ')}
+  }
+}`;
+}
+
+// GT[n, p, r] = G[n, r, p] for the rows of one window, padded with zero rows to a multiple of 4 (the last row
+// block of the weight kernel may read the next pixel's rows; those rows are never stored)
+const TRANSPOSE_ROWS = /* wgsl */ `
+${WG_INDEX}
+struct P { n: u32, Rp: u32, rc: u32, P: u32, gBS: u32, shift: u32, _0: u32, _1: u32 }
+@group(0) @binding(0) var<uniform> u: P;
+@group(0) @binding(1) var<storage, read> G: array<f32>;
+@group(0) @binding(2) var<storage, read_write> GT: array<f32>;
+@compute @workgroup_size(64)
+fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
+  let idx = wg_index(wid, nwg) * 64u + li;
+  if (idx >= u.n) { return; }
+  let r = idx % u.Rp;
+  let rest = idx / u.Rp;
+  let p = rest % u.P;
+  let n = rest / u.P;
+  GT[idx] = select(0.0, G[u.shift + n * u.gBS + min(r, u.rc - 1u) * u.P + p], r < u.rc);
+}`;
+
+function transposeRows(gw: { bind: Binding; shift: number }, nn: number, rc: number, P: number, gBS: number): { gt: Tensor; Rp: number } {
+  const Rp = Math.ceil(rc / 4) * 4;
+  const n = nn * P * Rp;
+  const gt = Tensor.empty([n], 'f32', 'conv2d_gt');
+  if (gt.byteLength > rt().maxBindingBytes) throw new ShapeError(`conv2d backward: transposed gradient of ${gt.byteLength} bytes exceeds the storage binding limit`);
+  rt().dispatch({
+    name: 'conv2d_transpose_rows',
+    code: TRANSPOSE_ROWS,
+    uniforms: new Uniforms().u32(n, Rp, rc, P, gBS, gw.shift, 0, 0).done(),
+    bindings: [gw.bind, { buffer: gt.buffer }],
+    workgroups: grid(Math.ceil(n / 64)),
+  });
+  return { gt, Rp };
+}
+
+/** Returns false (nothing dispatched) when not even 4 rows of one dY plane fit a binding. */
+function backwardWeightSg(gy: Tensor, x: Tensor, g: Geom, dw: Tensor): boolean {
+  const { N, C, H, W, O, KH, KW, Ho, Wo } = g;
+  const r = rt();
+  const code = sgWeightKernel();
+  // plan with rows rounded up to 4 so that the transposed dY window fits wherever the dY window does
+  const O4 = Math.ceil(O / 4) * 4;
+  const C4 = Math.ceil(C / 4) * 4;
+  const p = plan('conv2d backward', N, C4, H * W, O4, Ho * Wo);
+  const { nb } = p;
+  if ((p.cb < 4 && O > p.cb) || (p.ca < 4 && C > p.ca)) return false;
+  const ob = p.cb >= O4 ? O : Math.floor(p.cb / 4) * 4;
+  const cb = p.ca >= C4 ? C : Math.floor(p.ca / 4) * 4;
+  for (let n0 = 0; n0 < N; n0 += nb) {
+    const nn = Math.min(nb, N - n0);
+    for (let o0 = 0; o0 < O; o0 += ob) {
+      const oc = Math.min(ob, O - o0);
+      const gw = window(gy, n0 * O * Ho * Wo + o0 * Ho * Wo, (nn - 1) * O * Ho * Wo + oc * Ho * Wo);
+      const { gt, Rp } = transposeRows(gw, nn, oc, Ho * Wo, O * Ho * Wo);
+      for (let c0 = 0; c0 < C; c0 += cb) {
+        const cc = Math.min(cb, C - c0);
+        const xw = window(x, n0 * C * H * W + c0 * H * W, (nn - 1) * C * H * W + cc * H * W);
+        const { gt: xt, Rp: Cp } = transposeRows(xw, nn, cc, H * W, C * H * W);
+        const wg: [number, number, number] = [Math.ceil(cc / (SG * SG_T)), Math.ceil(oc / SG_R), KH * KW];
+        checkGrid('conv2d backward', wg);
+        r.dispatch({
+          name: 'conv2d_sg_bwd_weight',
+          code,
+          uniforms: new Uniforms()
+            .u32(cc, c0, C, oc, o0, H, W, Ho, Wo, nn, Cp / 4, Rp / 4, 0, 0, n0 > 0 ? 1 : 0, 0)
+            .i32(g.KH, g.KW, g.SH, g.SW, g.PT, g.PL, 0, 0)
+            .done(),
+          bindings: [{ buffer: xt.buffer }, { buffer: gt.buffer }, { buffer: dw.buffer }],
+          workgroups: wg,
+        });
+        xt.dispose();
+      }
+      gt.dispose();
+    }
+  }
+  return true;
+}
+
+// ---------------- bias gradient ----------------
+
+const BIAS_GRAD = /* wgsl */ `
+struct P { Oc: u32, o0: u32, nb: u32, P: u32, gBS: u32, gShift: u32, accum: u32, _0: u32 }
+@group(0) @binding(0) var<uniform> u: P;
+@group(0) @binding(1) var<storage, read> G: array<f32>;
+@group(0) @binding(2) var<storage, read_write> DB: array<f32>;
+var<workgroup> part: array<f32, 64>;
+@compute @workgroup_size(64)
+fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) li: u32) {
+  let o = wid.x;
+  var acc = 0.0;
+  for (var n = 0u; n < u.nb; n++) {
+    let base = u.gShift + n * u.gBS + o * u.P;
+    for (var p = li; p < u.P; p += 64u) { acc += G[base + p]; }
+  }
+  part[li] = acc;
+  workgroupBarrier();
+  for (var s = 32u; s > 0u; s = s >> 1u) {
+    if (li < s) { part[li] += part[li + s]; }
+    workgroupBarrier();
+  }
+  if (li == 0u) {
+    let k = u.o0 + o;
+    DB[k] = select(part[0], part[0] + DB[k], u.accum != 0u);
+  }
+}`;
+
+function biasGradRaw(gy: Tensor): Tensor {
+  const [N, O, Ho, Wo] = gy.shape;
+  const db = Tensor.empty([O], 'f32', 'conv2d_dbias');
+  if (O === 0) return db;
+  const r = rt();
+  if (N * Ho * Wo === 0) {
+    r.dispatch(zeroSpec(db));
+    return db;
+  }
+  const { nb, cb: ob } = plan('conv2d backward', N, 1, 1, O, Ho * Wo);
+  for (let n0 = 0; n0 < N; n0 += nb) {
+    const nn = Math.min(nb, N - n0);
+    for (let o0 = 0; o0 < O; o0 += ob) {
+      const oc = Math.min(ob, O - o0);
+      const gw = window(gy, n0 * O * Ho * Wo + o0 * Ho * Wo, (nn - 1) * O * Ho * Wo + oc * Ho * Wo);
+      r.dispatch({
+        name: 'conv2d_bwd_bias',
+        code: BIAS_GRAD,
+        uniforms: new Uniforms().u32(oc, o0, nn, Ho * Wo, O * Ho * Wo, gw.shift, n0 > 0 ? 1 : 0, 0).done(),
+        bindings: [gw.bind, { buffer: db.buffer }],
+        workgroups: [oc],
+      });
+    }
+  }
+  return db;
+}
+
+const ZERO = /* wgsl */ `
+struct P { n: u32, _0: u32, _1: u32, _2: u32 }
+@group(0) @binding(0) var<uniform> u: P;
+@group(0) @binding(1) var<storage, read_write> Y: array<f32>;
+@compute @workgroup_size(64)
+fn main(@builtin(global_invocation_id) gid: vec3<u32>) { if (gid.x < u.n) { Y[gid.x] = 0.0; } }`;
+
+function zeroSpec(t: Tensor) {
+  return { name: 'conv2d_zero', code: ZERO, uniforms: new Uniforms().u32(t.size, 0, 0, 0).done(), bindings: [{ buffer: t.buffer }], workgroups: [Math.ceil(t.size / 64)] as [number] };
+}
+
+// ---------------- the op ----------------
+
+/**
+ * 2D convolution, PyTorch layout and semantics: x [N, C, H, W] f32, w [O, C, kh, kw] f32 (or f16 storage),
+ * optional bias [O]. Padding is zero padding; `padding: [top, bottom, left, right]` allows the asymmetric
+ * padding of the VAE encoder's downsampler. Gradients for x, w and bias.
+ */
+export function conv2d(x: Tensor, w: Tensor, bias?: Tensor, opts: Conv2dOptions = {}): Tensor {
+  const g = geometry(x, w, opts);
+  if (x.dtype !== 'f32') throw new ShapeError(`conv2d: input must be f32, got ${x.dtype}`);
+  if (w.dtype !== 'f32' && w.dtype !== 'f16') throw new ShapeError(`conv2d: weight must be f32 or f16, got ${w.dtype}`);
+  if (bias && (bias.size !== g.O || bias.dtype !== 'f32')) throw new ShapeError(`conv2d: bias must be f32 [${g.O}], got ${bias.dtype} [${bias.shape}]`);
+  const y = forwardRaw(x, w, bias, g);
+  return record(y, 'conv2d', bias ? [x, w, bias] : [x, w], (gy) => [
+    wantsGrad(x) ? backwardDataRaw(gy, w, g) : null,
+    wantsGrad(w) ? backwardWeightRaw(gy, x, g) : null,
+    bias && wantsGrad(bias) ? biasGradRaw(gy) : null,
+  ]);
+}
+
+/** Low-level entry points (no autodiff), for tests and benchmarks. */
+export const conv2dRaw = {
+  forward: (x: Tensor, w: Tensor, bias?: Tensor, opts: Conv2dOptions = {}) => forwardRaw(x, w, bias, geometry(x, w, opts)),
+  backwardData: (gy: Tensor, x: Tensor, w: Tensor, opts: Conv2dOptions = {}) => backwardDataRaw(gy, w, geometry(x, w, opts)),
+  backwardWeight: (gy: Tensor, x: Tensor, w: Tensor, opts: Conv2dOptions = {}) => backwardWeightRaw(gy, x, geometry(x, w, opts)),
+  biasGrad: (gy: Tensor) => biasGradRaw(gy),
+};

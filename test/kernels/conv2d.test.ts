@@ -1,0 +1,226 @@
+// conv2d forward against the float64 reference on SD-like scaled-down and odd shapes with every stride/padding
+// case the models use; backward (x, w, bias) against finite differences; the chunked path for tensors larger
+// than one storage binding.
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { Tensor, grad, rt, tidy } from '../../engine/index.js';
+import { conv2d, conv2dRaw, conv2dVariants, setConv2dVariant, type Conv2dOptions, type ConvVariant } from '../../kernels/conv2d.js';
+import { rconv2d } from '../../kernels/conv2d.ref.js';
+import { rprod, rt64 } from '../../kernels/core.ref.js';
+import { checkGrad, expectClose, gpu, rand } from '../helpers/check.js';
+
+beforeAll(async () => {
+  await gpu();
+});
+
+interface Case {
+  name: string;
+  x: number[];
+  w: number[];
+  bias: boolean;
+  opts: Conv2dOptions;
+}
+
+const CASES: Case[] = [
+  { name: '3x3 s1 p1', x: [2, 8, 16, 16], w: [12, 8, 3, 3], bias: true, opts: { padding: 1 } },
+  { name: '3x3 s1 p1 odd', x: [3, 33, 7, 9], w: [77, 33, 3, 3], bias: true, opts: { padding: 1 } },
+  { name: '3x3 s2 p1 (UNet downsampler)', x: [2, 4, 15, 16], w: [33, 4, 3, 3], bias: true, opts: { stride: 2, padding: 1 } },
+  { name: '3x3 s2 pad [0,1,0,1] (VAE encoder)', x: [3, 33, 16, 14], w: [4, 33, 3, 3], bias: true, opts: { stride: 2, padding: [0, 1, 0, 1] } },
+  { name: '3x3 s2 pad [0,1,0,1] odd', x: [1, 4, 7, 9], w: [5, 4, 3, 3], bias: true, opts: { stride: 2, padding: [0, 1, 0, 1] } },
+  { name: '1x1', x: [3, 77, 7, 9], w: [33, 77, 1, 1], bias: true, opts: {} },
+  { name: '3x3 s1 p0', x: [2, 4, 7, 9], w: [6, 4, 3, 3], bias: false, opts: {} },
+  { name: 'patch 4x4 s4', x: [2, 3, 16, 20], w: [33, 3, 4, 4], bias: false, opts: { stride: 4 } },
+  { name: 'patch 14x14 s14', x: [1, 3, 28, 42], w: [8, 3, 14, 14], bias: false, opts: { stride: 14 } },
+  { name: 'asymmetric stride/pad', x: [2, 5, 11, 13], w: [7, 5, 3, 5], bias: true, opts: { stride: [2, 3], padding: [1, 2] } },
+];
+
+function data(c: Case) {
+  return {
+    x: rand(rprod(c.x), 1),
+    w: rand(rprod(c.w), 2, -0.5, 0.5),
+    b: rand(c.w[0], 3),
+  };
+}
+
+async function forwardCheck(c: Case, wDtype: 'f32' | 'f16' = 'f32', tol = 1e-5) {
+  const d = data(c);
+  // with f16 weights, the reference uses the rounded weights
+  const wData = wDtype === 'f16' ? ((await tidy(() => Tensor.from(d.w, c.w, 'f16')).data()) as Float32Array) : d.w;
+  const got = await tidy(() =>
+    conv2d(Tensor.from(d.x, c.x), Tensor.from(d.w, c.w, wDtype), c.bias ? Tensor.from(d.b, [c.w[0]]) : undefined, c.opts),
+  ).data();
+  const ref = rconv2d(rt64(d.x, c.x), rt64(wData, c.w), c.bias ? rt64(d.b, [c.w[0]]) : null, c.opts);
+  expectClose(got, ref.data, tol, `conv2d ${c.name} x[${c.x}] w[${c.w}] ${wDtype}`);
+  return ref.shape;
+}
+
+// every suite runs with both tilings: 'subgroup' (CPU adapters with 8-wide subgroups) and 'register' (the rest)
+const VARIANTS: ConvVariant[] = ['subgroup', 'register'];
+for (const variant of VARIANTS)
+  describe(`conv2d [${variant}]`, () => {
+    beforeAll(() => {
+      // an adapter without 8-wide subgroups runs the 'register' tiling in both passes
+      setConv2dVariant(conv2dVariants().includes(variant) ? variant : null);
+    });
+    afterAll(() => {
+      setConv2dVariant(null);
+    });
+    it('variant is available on this adapter', (ctx) => {
+      if (!conv2dVariants().includes(variant)) ctx.skip();
+    });
+    describe('conv2d forward', () => {
+      for (const c of CASES) it(`${c.name}: x[${c.x}] w[${c.w}]`, () => forwardCheck(c));
+      it('f16 weights', async () => {
+        if (!rt().features.has('shader-f16')) return;
+        await forwardCheck(CASES[1], 'f16');
+        await forwardCheck(CASES[3], 'f16');
+      });
+      it('rejects mismatched channels', () => {
+        expect(() => tidy(() => conv2d(Tensor.empty([1, 3, 4, 4]), Tensor.empty([2, 4, 3, 3])))).toThrow(/channels/);
+      });
+    });
+
+    describe('conv2d backward vs finite differences', () => {
+      const GCASES: Case[] = [
+        { name: '3x3 s1 p1', x: [2, 3, 5, 6], w: [4, 3, 3, 3], bias: true, opts: { padding: 1 } },
+        { name: '3x3 s2 p1', x: [2, 3, 7, 8], w: [5, 3, 3, 3], bias: true, opts: { stride: 2, padding: 1 } },
+        { name: '3x3 s2 pad [0,1,0,1]', x: [1, 4, 8, 7], w: [3, 4, 3, 3], bias: true, opts: { stride: 2, padding: [0, 1, 0, 1] } },
+        { name: '1x1', x: [3, 5, 3, 4], w: [6, 5, 1, 1], bias: true, opts: {} },
+        { name: 'patch 4x4 s4', x: [2, 3, 8, 12], w: [5, 3, 4, 4], bias: false, opts: { stride: 4 } },
+        { name: 'asymmetric', x: [2, 3, 9, 10], w: [4, 3, 3, 5], bias: true, opts: { stride: [2, 3], padding: [1, 2] } },
+      ];
+      for (const c of GCASES)
+        it(`${c.name}: x[${c.x}] w[${c.w}]`, async () => {
+          const d = data(c);
+          const inputs = [
+            { data: d.x, shape: c.x },
+            { data: d.w, shape: c.w },
+            ...(c.bias ? [{ data: d.b, shape: [c.w[0]] }] : []),
+          ];
+          await checkGrad(
+            `conv2d ${c.name}`,
+            inputs,
+            (x, w, b) => conv2d(x, w, b, c.opts),
+            (x, w, b) => rconv2d(x, w, b ?? null, c.opts),
+            { samples: 40 },
+          );
+        });
+    });
+
+    /** Exact backward (vs float64 reference) on a larger shape through the transposed sums. */
+    function refBackward(c: Case, x: Float32Array, w: Float32Array, gy: Float32Array) {
+      const ref = rconv2d(rt64(x, c.x), rt64(w, c.w), null, c.opts);
+      const [N, O, Ho, Wo] = ref.shape;
+      const [, C, H, W] = c.x;
+      const [, , KH, KW] = c.w;
+      const s = c.opts.stride ?? 1;
+      const [SH, SW] = typeof s === 'number' ? [s, s] : s;
+      const p = c.opts.padding ?? 0;
+      const [PT, , PL] = typeof p === 'number' ? [p, p, p, p] : p.length === 2 ? [p[0], p[0], p[1], p[1]] : p;
+      const dx = new Float64Array(x.length);
+      const dw = new Float64Array(w.length);
+      const db = new Float64Array(O);
+      for (let n = 0; n < N; n++)
+        for (let o = 0; o < O; o++)
+          for (let oy = 0; oy < Ho; oy++)
+            for (let ox = 0; ox < Wo; ox++) {
+              const g = gy[((n * O + o) * Ho + oy) * Wo + ox];
+              db[o] += g;
+              for (let ci = 0; ci < C; ci++)
+                for (let ky = 0; ky < KH; ky++) {
+                  const iy = oy * SH - PT + ky;
+                  if (iy < 0 || iy >= H) continue;
+                  for (let kx = 0; kx < KW; kx++) {
+                    const ix = ox * SW - PL + kx;
+                    if (ix < 0 || ix >= W) continue;
+                    const xi = ((n * C + ci) * H + iy) * W + ix;
+                    const wi = ((o * C + ci) * KH + ky) * KW + kx;
+                    dx[xi] += g * w[wi];
+                    dw[wi] += g * x[xi];
+                  }
+                }
+            }
+      return { dx, dw, db, yShape: ref.shape };
+    }
+
+    describe('conv2d backward on larger shapes (exact sums)', () => {
+      const BCASES: Case[] = [
+        { name: '3x3 s1 p1', x: [2, 33, 9, 7], w: [20, 33, 3, 3], bias: true, opts: { padding: 1 } },
+        { name: '3x3 s2 p1', x: [3, 4, 15, 16], w: [33, 4, 3, 3], bias: true, opts: { stride: 2, padding: 1 } },
+        { name: '3x3 s2 pad [0,1,0,1]', x: [2, 9, 16, 14], w: [7, 9, 3, 3], bias: true, opts: { stride: 2, padding: [0, 1, 0, 1] } },
+        { name: 'patch 14x14 s14', x: [1, 3, 28, 42], w: [8, 3, 14, 14], bias: false, opts: { stride: 14 } },
+        { name: '1x1', x: [3, 77, 7, 9], w: [33, 77, 1, 1], bias: true, opts: {} },
+        // taps that reach no input row at all (1-pixel-high input under a 3x3 kernel)
+        { name: '3x3 s1 p1 on 1-pixel rows', x: [2, 9, 1, 5], w: [10, 9, 3, 3], bias: true, opts: { padding: 1 } },
+        { name: '3x3 s2 p1 on 1x2', x: [1, 9, 1, 2], w: [10, 9, 3, 3], bias: true, opts: { stride: 2, padding: 1 } },
+      ];
+      for (const c of BCASES)
+        it(`${c.name}: x[${c.x}] w[${c.w}]`, async () => {
+          const d = data(c);
+          const probe = rconv2d(rt64(d.x, c.x), rt64(d.w, c.w), null, c.opts);
+          const gy = rand(probe.data.length, 5);
+          const ref = refBackward(c, d.x, d.w, gy);
+          const [gx, gw, gb] = tidy(() => {
+            const x = Tensor.from(d.x, c.x).requireGrad();
+            const w = Tensor.from(d.w, c.w).requireGrad();
+            const b = Tensor.from(d.b, [c.w[0]]).requireGrad();
+            const y = conv2d(x, w, b, c.opts);
+            return grad(y, [x, w, b], Tensor.from(gy, ref.yShape));
+          });
+          expectClose(await gx.data(), ref.dx, 1e-5, `conv2d ${c.name} dx`);
+          expectClose(await gw.data(), ref.dw, 1e-5, `conv2d ${c.name} dw`);
+          expectClose(await gb.data(), ref.db, 1e-5, `conv2d ${c.name} dbias`);
+          [gx, gw, gb].forEach((t) => t.dispose());
+        });
+    });
+
+    describe('conv2d on tensors larger than one storage binding', () => {
+      it('splits batch items and channels (lowered binding limit)', async () => {
+        const r = rt();
+        const saved = r.maxBindingBytes;
+        const cases: Case[] = [
+          // one item fits: chunks of whole batch items
+          { name: 'batch chunks', x: [3, 4, 24, 20], w: [6, 4, 3, 3], bias: true, opts: { padding: 1 } },
+          // one item exceeds the limit: chunks of channels (input and output), unaligned offsets
+          { name: 'channel chunks', x: [2, 5, 40, 36], w: [4, 5, 3, 3], bias: true, opts: { stride: 2, padding: [0, 1, 0, 1] } },
+          { name: 'channel chunks s1', x: [1, 6, 40, 37], w: [9, 6, 3, 3], bias: true, opts: { padding: 1 } },
+        ];
+        try {
+          for (const c of cases) {
+            const d = data(c);
+            const probe = rconv2d(rt64(d.x, c.x), rt64(d.w, c.w), null, c.opts);
+            const gy = rand(probe.data.length, 5);
+            const ref = refBackward(c, d.x, d.w, gy);
+            const yref = rconv2d(rt64(d.x, c.x), rt64(d.w, c.w), rt64(d.b, [c.w[0]]), c.opts);
+            const itemBytes = Math.max(rprod(c.x.slice(1)), rprod(yref.shape.slice(1))) * 4;
+            r.maxBindingBytes = c.name === 'batch chunks' ? itemBytes + 256 : c.name === 'channel chunks s1' ? Math.floor(itemBytes / 2) + 256 : Math.floor(itemBytes / 3) + 256;
+            const [y, gx, gw, gb] = tidy(() => {
+              const x = Tensor.from(d.x, c.x).requireGrad();
+              const w = Tensor.from(d.w, c.w).requireGrad();
+              const b = Tensor.from(d.b, [c.w[0]]).requireGrad();
+              const y = conv2d(x, w, b, c.opts);
+              return [y, ...grad(y, [x, w, b], Tensor.from(gy, ref.yShape))];
+            });
+            r.maxBindingBytes = saved;
+            expectClose(await y.data(), yref.data, 1e-5, `conv2d ${c.name} forward`);
+            expectClose(await gx.data(), ref.dx, 1e-5, `conv2d ${c.name} dx`);
+            expectClose(await gw.data(), ref.dw, 1e-5, `conv2d ${c.name} dw`);
+            expectClose(await gb.data(), ref.db, 1e-5, `conv2d ${c.name} dbias`);
+            [y, gx, gw, gb].forEach((t) => t.dispose());
+          }
+        } finally {
+          r.maxBindingBytes = saved;
+        }
+      });
+    });
+  });
+
+describe('conv2dRaw entry points', () => {
+  it('match the autodiff path', async () => {
+    const c = CASES[0];
+    const d = data(c);
+    const y = tidy(() => conv2dRaw.forward(Tensor.from(d.x, c.x), Tensor.from(d.w, c.w), undefined, c.opts));
+    const ref = rconv2d(rt64(d.x, c.x), rt64(d.w, c.w), null, c.opts);
+    expectClose(await y.data(), ref.data, 1e-5, 'conv2dRaw.forward');
+    y.dispose();
+  });
+});

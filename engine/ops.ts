@@ -5,3 +5,8 @@ export * from '../kernels/shape.js';
 export * from '../kernels/matmul.js';
 export * from '../kernels/softmax.js';
 export * from '../kernels/layernorm.js';
+export * from '../kernels/attention.js';
+export * from '../kernels/groupnorm.js';
+export * from '../kernels/geglu.js';
+export * from '../kernels/conv2d.js';
+export * from '../kernels/resample.js';

@@ -1,0 +1,858 @@
+// Fused multi-head attention, FlashAttention style: softmax(scale * Q K^T [+ causal mask]) V without ever
+// materializing the Sq x Sk score matrix, forward or backward.
+//
+// Layout: q [B, Sq, H*D], k [B, Sk, H*D], v [B, Sk, H*Dv], out [B, Sq, H*Dv], heads interleaved in the last
+// dim (as to_q/to_k/to_v projections produce them), so no permute copies are needed around the op.
+//
+// Forward: online softmax over key blocks (running max and sum in f32, base-2 exponentials with log2(e)
+// folded into the scale); saves the row logsumexp [B, H, Sq] (natural log) for the backward.
+// Backward (FlashAttention-2): a small pass packs (lse * log2e, D = rowsum(dO * O)) per query row; the dQ
+// kernel owns query rows and loops over key blocks, recomputing P = exp(S - lse); the dK/dV kernel owns key
+// rows and loops over query blocks.
+//
+// Two variants, chosen by adapter class unless forced (`setAttentionVariant`):
+//  - 'register' (CPU adapters such as lavapipe): each invocation owns one row (query or key); its vectors
+//    live in registers and K/V (or Q/dO) rows are read straight from global memory, at workgroup-uniform
+//    addresses, in blocks. No workgroup memory, no barriers.
+//  - 'shared' (GPUs): K/V (or Q/dO) tiles staged in workgroup memory by the whole workgroup, with a
+//    barrier before each overwrite (write-after-read) and one after the load.
+// Causal masking is top-left aligned (key j is visible to query i when j <= i), as PyTorch's is_causal.
+import { rt, Uniforms } from '../engine/runtime.js';
+import { ShapeError, Tensor, needsGrad, record, wantsGrad } from '../engine/tensor.js';
+
+export type AttentionVariant = 'subgroup' | 'register' | 'shared';
+let forced: AttentionVariant | null = null;
+/** Force a variant (tests and benchmarks); null restores the per-adapter default. */
+export function setAttentionVariant(v: AttentionVariant | null) {
+  forced = v;
+}
+export function attentionVariant(): AttentionVariant {
+  if (forced) return forced;
+  if (rt().gpu.adapterClass !== 'cpu') return 'shared';
+  return subgroupsUsable() ? 'subgroup' : 'register';
+}
+/** The variants this adapter can run. */
+export function attentionVariants(): AttentionVariant[] {
+  return subgroupsUsable() ? ['subgroup', 'register', 'shared'] : ['register', 'shared'];
+}
+
+export interface AttentionOptions {
+  heads: number;
+  /** default 1/sqrt(D) */
+  scale?: number;
+  causal?: boolean;
+}
+
+const LOG2E = 1.4426950408889634;
+/** rows per workgroup (one per invocation) */
+const WG = 64;
+/** a finite "minus infinity" so that masked scores never produce inf - inf */
+const NEG = '-1.0e30';
+
+interface Dims {
+  B: number;
+  H: number;
+  Sq: number;
+  Sk: number;
+  D: number;
+  Dv: number;
+}
+
+const HEADER = /* wgsl */ `
+struct P { B: u32, H: u32, Sq: u32, Sk: u32, c: f32, scale: f32, sg: u32, _1: u32 }
+@group(0) @binding(0) var<uniform> u: P;`;
+
+function consts(d: Dims) {
+  return `const D4 = ${d.D / 4}u;\nconst DV4 = ${d.Dv / 4}u;`;
+}
+
+/**
+ * WGSL exp2 for CPU adapters: llvmpipe's built-in exp2 costs about as much as the rest of the inner loop.
+ * 2^x = 2^floor(x) * p(x - floor(x)) with a degree-5 polynomial (relative error < 2e-7 in f32); arguments
+ * below -127 give exactly 0 (masked scores), above 127 are clamped.
+ */
+const FEXP2 = /* wgsl */ `
+fn fexp2(x: f32) -> f32 {
+  let y = clamp(x, -127.0, 127.0);
+  let yi = floor(y);
+  let f = y - yi;
+  let p = fma(fma(fma(fma(fma(0.0018775764619931579, f, 0.008989340625703335), f, 0.05582631751894951), f, 0.24015361070632935), f, 0.6931530833244324), f, 0.9999999403953552);
+  return p * bitcast<f32>((i32(yi) + 127) << 23u);
+}
+fn hsum4(v: vec4<f32>) -> f32 { return (v.x + v.y) + (v.z + v.w); }`;
+
+// ---------------------------------------------------------------------------------------------------------
+// key/query block sizes per variant
+const KB_REG = 8; // keys per block in the register forward / dQ kernels, queries per block in dK/dV
+
+/** keys per shared tile: fit K and V tiles (f32) in ~12 KiB of workgroup memory */
+function sharedTile(D: number, Dv: number): number {
+  const limit = Math.min(rt().gpu.limits.maxComputeWorkgroupStorageSize ?? 16384, 16384) - 4096;
+  let bc = 64;
+  while (bc > 4 && bc * (D + Dv) * 4 > limit) bc /= 2;
+  return bc;
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// forward
+
+const range = (n: number) => [...Array(n).keys()];
+/** balanced reduction of expressions with a binary function or operator */
+function tree(xs: string[], op: (a: string, b: string) => string): string {
+  if (xs.length === 1) return xs[0];
+  const h = Math.ceil(xs.length / 2);
+  return op(tree(xs.slice(0, h), op), tree(xs.slice(h), op));
+}
+const hsum = (v: string) => `((${v}.x + ${v}.y) + (${v}.z + ${v}.w))`;
+/** acc = sum over t of vec4(w_t) * X[row_t + c], as an fma chain onto `init` */
+const fmaChain = (init: string, ws: string[], rows: string[], arr: string, c: number) =>
+  ws.reduce((acc, w, t) => `fma(vec4<f32>(${w}), ${arr}[${rows[t]} + ${c}u], ${acc})`, init);
+/** per t: a_t = sum over c of x_c * X[row_t + c] (vec4 partial sums), c outer so each x_c is reused over t */
+function dotBlock(out: string, x: string, n4: number, rows: string[], arr: string): string {
+  const lines = [rows.map((r, t) => `var ${out}${t} = ${x}0 * ${arr}[${r}];`).join(' ')];
+  for (let c = 1; c < n4; c++) lines.push(rows.map((r, t) => `${out}${t} = fma(${x}${c}, ${arr}[${r} + ${c}u], ${out}${t});`).join(' '));
+  return lines.join('\n    ');
+}
+
+function forwardRegister(d: Dims, causal: boolean): string {
+  const D4 = d.D / 4;
+  const DV4 = d.Dv / 4;
+  const T = range(KB_REG);
+  const kr = T.map((t) => `kr${t}`);
+  const vr = T.map((t) => `vr${t}`);
+  const p = T.map((t) => `p${t}`);
+  return /* wgsl */ `${HEADER}
+${FEXP2}
+@group(0) @binding(1) var<storage, read> Q: array<vec4<f32>>;
+@group(0) @binding(2) var<storage, read> K: array<vec4<f32>>;
+@group(0) @binding(3) var<storage, read> V: array<vec4<f32>>;
+@group(0) @binding(4) var<storage, read_write> O: array<vec4<f32>>;
+@group(0) @binding(5) var<storage, read_write> LSE: array<f32>;
+@compute @workgroup_size(${WG})
+fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
+  let b = wid.y / u.H;
+  let h = wid.y % u.H;
+  let i = wid.x * ${WG}u + lid.x;
+  let iq = min(i, u.Sq - 1u);
+  let qb = (b * u.Sq + iq) * u.H * ${D4}u + h * ${D4}u;
+  let ks = u.H * ${D4}u;
+  let vs = u.H * ${DV4}u;
+  let kb = b * u.Sk * ks + h * ${D4}u;
+  let vb = b * u.Sk * vs + h * ${DV4}u;
+  ${range(D4).map((c) => `let q${c} = Q[qb + ${c}u] * u.c;`).join(' ')}
+  ${range(DV4).map((c) => `var o${c} = vec4<f32>(0.0);`).join(' ')}
+  var m = ${NEG};
+  var l = 0.0;
+  let kend = ${causal ? 'min(u.Sk, iq + 1u)' : 'u.Sk'};
+  for (var j0 = 0u; j0 < kend; j0 += ${KB_REG}u) {
+    ${T.map((t) => `let kr${t} = kb + min(j0 + ${t}u, u.Sk - 1u) * ks;`).join(' ')}
+    ${dotBlock('a', 'q', D4, kr, 'K')}
+    ${T.map((t) => `let s${t} = select(${NEG}, ${hsum(`a${t}`)}, j0 + ${t}u < kend);`).join('\n    ')}
+    let mx = max(m, ${tree(T.map((t) => `s${t}`), (x, y) => `max(${x}, ${y})`)});
+    let alpha = fexp2(m - mx);
+    ${T.map((t) => `let p${t} = fexp2(s${t} - mx);`).join(' ')}
+    l = fma(l, alpha, ${tree(p, (x, y) => `(${x} + ${y})`)});
+    ${T.map((t) => `let vr${t} = vb + min(j0 + ${t}u, u.Sk - 1u) * vs;`).join(' ')}
+    ${range(DV4).map((c) => `o${c} = ${fmaChain(`o${c} * alpha`, p, vr, 'V', c)};`).join('\n    ')}
+    m = mx;
+  }
+  if (i < u.Sq) {
+    let inv = 1.0 / l;
+    let ob = (b * u.Sq + i) * u.H * ${DV4}u + h * ${DV4}u;
+    ${range(DV4).map((c) => `O[ob + ${c}u] = o${c} * inv;`).join(' ')}
+    LSE[(b * u.H + h) * u.Sq + i] = (m + log2(l)) * ${1 / LOG2E};
+  }
+}`;
+}
+function forwardShared(d: Dims, causal: boolean): string {
+  const BC = sharedTile(d.D, d.Dv);
+  return /* wgsl */ `${HEADER}
+@group(0) @binding(1) var<storage, read> Q: array<vec4<f32>>;
+@group(0) @binding(2) var<storage, read> K: array<vec4<f32>>;
+@group(0) @binding(3) var<storage, read> V: array<vec4<f32>>;
+@group(0) @binding(4) var<storage, read_write> O: array<vec4<f32>>;
+@group(0) @binding(5) var<storage, read_write> LSE: array<f32>;
+${consts(d)}
+const BC = ${BC}u;
+var<workgroup> Ks: array<vec4<f32>, ${BC * (d.D / 4)}>;
+var<workgroup> Vs: array<vec4<f32>, ${BC * (d.Dv / 4)}>;
+@compute @workgroup_size(${WG})
+fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
+  let b = wid.y / u.H;
+  let h = wid.y % u.H;
+  let li = lid.x;
+  let i = wid.x * ${WG}u + li;
+  let iq = min(i, u.Sq - 1u);
+  let qb = (b * u.Sq + iq) * u.H * D4 + h * D4;
+  let ks = u.H * D4;
+  let vs = u.H * DV4;
+  let kb = b * u.Sk * ks + h * D4;
+  let vb = b * u.Sk * vs + h * DV4;
+  var q: array<vec4<f32>, D4>;
+  for (var c = 0u; c < D4; c++) { q[c] = Q[qb + c] * u.c; }
+  var o: array<vec4<f32>, DV4>;
+  for (var c = 0u; c < DV4; c++) { o[c] = vec4<f32>(0.0); }
+  var m = ${NEG};
+  var l = 0.0;
+  // workgroup-uniform key range (causal: up to the last query row of this workgroup)
+  let kendWg = ${causal ? `min(u.Sk, min(wid.x * ${WG}u + ${WG}u, u.Sq))` : 'u.Sk'};
+  let kend = ${causal ? 'min(u.Sk, iq + 1u)' : 'u.Sk'};
+  for (var j0 = 0u; j0 < kendWg; j0 += BC) {
+    // write-after-read: everyone must be done with the previous tile before it is overwritten
+    workgroupBarrier();
+    for (var e = li; e < BC * D4; e += ${WG}u) {
+      let j = min(j0 + e / D4, u.Sk - 1u);
+      Ks[e] = K[kb + j * ks + e % D4];
+    }
+    for (var e = li; e < BC * DV4; e += ${WG}u) {
+      let j = min(j0 + e / DV4, u.Sk - 1u);
+      Vs[e] = V[vb + j * vs + e % DV4];
+    }
+    workgroupBarrier();
+    var s: array<f32, BC>;
+    var mx = m;
+    for (var jj = 0u; jj < BC; jj++) {
+      var acc = 0.0;
+      for (var c = 0u; c < D4; c++) { acc += dot(q[c], Ks[jj * D4 + c]); }
+      s[jj] = select(${NEG}, acc, j0 + jj < kend);
+      mx = max(mx, s[jj]);
+    }
+    let alpha = exp2(m - mx);
+    l *= alpha;
+    for (var c = 0u; c < DV4; c++) { o[c] *= alpha; }
+    for (var jj = 0u; jj < BC; jj++) {
+      let p = exp2(s[jj] - mx);
+      l += p;
+      for (var c = 0u; c < DV4; c++) { o[c] = fma(vec4<f32>(p), Vs[jj * DV4 + c], o[c]); }
+    }
+    m = mx;
+  }
+  if (i < u.Sq) {
+    let inv = 1.0 / l;
+    let ob = (b * u.Sq + i) * u.H * DV4 + h * DV4;
+    for (var c = 0u; c < DV4; c++) { O[ob + c] = o[c] * inv; }
+    LSE[(b * u.H + h) * u.Sq + i] = (m + log2(l)) * ${1 / LOG2E};
+  }
+}`;
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// backward
+
+/** LD[row] = (lse * log2e, rowsum(dO * O)) for each query row, rows ordered [B, H, Sq]. */
+function prepKernel(d: Dims): string {
+  return /* wgsl */ `${HEADER}
+@group(0) @binding(1) var<storage, read> O: array<vec4<f32>>;
+@group(0) @binding(2) var<storage, read> DO: array<vec4<f32>>;
+@group(0) @binding(3) var<storage, read> LSE: array<f32>;
+@group(0) @binding(4) var<storage, read_write> LD: array<vec2<f32>>;
+${consts(d)}
+@compute @workgroup_size(${WG})
+fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
+  let b = wid.y / u.H;
+  let h = wid.y % u.H;
+  let i = wid.x * ${WG}u + lid.x;
+  if (i >= u.Sq) { return; }
+  let ob = (b * u.Sq + i) * u.H * DV4 + h * DV4;
+  var acc = vec4<f32>(0.0);
+  for (var c = 0u; c < DV4; c++) { acc = fma(O[ob + c], DO[ob + c], acc); }
+  let row = (b * u.H + h) * u.Sq + i;
+  LD[row] = vec2<f32>(LSE[row] * ${LOG2E}, acc.x + acc.y + acc.z + acc.w);
+}`;
+}
+
+const BWD_BINDINGS = /* wgsl */ `
+@group(0) @binding(1) var<storage, read> Q: array<vec4<f32>>;
+@group(0) @binding(2) var<storage, read> K: array<vec4<f32>>;
+@group(0) @binding(3) var<storage, read> V: array<vec4<f32>>;
+@group(0) @binding(4) var<storage, read> DO: array<vec4<f32>>;
+@group(0) @binding(5) var<storage, read> LD: array<vec2<f32>>;`;
+
+function dqRegister(d: Dims, causal: boolean): string {
+  const D4 = d.D / 4;
+  const DV4 = d.Dv / 4;
+  const T = range(KB_REG);
+  const kr = T.map((t) => `kr${t}`);
+  const vr = T.map((t) => `vr${t}`);
+  return /* wgsl */ `${HEADER}
+${FEXP2}
+${BWD_BINDINGS}
+@group(0) @binding(6) var<storage, read_write> DQ: array<vec4<f32>>;
+@compute @workgroup_size(${WG})
+fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
+  let b = wid.y / u.H;
+  let h = wid.y % u.H;
+  let i = wid.x * ${WG}u + lid.x;
+  let iq = min(i, u.Sq - 1u);
+  let qb = (b * u.Sq + iq) * u.H * ${D4}u + h * ${D4}u;
+  let ob = (b * u.Sq + iq) * u.H * ${DV4}u + h * ${DV4}u;
+  let ks = u.H * ${D4}u;
+  let vs = u.H * ${DV4}u;
+  let kb = b * u.Sk * ks + h * ${D4}u;
+  let vb = b * u.Sk * vs + h * ${DV4}u;
+  let ld = LD[(b * u.H + h) * u.Sq + iq];
+  ${range(D4).map((c) => `let q${c} = Q[qb + ${c}u] * u.c;`).join(' ')}
+  ${range(DV4).map((c) => `let g${c} = DO[ob + ${c}u];`).join(' ')}
+  ${range(D4).map((c) => `var dq${c} = vec4<f32>(0.0);`).join(' ')}
+  let kend = ${causal ? 'min(u.Sk, iq + 1u)' : 'u.Sk'};
+  for (var j0 = 0u; j0 < kend; j0 += ${KB_REG}u) {
+    ${T.map((t) => `let kr${t} = kb + min(j0 + ${t}u, u.Sk - 1u) * ks;`).join(' ')}
+    ${T.map((t) => `let vr${t} = vb + min(j0 + ${t}u, u.Sk - 1u) * vs;`).join(' ')}
+    ${dotBlock('a', 'q', D4, kr, 'K')}
+    ${dotBlock('e', 'g', DV4, vr, 'V')}
+    ${T.map((t) => `let ds${t} = select(0.0, fexp2(${hsum(`a${t}`)} - ld.x), j0 + ${t}u < kend) * (${hsum(`e${t}`)} - ld.y);`).join('\n    ')}
+    ${range(D4).map((c) => `dq${c} = ${fmaChain(`dq${c}`, T.map((t) => `ds${t}`), kr, 'K', c)};`).join('\n    ')}
+  }
+  if (i < u.Sq) {
+    ${range(D4).map((c) => `DQ[qb + ${c}u] = dq${c} * u.scale;`).join(' ')}
+  }
+}`;
+}
+
+function dkvRegister(d: Dims, causal: boolean): string {
+  const D4 = d.D / 4;
+  const DV4 = d.Dv / 4;
+  const T = range(KB_REG);
+  const qr = T.map((t) => `qr${t}`);
+  const gr = T.map((t) => `gr${t}`);
+  return /* wgsl */ `${HEADER}
+${FEXP2}
+${BWD_BINDINGS}
+@group(0) @binding(6) var<storage, read_write> DK: array<vec4<f32>>;
+@group(0) @binding(7) var<storage, read_write> DV: array<vec4<f32>>;
+@compute @workgroup_size(${WG})
+fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
+  let b = wid.y / u.H;
+  let h = wid.y % u.H;
+  let j = wid.x * ${WG}u + lid.x;
+  let jk = min(j, u.Sk - 1u);
+  let kb = (b * u.Sk + jk) * u.H * ${D4}u + h * ${D4}u;
+  let vb = (b * u.Sk + jk) * u.H * ${DV4}u + h * ${DV4}u;
+  let qs = u.H * ${D4}u;
+  let os = u.H * ${DV4}u;
+  let qb = b * u.Sq * qs + h * ${D4}u;
+  let ob = b * u.Sq * os + h * ${DV4}u;
+  let lb = (b * u.H + h) * u.Sq;
+  ${range(D4).map((c) => `let k${c} = K[kb + ${c}u] * u.c;`).join(' ')}
+  ${range(DV4).map((c) => `let v${c} = V[vb + ${c}u];`).join(' ')}
+  ${range(D4).map((c) => `var dk${c} = vec4<f32>(0.0);`).join(' ')}
+  ${range(DV4).map((c) => `var dv${c} = vec4<f32>(0.0);`).join(' ')}
+  // causal: queries before this workgroup's first key see none of its keys
+  let istart = ${causal ? `min(wid.x * ${WG}u, u.Sq)` : '0u'};
+  for (var i0 = istart; i0 < u.Sq; i0 += ${KB_REG}u) {
+    ${T.map((t) => `let ir${t} = min(i0 + ${t}u, u.Sq - 1u);`).join(' ')}
+    ${T.map((t) => `let qr${t} = qb + ir${t} * qs;`).join(' ')}
+    ${T.map((t) => `let gr${t} = ob + ir${t} * os;`).join(' ')}
+    ${T.map((t) => `let ld${t} = LD[lb + ir${t}];`).join(' ')}
+    ${dotBlock('a', 'k', D4, qr, 'Q')}
+    ${dotBlock('e', 'v', DV4, gr, 'DO')}
+    ${T.map((t) => `let p${t} = select(0.0, fexp2(${hsum(`a${t}`)} - ld${t}.x), i0 + ${t}u < u.Sq${causal ? ` && jk <= i0 + ${t}u` : ''});`).join('\n    ')}
+    ${T.map((t) => `let ds${t} = p${t} * (${hsum(`e${t}`)} - ld${t}.y);`).join('\n    ')}
+    ${range(DV4).map((c) => `dv${c} = ${fmaChain(`dv${c}`, T.map((t) => `p${t}`), gr, 'DO', c)};`).join('\n    ')}
+    ${range(D4).map((c) => `dk${c} = ${fmaChain(`dk${c}`, T.map((t) => `ds${t}`), qr, 'Q', c)};`).join('\n    ')}
+  }
+  if (j < u.Sk) {
+    ${range(D4).map((c) => `DK[kb + ${c}u] = dk${c} * u.scale;`).join(' ')}
+    ${range(DV4).map((c) => `DV[vb + ${c}u] = dv${c};`).join(' ')}
+  }
+}`;
+}
+function dqShared(d: Dims, causal: boolean): string {
+  const BC = sharedTile(d.D, d.Dv);
+  return /* wgsl */ `${HEADER}
+${BWD_BINDINGS}
+@group(0) @binding(6) var<storage, read_write> DQ: array<vec4<f32>>;
+${consts(d)}
+const BC = ${BC}u;
+var<workgroup> Ks: array<vec4<f32>, ${BC * (d.D / 4)}>;
+var<workgroup> Vs: array<vec4<f32>, ${BC * (d.Dv / 4)}>;
+@compute @workgroup_size(${WG})
+fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
+  let b = wid.y / u.H;
+  let h = wid.y % u.H;
+  let li = lid.x;
+  let i = wid.x * ${WG}u + li;
+  let iq = min(i, u.Sq - 1u);
+  let qb = (b * u.Sq + iq) * u.H * D4 + h * D4;
+  let ob = (b * u.Sq + iq) * u.H * DV4 + h * DV4;
+  let ks = u.H * D4;
+  let vs = u.H * DV4;
+  let kb = b * u.Sk * ks + h * D4;
+  let vb = b * u.Sk * vs + h * DV4;
+  let ld = LD[(b * u.H + h) * u.Sq + iq];
+  var q: array<vec4<f32>, D4>;
+  var dq: array<vec4<f32>, D4>;
+  for (var c = 0u; c < D4; c++) { q[c] = Q[qb + c] * u.c; dq[c] = vec4<f32>(0.0); }
+  var g: array<vec4<f32>, DV4>;
+  for (var c = 0u; c < DV4; c++) { g[c] = DO[ob + c]; }
+  let kendWg = ${causal ? `min(u.Sk, min(wid.x * ${WG}u + ${WG}u, u.Sq))` : 'u.Sk'};
+  let kend = ${causal ? 'min(u.Sk, iq + 1u)' : 'u.Sk'};
+  for (var j0 = 0u; j0 < kendWg; j0 += BC) {
+    workgroupBarrier();
+    for (var e = li; e < BC * D4; e += ${WG}u) {
+      let j = min(j0 + e / D4, u.Sk - 1u);
+      Ks[e] = K[kb + j * ks + e % D4];
+    }
+    for (var e = li; e < BC * DV4; e += ${WG}u) {
+      let j = min(j0 + e / DV4, u.Sk - 1u);
+      Vs[e] = V[vb + j * vs + e % DV4];
+    }
+    workgroupBarrier();
+    for (var jj = 0u; jj < BC; jj++) {
+      var acc = 0.0;
+      for (var c = 0u; c < D4; c++) { acc += dot(q[c], Ks[jj * D4 + c]); }
+      var dp = 0.0;
+      for (var c = 0u; c < DV4; c++) { dp += dot(g[c], Vs[jj * DV4 + c]); }
+      let p = select(0.0, exp2(acc - ld.x), j0 + jj < kend);
+      let ds = p * (dp - ld.y);
+      for (var c = 0u; c < D4; c++) { dq[c] = fma(vec4<f32>(ds), Ks[jj * D4 + c], dq[c]); }
+    }
+  }
+  if (i < u.Sq) {
+    for (var c = 0u; c < D4; c++) { DQ[qb + c] = dq[c] * u.scale; }
+  }
+}`;
+}
+
+function dkvShared(d: Dims, causal: boolean): string {
+  const BR = sharedTile(d.D, d.Dv);
+  return /* wgsl */ `${HEADER}
+${BWD_BINDINGS}
+@group(0) @binding(6) var<storage, read_write> DK: array<vec4<f32>>;
+@group(0) @binding(7) var<storage, read_write> DV: array<vec4<f32>>;
+${consts(d)}
+const BR = ${BR}u;
+var<workgroup> Qs: array<vec4<f32>, ${BR * (d.D / 4)}>;
+var<workgroup> Gs: array<vec4<f32>, ${BR * (d.Dv / 4)}>;
+var<workgroup> Ls: array<vec2<f32>, ${BR}>;
+@compute @workgroup_size(${WG})
+fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
+  let b = wid.y / u.H;
+  let h = wid.y % u.H;
+  let li = lid.x;
+  let j = wid.x * ${WG}u + li;
+  let jk = min(j, u.Sk - 1u);
+  let kb = (b * u.Sk + jk) * u.H * D4 + h * D4;
+  let vb = (b * u.Sk + jk) * u.H * DV4 + h * DV4;
+  let qs = u.H * D4;
+  let os = u.H * DV4;
+  let qb = b * u.Sq * qs + h * D4;
+  let ob = b * u.Sq * os + h * DV4;
+  let lb = (b * u.H + h) * u.Sq;
+  var k: array<vec4<f32>, D4>;
+  var dk: array<vec4<f32>, D4>;
+  for (var c = 0u; c < D4; c++) { k[c] = K[kb + c] * u.c; dk[c] = vec4<f32>(0.0); }
+  var v: array<vec4<f32>, DV4>;
+  var dv: array<vec4<f32>, DV4>;
+  for (var c = 0u; c < DV4; c++) { v[c] = V[vb + c]; dv[c] = vec4<f32>(0.0); }
+  let istart = ${causal ? `min(wid.x * ${WG}u, u.Sq)` : '0u'};
+  for (var i0 = istart; i0 < u.Sq; i0 += BR) {
+    workgroupBarrier();
+    for (var e = li; e < BR * D4; e += ${WG}u) {
+      let i = min(i0 + e / D4, u.Sq - 1u);
+      Qs[e] = Q[qb + i * qs + e % D4];
+    }
+    for (var e = li; e < BR * DV4; e += ${WG}u) {
+      let i = min(i0 + e / DV4, u.Sq - 1u);
+      Gs[e] = DO[ob + i * os + e % DV4];
+    }
+    for (var e = li; e < BR; e += ${WG}u) { Ls[e] = LD[lb + min(i0 + e, u.Sq - 1u)]; }
+    workgroupBarrier();
+    for (var ii = 0u; ii < BR; ii++) {
+      let ld = Ls[ii];
+      var acc = 0.0;
+      for (var c = 0u; c < D4; c++) { acc += dot(k[c], Qs[ii * D4 + c]); }
+      var dp = 0.0;
+      for (var c = 0u; c < DV4; c++) { dp += dot(v[c], Gs[ii * DV4 + c]); }
+      let p = select(0.0, exp2(acc - ld.x), i0 + ii < u.Sq${causal ? ' && jk <= i0 + ii' : ''});
+      let ds = p * (dp - ld.y);
+      for (var c = 0u; c < D4; c++) { dk[c] = fma(vec4<f32>(ds), Qs[ii * D4 + c], dk[c]); }
+      for (var c = 0u; c < DV4; c++) { dv[c] = fma(vec4<f32>(p), Gs[ii * DV4 + c], dv[c]); }
+    }
+  }
+  if (j < u.Sk) {
+    for (var c = 0u; c < D4; c++) { DK[kb + c] = dk[c] * u.scale; }
+    for (var c = 0u; c < DV4; c++) { DV[vb + c] = dv[c]; }
+  }
+}`;
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// subgroup variant (CPU adapters with a fixed subgroup size, e.g. lavapipe's 8 lanes)
+//
+// On llvmpipe a storage-buffer load costs about the same whether the lanes read one address or eight
+// different ones (a per-lane loop), while subgroupBroadcast from a constant lane is a register shuffle. So
+// each lane loads a different row of the current block (one key, or one query in dK/dV) and the rows are
+// handed to every lane with subgroupBroadcast: each element is loaded from memory once per subgroup and used
+// by SG * R rows. A workgroup is one subgroup; lane L owns rows base + L + SG * r for r < R.
+
+const SG = 8;
+/** rows per lane, per kernel; tuned on lavapipe */
+const ROWS = { fwd: 8, dq: 2, dkv: 2 };
+/** slack of the lazily rescaled running max, in log2 units */
+const LAZY = 8;
+/** keys (queries in dK/dV) handled per inner-loop iteration: one softmax rescale per group in the forward */
+const KU = { fwd: 2, dq: 2, dkv: 1 };
+
+function subgroupsUsable(): boolean {
+  const g = rt().gpu;
+  return rt().features.has('subgroups') && g.subgroupMinSize === SG && g.subgroupMaxSize === SG;
+}
+
+/** rows per lane for `n` rows: fewer when there are few rows, so short sequences do not waste lanes */
+function rowsPerLane(n: number, max: number): number {
+  let r = max;
+  while (r > 1 && n <= (SG * r) / 2) r /= 2;
+  return r;
+}
+
+/** dot product of two lists of vec4 names: a vec4 fma chain, summed horizontally at the end */
+const dotv = (a: string[], b: string[]) => `hsum4(${a.reduce((acc, x, i) => (i ? `fma(${x}, ${b[i]}, ${acc})` : `${x} * ${b[i]}`), '')})`;
+
+function forwardSubgroup(d: Dims, causal: boolean, R: number): string {
+  const D4 = d.D / 4;
+  const DV4 = d.Dv / 4;
+  const Rs = range(R);
+  const U = range(KU.fwd);
+  const C = range(D4);
+  const CV = range(DV4);
+  const body: string[] = [];
+  for (const t of U) {
+    body.push(C.map((c) => `let k${t}_${c} = subgroupShuffle(kl${c}, t0 + ${t}u);`).join(' '));
+    for (const r of Rs)
+      body.push(`let s${r}_${t} = select(${NEG}, ${dotv(C.map((c) => `q${r}_${c}`), C.map((c) => `k${t}_${c}`))}, j0 + t0 + ${t}u < kend${r});`);
+  }
+  // lazy rescaling: the running max of a row moves only when a score exceeds it by more than LAZY (log2
+  // units), so p <= 2^LAZY and the rescale of o and l (and its exponentials) is skipped on most groups
+  const over = Rs.map((r) => `${tree(U.map((t) => `s${r}_${t}`), (x, y) => `max(${x}, ${y})`)} > m${r} + ${LAZY}.0`);
+  body.push(`if (subgroupAny(${over.join(' || ')})) {`);
+  for (const r of Rs) {
+    body.push(`  let mx${r} = max(m${r}, ${tree(U.map((t) => `s${r}_${t}`), (x, y) => `max(${x}, ${y})`)});`);
+    body.push(`  let al${r} = fexp2(m${r} - mx${r});`);
+    body.push(`  l${r} *= al${r}; m${r} = mx${r};`);
+    body.push('  ' + CV.map((c) => `o${r}_${c} *= al${r};`).join(' '));
+  }
+  body.push('}');
+  for (const r of Rs) {
+    body.push(U.map((t) => `let p${r}_${t} = fexp2(s${r}_${t} - m${r});`).join(' '));
+    body.push(`l${r} += ${tree(U.map((t) => `p${r}_${t}`), (x, y) => `(${x} + ${y})`)};`);
+  }
+  for (const t of U) body.push(CV.map((c) => `let v${t}_${c} = subgroupShuffle(vl${c}, t0 + ${t}u);`).join(' '));
+  for (const r of Rs)
+    for (const c of CV) body.push(`o${r}_${c} = ${U.reduce((acc, t) => `fma(vec4<f32>(p${r}_${t}), v${t}_${c}, ${acc})`, `o${r}_${c}`)};`);
+  return /* wgsl */ `enable subgroups;
+${HEADER}
+${FEXP2}
+@group(0) @binding(1) var<storage, read> Q: array<vec4<f32>>;
+@group(0) @binding(2) var<storage, read> K: array<vec4<f32>>;
+@group(0) @binding(3) var<storage, read> V: array<vec4<f32>>;
+@group(0) @binding(4) var<storage, read_write> O: array<vec4<f32>>;
+@group(0) @binding(5) var<storage, read_write> LSE: array<f32>;
+@compute @workgroup_size(${SG})
+fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(subgroup_invocation_id) lane: u32) {
+  let b = wid.y / u.H;
+  let h = wid.y % u.H;
+  let row0 = wid.x * ${SG * R}u;
+  let ks = u.H * ${D4}u;
+  let vs = u.H * ${DV4}u;
+  let kb = b * u.Sk * ks + h * ${D4}u;
+  let vb = b * u.Sk * vs + h * ${DV4}u;
+  ${Rs.map(
+    (r) => `let i${r} = row0 + ${r * SG}u + lane;
+  let qb${r} = (b * u.Sq + min(i${r}, u.Sq - 1u)) * ks + h * ${D4}u;
+  ${C.map((c) => `let q${r}_${c} = Q[qb${r} + ${c}u] * u.c;`).join(' ')}
+  ${CV.map((c) => `var o${r}_${c} = vec4<f32>(0.0);`).join(' ')}
+  var m${r} = ${NEG};
+  var l${r} = 0.0;
+  let kend${r} = ${causal ? `min(u.Sk, min(i${r}, u.Sq - 1u) + 1u)` : 'u.Sk'};`,
+  ).join('\n  ')}
+  // subgroup-uniform key range
+  let kend = ${causal ? `min(u.Sk, min(row0 + ${SG * R}u, u.Sq))` : 'u.Sk'};
+  for (var j0 = 0u; j0 < kend; j0 += ${SG}u) {
+    // lane L loads key j0 + L; the keys are then handed to every lane in turn
+    let jl = min(j0 + lane, u.Sk - 1u);
+    let kr = kb + jl * ks;
+    let vr = vb + jl * vs;
+    ${C.map((c) => `let kl${c} = K[kr + ${c}u];`).join(' ')}
+    ${CV.map((c) => `let vl${c} = V[vr + ${c}u];`).join(' ')}
+    for (var t0 = 0u; t0 < u.sg; t0 += ${KU.fwd}u) {
+      ${body.join('\n      ')}
+    }
+  }
+  ${Rs.map(
+    (r) => `if (i${r} < u.Sq) {
+    let inv = 1.0 / l${r};
+    let ob = (b * u.Sq + i${r}) * vs + h * ${DV4}u;
+    ${CV.map((c) => `O[ob + ${c}u] = o${r}_${c} * inv;`).join(' ')}
+    LSE[(b * u.H + h) * u.Sq + i${r}] = (m${r} + log2(l${r})) * ${1 / LOG2E};
+  }`,
+  ).join('\n  ')}
+}`;
+}
+
+function dqSubgroup(d: Dims, causal: boolean, R: number): string {
+  const D4 = d.D / 4;
+  const DV4 = d.Dv / 4;
+  const Rs = range(R);
+  const U = range(KU.dq);
+  const C = range(D4);
+  const CV = range(DV4);
+  const body: string[] = [];
+  for (const t of U) {
+    body.push(C.map((c) => `let k${t}_${c} = subgroupShuffle(kl${c}, t0 + ${t}u);`).join(' '));
+    body.push(CV.map((c) => `let v${t}_${c} = subgroupShuffle(vl${c}, t0 + ${t}u);`).join(' '));
+    for (const r of Rs) {
+      body.push(`let a${r}_${t} = ${dotv(C.map((c) => `q${r}_${c}`), C.map((c) => `k${t}_${c}`))};`);
+      body.push(`let e${r}_${t} = ${dotv(CV.map((c) => `g${r}_${c}`), CV.map((c) => `v${t}_${c}`))};`);
+      body.push(`let ds${r}_${t} = select(0.0, fexp2(a${r}_${t} - ld${r}.x), j0 + t0 + ${t}u < kend${r}) * (e${r}_${t} - ld${r}.y);`);
+    }
+  }
+  for (const r of Rs)
+    for (const c of C) body.push(`dq${r}_${c} = ${U.reduce((acc, t) => `fma(vec4<f32>(ds${r}_${t}), k${t}_${c}, ${acc})`, `dq${r}_${c}`)};`);
+  return /* wgsl */ `enable subgroups;
+${HEADER}
+${FEXP2}
+${BWD_BINDINGS}
+@group(0) @binding(6) var<storage, read_write> DQ: array<vec4<f32>>;
+@compute @workgroup_size(${SG})
+fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(subgroup_invocation_id) lane: u32) {
+  let b = wid.y / u.H;
+  let h = wid.y % u.H;
+  let row0 = wid.x * ${SG * R}u;
+  let ks = u.H * ${D4}u;
+  let vs = u.H * ${DV4}u;
+  let kb = b * u.Sk * ks + h * ${D4}u;
+  let vb = b * u.Sk * vs + h * ${DV4}u;
+  ${Rs.map(
+    (r) => `let i${r} = row0 + ${r * SG}u + lane;
+  let ic${r} = min(i${r}, u.Sq - 1u);
+  let qb${r} = (b * u.Sq + ic${r}) * ks + h * ${D4}u;
+  let gb${r} = (b * u.Sq + ic${r}) * vs + h * ${DV4}u;
+  let ld${r} = LD[(b * u.H + h) * u.Sq + ic${r}];
+  ${C.map((c) => `let q${r}_${c} = Q[qb${r} + ${c}u] * u.c;`).join(' ')}
+  ${CV.map((c) => `let g${r}_${c} = DO[gb${r} + ${c}u];`).join(' ')}
+  ${C.map((c) => `var dq${r}_${c} = vec4<f32>(0.0);`).join(' ')}
+  let kend${r} = ${causal ? `min(u.Sk, ic${r} + 1u)` : 'u.Sk'};`,
+  ).join('\n  ')}
+  let kend = ${causal ? `min(u.Sk, min(row0 + ${SG * R}u, u.Sq))` : 'u.Sk'};
+  for (var j0 = 0u; j0 < kend; j0 += ${SG}u) {
+    let jl = min(j0 + lane, u.Sk - 1u);
+    let kr = kb + jl * ks;
+    let vr = vb + jl * vs;
+    ${C.map((c) => `let kl${c} = K[kr + ${c}u];`).join(' ')}
+    ${CV.map((c) => `let vl${c} = V[vr + ${c}u];`).join(' ')}
+    for (var t0 = 0u; t0 < u.sg; t0 += ${KU.dq}u) {
+      ${body.join('\n      ')}
+    }
+  }
+  ${Rs.map((r) => `if (i${r} < u.Sq) { ${C.map((c) => `DQ[qb${r} + ${c}u] = dq${r}_${c} * u.scale;`).join(' ')} }`).join('\n  ')}
+}`;
+}
+
+function dkvSubgroup(d: Dims, causal: boolean, R: number): string {
+  const D4 = d.D / 4;
+  const DV4 = d.Dv / 4;
+  const Rs = range(R);
+  const U = range(KU.dkv);
+  const C = range(D4);
+  const CV = range(DV4);
+  const body: string[] = [];
+  for (const t of U) {
+    body.push(`let ld${t} = subgroupShuffle(ldl, t0 + ${t}u);`);
+    body.push(C.map((c) => `let q${t}_${c} = subgroupShuffle(ql${c}, t0 + ${t}u);`).join(' '));
+    body.push(CV.map((c) => `let g${t}_${c} = subgroupShuffle(gl${c}, t0 + ${t}u);`).join(' '));
+    for (const r of Rs) {
+      body.push(`let a${r}_${t} = ${dotv(C.map((c) => `k${r}_${c}`), C.map((c) => `q${t}_${c}`))};`);
+      body.push(`let e${r}_${t} = ${dotv(CV.map((c) => `v${r}_${c}`), CV.map((c) => `g${t}_${c}`))};`);
+      const ok = `i0 + t0 + ${t}u < u.Sq${causal ? ` && jc${r} <= i0 + t0 + ${t}u` : ''}`;
+      body.push(`let p${r}_${t} = select(0.0, fexp2(a${r}_${t} - ld${t}.x), ${ok});`);
+      body.push(`let ds${r}_${t} = p${r}_${t} * (e${r}_${t} - ld${t}.y);`);
+    }
+  }
+  for (const r of Rs) {
+    for (const c of CV) body.push(`dv${r}_${c} = ${U.reduce((acc, t) => `fma(vec4<f32>(p${r}_${t}), g${t}_${c}, ${acc})`, `dv${r}_${c}`)};`);
+    for (const c of C) body.push(`dk${r}_${c} = ${U.reduce((acc, t) => `fma(vec4<f32>(ds${r}_${t}), q${t}_${c}, ${acc})`, `dk${r}_${c}`)};`);
+  }
+  return /* wgsl */ `enable subgroups;
+${HEADER}
+${FEXP2}
+${BWD_BINDINGS}
+@group(0) @binding(6) var<storage, read_write> DK: array<vec4<f32>>;
+@group(0) @binding(7) var<storage, read_write> DV: array<vec4<f32>>;
+@compute @workgroup_size(${SG})
+fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(subgroup_invocation_id) lane: u32) {
+  let b = wid.y / u.H;
+  let h = wid.y % u.H;
+  let key0 = wid.x * ${SG * R}u;
+  let qs = u.H * ${D4}u;
+  let os = u.H * ${DV4}u;
+  let qb = b * u.Sq * qs + h * ${D4}u;
+  let ob = b * u.Sq * os + h * ${DV4}u;
+  let lb = (b * u.H + h) * u.Sq;
+  ${Rs.map(
+    (r) => `let j${r} = key0 + ${r * SG}u + lane;
+  let jc${r} = min(j${r}, u.Sk - 1u);
+  let kb${r} = (b * u.Sk + jc${r}) * qs + h * ${D4}u;
+  let vb${r} = (b * u.Sk + jc${r}) * os + h * ${DV4}u;
+  ${C.map((c) => `let k${r}_${c} = K[kb${r} + ${c}u] * u.c;`).join(' ')}
+  ${CV.map((c) => `let v${r}_${c} = V[vb${r} + ${c}u];`).join(' ')}
+  ${C.map((c) => `var dk${r}_${c} = vec4<f32>(0.0);`).join(' ')}
+  ${CV.map((c) => `var dv${r}_${c} = vec4<f32>(0.0);`).join(' ')}`,
+  ).join('\n  ')}
+  // causal: queries before this subgroup's first key see none of its keys
+  let istart = ${causal ? 'min(key0, u.Sq)' : '0u'};
+  for (var i0 = istart; i0 < u.Sq; i0 += ${SG}u) {
+    // lane L loads query i0 + L (row, output gradient, lse and D); then handed to every lane in turn
+    let il = min(i0 + lane, u.Sq - 1u);
+    let qr = qb + il * qs;
+    let gr = ob + il * os;
+    let ldl = LD[lb + il];
+    ${C.map((c) => `let ql${c} = Q[qr + ${c}u];`).join(' ')}
+    ${CV.map((c) => `let gl${c} = DO[gr + ${c}u];`).join(' ')}
+    for (var t0 = 0u; t0 < u.sg; t0 += ${KU.dkv}u) {
+      ${body.join('\n      ')}
+    }
+  }
+  ${Rs.map(
+    (r) => `if (j${r} < u.Sk) {
+    ${C.map((c) => `DK[kb${r} + ${c}u] = dk${r}_${c} * u.scale;`).join(' ')}
+    ${CV.map((c) => `DV[vb${r} + ${c}u] = dv${r}_${c};`).join(' ')}
+  }`,
+  ).join('\n  ')}
+}`;
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// launch
+
+function dimsOf(q: Tensor, k: Tensor, v: Tensor, heads: number): Dims {
+  const what = `attention: q [${q.shape}], k [${k.shape}], v [${v.shape}], heads ${heads}`;
+  if (q.rank !== 3 || k.rank !== 3 || v.rank !== 3) throw new ShapeError(`${what}: expected rank-3 tensors [B, S, H*D]`);
+  for (const t of [q, k, v]) if (t.dtype !== 'f32') throw new ShapeError(`${what}: expected f32 tensors, got ${t.dtype}`);
+  const [B, Sq, HD] = q.shape;
+  const [Bk, Sk, HDk] = k.shape;
+  const [Bv, Sv, HDv] = v.shape;
+  if (!Number.isInteger(heads) || heads < 1) throw new ShapeError(`${what}: heads must be a positive integer`);
+  if (Bk !== B || Bv !== B) throw new ShapeError(`${what}: batch sizes differ`);
+  if (Sv !== Sk) throw new ShapeError(`${what}: k and v sequence lengths differ`);
+  if (HDk !== HD) throw new ShapeError(`${what}: q and k channel counts differ`);
+  if (HD % heads || HDv % heads) throw new ShapeError(`${what}: channels are not divisible by heads`);
+  const D = HD / heads;
+  const Dv = HDv / heads;
+  if (D % 4 || Dv % 4) throw new ShapeError(`${what}: head dims must be multiples of 4 (got D=${D}, Dv=${Dv})`);
+  if (Sk === 0 && Sq > 0) throw new ShapeError(`${what}: no keys`);
+  if (B * heads > rt().maxWorkgroups) throw new ShapeError(`${what}: batch * heads exceeds ${rt().maxWorkgroups}`);
+  for (const t of [q, k, v])
+    if (t.byteLength > rt().maxBindingBytes) throw new ShapeError(`${what}: an operand of ${t.byteLength} bytes exceeds the storage binding limit; split the batch`);
+  if (B * Sq * HDv * 4 > rt().maxBindingBytes) throw new ShapeError(`${what}: the output exceeds the storage binding limit; split the batch`);
+  return { B, H: heads, Sq, Sk, D, Dv };
+}
+
+function uniforms(d: Dims, scale: number) {
+  return new Uniforms().u32(d.B, d.H, d.Sq, d.Sk).f32(scale * LOG2E, scale).u32(SG, 0).done();
+}
+
+const DEFAULT_ROWS = { ...ROWS };
+const DEFAULT_KU = { ...KU };
+/** Tune the subgroup kernels (benchmarks): rows per lane and keys per inner iteration; null restores the defaults. */
+export function setAttentionTuning(t: { rows?: Partial<typeof ROWS>; unroll?: Partial<typeof KU> } | null) {
+  Object.assign(ROWS, t?.rows ?? DEFAULT_ROWS);
+  Object.assign(KU, t?.unroll ?? DEFAULT_KU);
+}
+
+/** WGSL and workgroup grid of one kernel for the current variant; `n` is the number of rows it owns */
+function plan(kind: 'fwd' | 'dq' | 'dkv', d: Dims, causal: boolean, n: number): { name: string; code: string; workgroups: [number, number] } {
+  const variant = attentionVariant();
+  const name = `attention_${kind}_${variant}`;
+  if (variant === 'subgroup') {
+    const R = rowsPerLane(n, ROWS[kind]);
+    const gen = kind === 'fwd' ? forwardSubgroup : kind === 'dq' ? dqSubgroup : dkvSubgroup;
+    return { name, code: gen(d, causal, R), workgroups: [Math.ceil(n / (SG * R)), d.B * d.H] };
+  }
+  const gen =
+    variant === 'register'
+      ? { fwd: forwardRegister, dq: dqRegister, dkv: dkvRegister }[kind]
+      : { fwd: forwardShared, dq: dqShared, dkv: dkvShared }[kind];
+  return { name, code: gen(d, causal), workgroups: [Math.ceil(n / WG), d.B * d.H] };
+}
+
+/** Forward only: returns the output [B, Sq, H*Dv] and the row logsumexp [B, H, Sq] (natural log). */
+export function attentionForward(q: Tensor, k: Tensor, v: Tensor, opts: AttentionOptions): { out: Tensor; lse: Tensor } {
+  const d = dimsOf(q, k, v, opts.heads);
+  const scale = opts.scale ?? 1 / Math.sqrt(d.D);
+  const out = Tensor.empty([d.B, d.Sq, d.H * d.Dv], 'f32', 'attention');
+  const lse = Tensor.empty([d.B, d.H, d.Sq], 'f32', 'attention_lse');
+  if (d.B * d.Sq * d.H === 0) return { out, lse };
+  rt().dispatch({
+    ...plan('fwd', d, !!opts.causal, d.Sq),
+    uniforms: uniforms(d, scale),
+    bindings: [{ buffer: q.buffer }, { buffer: k.buffer }, { buffer: v.buffer }, { buffer: out.buffer }, { buffer: lse.buffer }],
+  });
+  return { out, lse };
+}
+
+/**
+ * Gradients of attention from the forward's output and row logsumexp; `want` selects which of dQ, dK, dV
+ * to compute (null for the others).
+ */
+export function attentionBackward(
+  q: Tensor,
+  k: Tensor,
+  v: Tensor,
+  out: Tensor,
+  lse: Tensor,
+  dOut: Tensor,
+  opts: AttentionOptions,
+  want: [boolean, boolean, boolean] = [true, true, true],
+): [Tensor | null, Tensor | null, Tensor | null] {
+  const d = dimsOf(q, k, v, opts.heads);
+  if (dOut.size !== out.size) throw new ShapeError(`attention backward: gradient [${dOut.shape}] does not match the output [${out.shape}]`);
+  const scale = opts.scale ?? 1 / Math.sqrt(d.D);
+  const causal = !!opts.causal;
+  const r = rt();
+  const uni = uniforms(d, scale);
+  const dq = want[0] ? Tensor.empty(q.shape, 'f32', 'attention_dq') : null;
+  const dk = want[1] || want[2] ? Tensor.empty(k.shape, 'f32', 'attention_dk') : null;
+  const dv = want[1] || want[2] ? Tensor.empty(v.shape, 'f32', 'attention_dv') : null;
+  if (d.B * d.Sq * d.H === 0) {
+    // no queries: dK and dV are zero
+    for (const t of [dk, dv]) if (t && t.size) r.write(t.buffer, new Float32Array(t.size));
+  } else if (dq || dk) {
+    const ld = Tensor.empty([d.B, d.H, d.Sq, 2], 'f32', 'attention_ld');
+    r.dispatch({
+      name: 'attention_prep',
+      code: prepKernel(d),
+      uniforms: uni,
+      bindings: [{ buffer: out.buffer }, { buffer: dOut.buffer }, { buffer: lse.buffer }, { buffer: ld.buffer }],
+      workgroups: [Math.ceil(d.Sq / WG), d.B * d.H],
+    });
+    const common = [{ buffer: q.buffer }, { buffer: k.buffer }, { buffer: v.buffer }, { buffer: dOut.buffer }, { buffer: ld.buffer }];
+    if (dq) r.dispatch({ ...plan('dq', d, causal, d.Sq), uniforms: uni, bindings: [...common, { buffer: dq.buffer }] });
+    if (dk && dv) r.dispatch({ ...plan('dkv', d, causal, d.Sk), uniforms: uni, bindings: [...common, { buffer: dk.buffer }, { buffer: dv.buffer }] });
+    ld.dispose();
+  }
+  let gk = dk;
+  let gv = dv;
+  if (!want[1] && dk) (dk.dispose(), (gk = null));
+  if (!want[2] && dv) (dv.dispose(), (gv = null));
+  return [dq, gk, gv];
+}
+
+/**
+ * Multi-head attention softmax(scale * Q K^T) V on the interleaved-heads layout: q [B, Sq, H*D],
+ * k [B, Sk, H*D], v [B, Sk, H*Dv] -> [B, Sq, H*Dv]. Gradients for q, k and v.
+ */
+export function attention(q: Tensor, k: Tensor, v: Tensor, opts: AttentionOptions): Tensor {
+  const { out, lse } = attentionForward(q, k, v, opts);
+  if (!needsGrad(q, k, v)) {
+    lse.dispose();
+    return out;
+  }
+  return record(
+    out,
+    'attention',
+    [q, k, v],
+    (g) => attentionBackward(q, k, v, out, lse, g, opts, [wantsGrad(q), wantsGrad(k), wantsGrad(v)]),
+    [lse, out],
+  );
+}

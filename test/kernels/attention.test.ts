@@ -1,0 +1,204 @@
+// Fused attention: forward (output and row logsumexp) against the float64 reference on odd sequence lengths,
+// cross-attention, causal masking, several batches / heads / head dims; gradients against finite differences
+// (checkGrad) and against the analytic float64 gradients on larger shapes; every kernel variant the adapter
+// can run (the shared-tile variant included: lavapipe runs a workgroup's invocations in sequence, so a
+// missing barrier shows up here); extra memory linear in the sequence length.
+// Pipelines are specialised per head dim, so the cases reuse a few head dims to bound compile time.
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { ShapeError, Tensor, grad, rt, tidy } from '../../engine/index.js';
+import {
+  attention,
+  attentionForward,
+  attentionVariants,
+  setAttentionVariant,
+  type AttentionVariant,
+} from '../../kernels/attention.js';
+import { rattention, rattentionBackward, rattentionFull } from '../../kernels/attention.ref.js';
+import { rt64 } from '../../kernels/core.ref.js';
+import { checkGrad, expectClose, gpu, rand } from '../helpers/check.js';
+
+const LONG = 900_000; // first runs compile D-specialised pipelines, slow on a CPU adapter
+
+let variants: AttentionVariant[] = ['subgroup', 'register', 'shared'];
+beforeAll(async () => {
+  await gpu();
+  variants = attentionVariants();
+});
+afterAll(() => setAttentionVariant(null));
+
+interface Case {
+  B: number;
+  H: number;
+  Sq: number;
+  Sk: number;
+  D: number;
+  Dv?: number;
+  causal?: boolean;
+  scale?: number;
+}
+const name = (c: Case) =>
+  `B=${c.B} H=${c.H} Sq=${c.Sq} Sk=${c.Sk} D=${c.D}${c.Dv && c.Dv !== c.D ? ` Dv=${c.Dv}` : ''}${c.causal ? ' causal' : ''}${c.scale ? ` scale=${c.scale}` : ''}`;
+const optsOf = (c: Case) => ({ heads: c.H, causal: c.causal, scale: c.scale });
+
+function inputs(c: Case, seed = 1) {
+  const Dv = c.Dv ?? c.D;
+  return [
+    { data: rand(c.B * c.Sq * c.H * c.D, seed, -1.5, 1.5), shape: [c.B, c.Sq, c.H * c.D] },
+    { data: rand(c.B * c.Sk * c.H * c.D, seed + 1, -1.5, 1.5), shape: [c.B, c.Sk, c.H * c.D] },
+    { data: rand(c.B * c.Sk * c.H * Dv, seed + 2), shape: [c.B, c.Sk, c.H * Dv] },
+  ];
+}
+const refs = (xs: { data: Float32Array; shape: number[] }[]) => xs.map((x) => rt64(x.data, x.shape)) as [ReturnType<typeof rt64>, ReturnType<typeof rt64>, ReturnType<typeof rt64>];
+
+async function checkForward(variant: string, c: Case) {
+  const xs = inputs(c);
+  const [out, lse] = tidy(() => {
+    const r = attentionForward(...(xs.map((x) => Tensor.from(x.data, x.shape)) as [Tensor, Tensor, Tensor]), optsOf(c));
+    return [r.out, r.lse];
+  });
+  const ref = rattentionFull(...refs(xs), optsOf(c));
+  expectClose(await out.data(), ref.out.data, 1e-4, `attention ${variant} forward ${name(c)}`);
+  expectClose(await lse.data(), ref.lse.data, 1e-4, `attention ${variant} logsumexp ${name(c)}`);
+  out.dispose();
+  lse.dispose();
+}
+
+/** all three gradients against the analytic float64 gradients, for a random output gradient */
+async function checkBackward(variant: string, c: Case) {
+  const xs = inputs(c, 3);
+  const Dv = c.Dv ?? c.D;
+  const g = rand(c.B * c.Sq * c.H * Dv, 17);
+  const gs = tidy(() => {
+    const ts = xs.map((x) => Tensor.from(x.data, x.shape).requireGrad());
+    const y = attention(ts[0], ts[1], ts[2], optsOf(c));
+    return grad(y, ts, Tensor.from(g, y.shape));
+  });
+  const ref = rattentionBackward(...refs(xs), rt64(g, [c.B, c.Sq, c.H * Dv]), optsOf(c));
+  for (let i = 0; i < 3; i++) {
+    expectClose(await gs[i].data(), ref[i].data, 2e-4, `attention ${variant} d${'qkv'[i]} ${name(c)}`);
+    gs[i].dispose();
+  }
+}
+
+// head dims 4, 8, 40, 64 throughout; 16, 32, 80, 160 once each
+const FORWARD_CASES: Case[][] = [
+  [
+    { B: 1, H: 1, Sq: 1, Sk: 1, D: 4 },
+    { B: 1, H: 2, Sq: 7, Sk: 7, D: 8 },
+    { B: 3, H: 2, Sq: 100, Sk: 100, D: 8 },
+    { B: 2, H: 2, Sq: 33, Sk: 20, D: 8, Dv: 16 },
+    { B: 1, H: 3, Sq: 65, Sk: 130, D: 8, scale: 0.5 },
+  ],
+  [
+    { B: 2, H: 3, Sq: 33, Sk: 33, D: 40 },
+    { B: 1, H: 8, Sq: 100, Sk: 77, D: 40 }, // cross-attention
+    { B: 1, H: 2, Sq: 7, Sk: 100, D: 40 },
+  ],
+  [
+    { B: 1, H: 2, Sq: 77, Sk: 77, D: 64, causal: true }, // CLIP text
+    { B: 3, H: 5, Sq: 33, Sk: 33, D: 8, causal: true },
+    { B: 1, H: 1, Sq: 100, Sk: 33, D: 4, causal: true }, // more queries than keys
+    { B: 1, H: 1, Sq: 20, Sk: 50, D: 4, causal: true }, // fewer queries than keys
+  ],
+  [
+    { B: 2, H: 4, Sq: 33, Sk: 7, D: 16 },
+    { B: 1, H: 1, Sq: 33, Sk: 77, D: 32 },
+    { B: 1, H: 2, Sq: 33, Sk: 70, D: 80 },
+    { B: 1, H: 1, Sq: 33, Sk: 77, D: 160 },
+  ],
+];
+
+const GRAD_CASES: Case[] = [
+  { B: 1, H: 2, Sq: 7, Sk: 7, D: 8 },
+  { B: 2, H: 1, Sq: 33, Sk: 7, D: 4 },
+  { B: 3, H: 2, Sq: 9, Sk: 9, D: 8, causal: true },
+  { B: 1, H: 2, Sq: 5, Sk: 77, D: 40 },
+];
+
+const BACKWARD_CASES: Case[] = [
+  { B: 2, H: 3, Sq: 100, Sk: 77, D: 8 },
+  { B: 1, H: 1, Sq: 77, Sk: 77, D: 4, causal: true },
+  { B: 3, H: 2, Sq: 33, Sk: 100, D: 4, Dv: 8 },
+  { B: 1, H: 8, Sq: 100, Sk: 77, D: 40 },
+  { B: 1, H: 2, Sq: 77, Sk: 77, D: 64, causal: true },
+];
+
+for (const variant of ['subgroup', 'register', 'shared'] as AttentionVariant[]) {
+  describe(`attention (${variant} variant)`, () => {
+    beforeAll(() => setAttentionVariant(variant));
+    afterAll(() => setAttentionVariant(null));
+    const skip = () => !variants.includes(variant);
+
+    FORWARD_CASES.forEach((cases, n) => {
+      it(`forward matches the float64 reference (${cases.map(name).join('; ')})`, async () => {
+        if (skip()) return;
+        for (const c of cases) await checkForward(variant, c);
+      }, LONG);
+    });
+
+    it('gradients match finite differences', async () => {
+      if (skip()) return;
+      for (const c of GRAD_CASES)
+        await checkGrad(
+          `attention ${variant} ${name(c)}`,
+          inputs(c, 5),
+          (q, k, v) => attention(q, k, v, optsOf(c)),
+          (q, k, v) => rattention(q, k, v, optsOf(c)),
+        );
+    }, LONG);
+
+    it('gradients match the analytic float64 gradients on odd lengths', async () => {
+      if (skip()) return;
+      for (const c of BACKWARD_CASES) await checkBackward(variant, c);
+    }, LONG);
+  });
+}
+
+describe('attention', () => {
+  it('computes only the gradients that are needed', async () => {
+    const c: Case = { B: 1, H: 2, Sq: 7, Sk: 7, D: 8 };
+    const xs = inputs(c, 9);
+    const [q, k, v] = xs.map((x) => Tensor.from(x.data, x.shape));
+    v.requireGrad();
+    const g = rand(c.B * c.Sq * c.H * c.D, 4);
+    const [dv] = tidy(() => grad(attention(q, k, v, optsOf(c)), [v], Tensor.from(g, [c.B, c.Sq, c.H * c.D])));
+    const ref = rattentionBackward(...refs(xs), rt64(g, [c.B, c.Sq, c.H * c.D]), optsOf(c));
+    expectClose(await dv.data(), ref[2].data, 2e-4, 'attention dv alone');
+    [q, k, v, dv].forEach((t) => t.dispose());
+  }, LONG);
+
+  it('rejects bad shapes with a ShapeError', () => {
+    const q = Tensor.empty([1, 4, 8]);
+    const k = Tensor.empty([1, 5, 8]);
+    const v = Tensor.empty([1, 6, 8]);
+    const k2 = Tensor.empty([1, 5, 16]);
+    expect(() => attention(q, k, v, { heads: 2 })).toThrow(ShapeError); // k and v lengths differ
+    expect(() => attention(q, k2, k2, { heads: 2 })).toThrow(ShapeError); // q and k channels differ
+    expect(() => attention(q, k, k, { heads: 3 })).toThrow(ShapeError); // 8 channels, 3 heads
+    expect(() => attention(q, k, k, { heads: 4 })).toThrow(ShapeError); // head dim 2
+    [q, k, v, k2].forEach((t) => t.dispose());
+  });
+
+  it('extra memory of forward + backward grows linearly with the sequence length', async () => {
+    const H = 2;
+    const D = 8;
+    const extra = async (S: number) => {
+      const xs = inputs({ B: 1, H, Sq: S, Sk: S, D }, 2);
+      const ts = xs.map((x) => Tensor.from(x.data, x.shape).requireGrad());
+      const g = Tensor.from(rand(S * H * D, 8), [1, S, H * D]);
+      await rt().sync();
+      rt().resetPeak();
+      const before = rt().memory().liveBytes;
+      const gs = tidy(() => grad(attention(ts[0], ts[1], ts[2], { heads: H }), ts, g));
+      await rt().sync();
+      const peak = rt().memory().peakBytes - before;
+      [...gs, ...ts, g].forEach((t) => t.dispose());
+      return peak;
+    };
+    const small = await extra(256);
+    const large = await extra(1024);
+    // a materialized score matrix would add H * S^2 * 4 bytes (8 MiB at 1024): 16x growth
+    expect(large).toBeLessThanOrEqual(small * 4 * 1.25);
+    expect(large).toBeLessThan(2 * 1024 * 1024);
+  }, LONG);
+});

@@ -36,27 +36,42 @@ function caseNamed(name: string): GoldenCase {
   return c;
 }
 
+/** Peak GPU bytes above the starting point while running `fn`. */
+async function peakOf(fn: () => Promise<unknown>): Promise<number> {
+  const base = rt().memory().liveBytes;
+  rt().resetPeak();
+  await fn();
+  return rt().memory().peakBytes - base;
+}
+const plainPeak: Record<string, number> = {};
+
 describe('UNet2DConditionModel goldens', () => {
   for (const name of ['unet_sd1', 'unet_sd2']) {
     it(`${name}: output, activations, loss and gradients`, async () => {
-      const checks = await runCase(caseNamed(name));
+      let checks: CaseCheck[] = [];
+      plainPeak[name] = await peakOf(async () => (checks = await runCase(caseNamed(name))));
       expect(checks.length).toBeGreaterThan(30);
       expect(checks.some((c) => c.kind === 'gradient')).toBe(true);
       report(checks);
     }, COLD);
   }
 
-  it('unet_sd2 with gradient checkpointing: same results through backward()', async () => {
+  it('unet_sd2 with gradient checkpointing: same results through backward(), lower peak memory', async () => {
     const c = caseNamed('unet_sd2');
     const file = await openSafetensorsFile(c.tensorsPath);
     const ctx = new GoldenContext(c, file);
+    let peak = 0;
     try {
-      await tidyAsync(() => runUnetCase(ctx, { checkpoint: true }));
+      peak = await peakOf(() => tidyAsync(() => runUnetCase(ctx, { checkpoint: true })));
     } finally {
       await ctx.cleanup();
       await file.close();
     }
     report(ctx.checks);
+    if (plainPeak.unet_sd2 !== undefined) {
+      console.log(`unet_sd2 peak GPU memory: ${(plainPeak.unet_sd2 / 2 ** 20).toFixed(1)} MiB plain, ${(peak / 2 ** 20).toFixed(1)} MiB checkpointed`);
+      expect(peak).toBeLessThan(plainPeak.unet_sd2);
+    }
   }, COLD);
 });
 

@@ -32,25 +32,40 @@ beforeAll(async () => {
   vaeCase = c;
 });
 
+/** Peak GPU bytes above the starting point while running `fn`. */
+async function peakOf(fn: () => Promise<unknown>): Promise<number> {
+  const base = rt().memory().liveBytes;
+  rt().resetPeak();
+  await fn();
+  return rt().memory().peakBytes - base;
+}
+let plainPeak: number | undefined;
+
 describe('AutoencoderKL golden', () => {
   it('vae: encode and decode outputs, activations, losses and gradients', async () => {
-    const checks = await runCase(vaeCase);
+    let checks: CaseCheck[] = [];
+    plainPeak = await peakOf(async () => (checks = await runCase(vaeCase)));
     for (const n of ['encode.mean', 'encode.logvar', 'encode.std', 'decode.sample', 'encode.loss', 'decode.loss'])
       expect(checks.some((c) => c.tensor === n)).toBe(true);
     expect(checks.filter((c) => c.kind === 'gradient').length).toBeGreaterThan(10);
     report(checks);
   }, COLD);
 
-  it('vae with gradient checkpointing: same results through backward()', async () => {
+  it('vae with gradient checkpointing: same results through backward(), lower peak memory', async () => {
     const file = await openSafetensorsFile(vaeCase.tensorsPath);
     const ctx = new GoldenContext(vaeCase, file);
+    let peak = 0;
     try {
-      await tidyAsync(() => runVaeCase(ctx, { checkpoint: true }));
+      peak = await peakOf(() => tidyAsync(() => runVaeCase(ctx, { checkpoint: true })));
     } finally {
       await ctx.cleanup();
       await file.close();
     }
     report(ctx.checks);
+    if (plainPeak !== undefined) {
+      console.log(`vae peak GPU memory: ${(plainPeak / 2 ** 20).toFixed(1)} MiB plain, ${(peak / 2 ** 20).toFixed(1)} MiB checkpointed`);
+      expect(peak).toBeLessThan(plainPeak);
+    }
   }, COLD);
 });
 

@@ -33,9 +33,10 @@ const base = (out: string): GenerateOptions => ({
 });
 
 describe('seedselect generate', () => {
+  let full: Awaited<ReturnType<typeof generate>>;
   it('writes images, seed, run.json and the loss curve', async () => {
-    const out = join(dir, 'run-a');
-    const run = await generate(base(out));
+    const out = join(dir, 'run-full');
+    const run = (full = await generate(base(out)));
     expect(run.status).toBe('done');
     expect(run.images[0].history).toHaveLength(3);
     for (const h of run.images[0].history) expect(Number.isFinite(h.total)).toBe(true);
@@ -47,11 +48,11 @@ describe('seedselect generate', () => {
     await seed.close();
     const json = JSON.parse(await readFile(join(out, 'run.json'), 'utf8'));
     expect(json.options.steps).toBe(3);
+    expect(json.images[0].history).toHaveLength(3);
     expect(json.peakBytes).toBeGreaterThan(0);
   });
 
   it('an interrupted run resumes where it stopped and ends with the same seed', async () => {
-    const full = await generate(base(join(dir, 'run-full')));
     const out = join(dir, 'run-resumed');
     const ac = new AbortController();
     // stop after the first iteration has been checkpointed

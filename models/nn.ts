@@ -1,13 +1,19 @@
 // Layer helpers shared by the models: each takes the `Params` scoped at the PyTorch module's name, so
 // `linear(p.sub('to_q'), x)` reads `<prefix>.to_q.weight` / `.bias` exactly as the checkpoint names them.
-import type { Tensor } from '../engine/tensor.js';
+import { ShapeError, type Tensor } from '../engine/tensor.js';
+import { reshape } from '../kernels/shape.js';
 import { linear as linearOp } from '../kernels/matmul.js';
 import { layerNorm as layerNormOp } from '../kernels/layernorm.js';
 import type { Params } from './weights.js';
 
-/** nn.Linear: y = x W^T + b (bias optional, as the checkpoint has it). */
+/** nn.Linear: y = x W^T + b (bias optional, as the checkpoint has it); a 1x1 conv weight [O, C, 1, 1] is used as [O, C]. */
 export function linear(p: Params, x: Tensor): Tensor {
-  return linearOp(x, p.get('weight'), p.has('bias') ? p.get('bias') : undefined);
+  let w = p.get('weight');
+  if (w.rank === 4) {
+    if (w.shape[2] !== 1 || w.shape[3] !== 1) throw new ShapeError(`${p.prefix}weight: expected a 1x1 conv kernel, got [${w.shape}]`);
+    w = reshape(w, [w.shape[0], w.shape[1]]);
+  }
+  return linearOp(x, w, p.has('bias') ? p.get('bias') : undefined);
 }
 
 /** nn.LayerNorm over the last dim. */

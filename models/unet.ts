@@ -31,20 +31,9 @@ export type Capture = (name: string, t: Tensor) => void;
 // ---------------------------------------------------------------------------------------------
 // Layer helpers on `Params` scoped at the module (shared with the VAE)
 
-/** nn.Linear; a 1x1 conv weight [O, C, 1, 1] is used as [O, C]. */
-export function linearP(p: Params, x: Tensor): Tensor {
-  let w = p.get('weight');
-  if (w.rank === 4) {
-    if (w.shape[2] !== 1 || w.shape[3] !== 1) throw new ShapeError(`${p.prefix}weight: expected a 1x1 conv kernel, got [${w.shape}]`);
-    w = reshape(w, [w.shape[0], w.shape[1]]);
-  }
-  return linearOp(x, w, p.has('bias') ? p.get('bias') : undefined);
-}
-
-/** nn.LayerNorm over the last dim. */
-export function layerNormP(p: Params, x: Tensor, eps = 1e-5): Tensor {
-  return layerNormOp(x, p.get('weight'), p.get('bias'), eps);
-}
+// nn.Linear (a 1x1 conv weight is accepted as [O, C]) and nn.LayerNorm, shared with the other models
+import { linear as linearP, layerNorm as layerNormP } from './nn.js';
+export { linearP, layerNormP };
 
 /** nn.Conv2d with square kernel; padding defaults to (k-1)/2 ("same" for odd k at stride 1). */
 export function convP(p: Params, x: Tensor, opts: { stride?: number; padding?: number | [number, number, number, number] } = {}): Tensor {

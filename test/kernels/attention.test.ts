@@ -80,8 +80,13 @@ async function checkBackward(variant: string, c: Case) {
   }
 }
 
+// CI machines start with an empty shader cache, and the head-dim-specialised shaders take tens of seconds
+// each to compile on lavapipe the first time; there (CI=true) the cases are cut to head dims <= 8 for every
+// variant. Without CI the whole matrix runs.
+const small = (c: Case) => !process.env.CI || (c.D <= 8 && (c.Dv ?? c.D) <= 16);
+
 // head dims 4, 8, 40, 64 throughout; 16, 32, 80, 160 once each
-const FORWARD_CASES: Case[][] = [
+const FORWARD_CASES_ALL: Case[][] = [
   [
     { B: 1, H: 1, Sq: 1, Sk: 1, D: 4 },
     { B: 1, H: 2, Sq: 7, Sk: 7, D: 8 },
@@ -108,20 +113,26 @@ const FORWARD_CASES: Case[][] = [
   ],
 ];
 
-const GRAD_CASES: Case[] = [
+const FORWARD_CASES = FORWARD_CASES_ALL.map((g) => g.filter(small)).filter((g) => g.length);
+
+const GRAD_CASES_ALL: Case[] = [
   { B: 1, H: 2, Sq: 7, Sk: 7, D: 8 },
   { B: 2, H: 1, Sq: 33, Sk: 7, D: 4 },
   { B: 3, H: 2, Sq: 9, Sk: 9, D: 8, causal: true },
   { B: 1, H: 2, Sq: 5, Sk: 77, D: 40 },
 ];
 
-const BACKWARD_CASES: Case[] = [
+const GRAD_CASES = GRAD_CASES_ALL.filter(small);
+
+const BACKWARD_CASES_ALL: Case[] = [
   { B: 2, H: 3, Sq: 100, Sk: 77, D: 8 },
   { B: 1, H: 1, Sq: 77, Sk: 77, D: 4, causal: true },
   { B: 3, H: 2, Sq: 33, Sk: 100, D: 4, Dv: 8 },
   { B: 1, H: 8, Sq: 100, Sk: 77, D: 40 },
   { B: 1, H: 2, Sq: 77, Sk: 77, D: 64, causal: true },
 ];
+const BACKWARD_CASES = BACKWARD_CASES_ALL.filter(small);
+
 
 for (const variant of ['subgroup', 'register', 'shared'] as AttentionVariant[]) {
   describe(`attention (${variant} variant)`, () => {

@@ -1,5 +1,5 @@
 // Layer norm over the last axis with affine gamma/beta: statistics in f32, two-pass (mean, then variance of
-// the centred values), one workgroup per row. The forward saves mean and rstd per row for the backward.
+// the centred values), one workgroup per row (one invocation per row for short rows). The forward saves mean and rstd per row for the backward.
 import { rt, Uniforms } from '../engine/runtime.js';
 import { ShapeError, Tensor, record, wantsGrad } from '../engine/tensor.js';
 import { grid, WG_INDEX } from './util.js';
@@ -64,6 +64,68 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
   }
 }`;
 
+// Short rows (L <= ROW_PER_INVOCATION_MAX): one invocation per row, no workgroup memory and no barriers.
+// A 64-wide workgroup per row of 64 values spends most of its time in the tree reduction's barriers (on
+// CPU adapters each barrier switches every invocation of the workgroup); CLIP-sized rows are this case.
+const ROW_PER_INVOCATION_MAX = 256;
+const FORWARD_ROWS = /* wgsl */ `
+${WG_INDEX}
+struct P { rows: u32, L: u32, eps: f32, _0: u32 }
+@group(0) @binding(0) var<uniform> u: P;
+@group(0) @binding(1) var<storage, read> X: array<f32>;
+@group(0) @binding(2) var<storage, read> W: array<f32>;
+@group(0) @binding(3) var<storage, read> Bv: array<f32>;
+@group(0) @binding(4) var<storage, read_write> Y: array<f32>;
+@group(0) @binding(5) var<storage, read_write> S: array<f32>;
+@compute @workgroup_size(64)
+fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
+  let row = wg_index(wid, nwg) * 64u + li;
+  if (row >= u.rows) { return; }
+  let base = row * u.L;
+  let n = f32(u.L);
+  var s = 0.0;
+  for (var i = 0u; i < u.L; i++) { s += X[base + i]; }
+  let mean = s / n;
+  var v = 0.0;
+  for (var i = 0u; i < u.L; i++) { let d = X[base + i] - mean; v += d * d; }
+  let rstd = inverseSqrt(v / n + u.eps);
+  for (var i = 0u; i < u.L; i++) { Y[base + i] = (X[base + i] - mean) * rstd * W[i] + Bv[i]; }
+  S[2u * row] = mean;
+  S[2u * row + 1u] = rstd;
+}`;
+
+const BACKWARD_X_ROWS = /* wgsl */ `
+${WG_INDEX}
+struct P { rows: u32, L: u32, eps: f32, _0: u32 }
+@group(0) @binding(0) var<uniform> u: P;
+@group(0) @binding(1) var<storage, read> X: array<f32>;
+@group(0) @binding(2) var<storage, read> W: array<f32>;
+@group(0) @binding(3) var<storage, read> S: array<f32>;
+@group(0) @binding(4) var<storage, read> G: array<f32>;
+@group(0) @binding(5) var<storage, read_write> DX: array<f32>;
+@compute @workgroup_size(64)
+fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
+  let row = wg_index(wid, nwg) * 64u + li;
+  if (row >= u.rows) { return; }
+  let base = row * u.L;
+  let mean = S[2u * row];
+  let rstd = S[2u * row + 1u];
+  var a = 0.0;
+  var b = 0.0;
+  for (var i = 0u; i < u.L; i++) {
+    let gw = G[base + i] * W[i];
+    a += gw;
+    b += gw * (X[base + i] - mean) * rstd;
+  }
+  let n = f32(u.L);
+  let ma = a / n;
+  let mb = b / n;
+  for (var i = 0u; i < u.L; i++) {
+    let xh = (X[base + i] - mean) * rstd;
+    DX[base + i] = rstd * (G[base + i] * W[i] - ma - xh * mb);
+  }
+}`;
+
 // gamma/beta gradients: one invocation per column, summing over rows
 const BACKWARD_W = /* wgsl */ `
 struct P { rows: u32, L: u32, eps: f32, _0: u32 }
@@ -96,12 +158,14 @@ export function layerNorm(x: Tensor, weight: Tensor, bias: Tensor, eps = 1e-5): 
   const y = Tensor.empty(x.shape, 'f32', 'layer_norm');
   const stats = Tensor.empty([rows, 2], 'f32', 'layer_norm_stats');
   const uni = () => new Uniforms().u32(rows, L).f32(eps).u32(0).done();
+  const short = L <= ROW_PER_INVOCATION_MAX;
+  const wg = () => (short ? grid(Math.ceil(rows / 64)) : grid(rows));
   rt().dispatch({
     name: 'layer_norm',
-    code: FORWARD,
+    code: short ? FORWARD_ROWS : FORWARD,
     uniforms: uni(),
     bindings: [x, weight, bias, y, stats].map((t) => ({ buffer: t.buffer })),
-    workgroups: grid(rows),
+    workgroups: wg(),
   });
   return record(
     y,
@@ -113,10 +177,10 @@ export function layerNorm(x: Tensor, weight: Tensor, bias: Tensor, eps = 1e-5): 
         dx = Tensor.empty(x.shape, 'f32', 'layer_norm_backward');
         rt().dispatch({
           name: 'layer_norm_backward',
-          code: BACKWARD_X,
+          code: short ? BACKWARD_X_ROWS : BACKWARD_X,
           uniforms: uni(),
           bindings: [x, weight, stats, g, dx].map((t) => ({ buffer: t.buffer })),
-          workgroups: grid(rows),
+          workgroups: wg(),
         });
       }
       if (!wantsGrad(weight) && !wantsGrad(bias)) return [dx, null, null];

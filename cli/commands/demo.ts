@@ -1,21 +1,33 @@
-// `seedselect demo` (`npm run demo`): SeedSelect end to end on a fresh machine without downloads. It builds
-// a small random-weight pipeline of the real classes (presets/tiny-sd) unless --model/--clip point at real
-// folders, draws three reference images of a rare concept, optimizes the seed and writes the images, a
-// before/after grid, the loss curve and run.json.
+// `seedselect demo` (`npm run demo`): SeedSelect end to end on a fresh machine without downloads. By
+// default it uses the tiny-world model shipped in assets/tiny-world (trained by the engine itself, see
+// tiny/train.ts): it picks a rare (tail) concept, renders three reference images of it, optimizes the seed
+// and writes the images, a before/after grid, the loss curve and run.json. --model/--clip point the same
+// command at real Stable Diffusion and CLIP folders (three drawn stars are the references then).
 import type { Command } from 'commander';
 import { mkdir } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
 import sharp from 'sharp';
-import { makeModel, presetsDir } from '../../weights-tools/model-maker.js';
+import { fileURLToPath } from 'node:url';
 import { generate } from './generate.js';
+import { UserError } from '../errors.js';
+import { caption, conceptTable, referenceSpecs, render, toRgb8 } from '../../tiny/world.js';
 import { exists } from '../run-folder.js';
 import { loadImage, saveGrid, clipInput } from '../images.js';
+
+/** The tiny-world model shipped with the project. */
+export function defaultTinyModel(): string {
+  return fileURLToPath(new URL('../../assets/tiny-world/', import.meta.url));
+}
+
+/** The demo's default rare concept (a tail concept of the shipped model's split). */
+export const DEMO_CONCEPT = 'purple star';
 
 interface DemoOptions {
   out: string;
   model?: string;
   clip?: string;
-  prompt: string;
+  concept: string;
+  prompt?: string;
   iterations: number;
   steps: number;
   seed: number;
@@ -43,28 +55,44 @@ export function register(program: Command) {
     .option('--out <dir>', 'output folder', 'out/demo')
     .option('--model <dir>', 'a diffusers Stable Diffusion folder instead of the built-in small model')
     .option('--clip <dir>', 'a CLIP vision model folder (with --model)')
-    .option('--prompt <text>', 'prompt', 'a purple star on a white background')
-    .option('--iterations <n>', 'optimization iterations', (v) => Number(v), 8)
-    .option('--steps <n>', 'DDIM steps', (v) => Number(v), 10)
+    .option('--concept <name>', 'tiny-world concept to generate (colour and shape, e.g. "orange star")', DEMO_CONCEPT)
+    .option('--prompt <text>', 'prompt (default: "a <concept> on a white background")')
+    .option('--iterations <n>', 'optimization iterations', (v) => Number(v), 10)
+    .option('--steps <n>', 'DDIM steps', (v) => Number(v), 20)
     .option('--seed <n>', 'seed', (v) => Number(v), 0)
     .action(async (o: DemoOptions) => {
       const out = resolve(o.out);
       await mkdir(join(out, 'refs'), { recursive: true });
-      let model = o.model ? resolve(o.model) : join(out, 'model');
-      if (!o.model && !(await exists(join(model, 'model_index.json')))) {
-        process.stderr.write(`building the small demo model in ${model}\n`);
-        await makeModel({ config: 'tiny-sd', out: model, seed: 0, tokenizerDir: join(presetsDir(), 'clip-tokenizer') });
-      }
+      const tiny = !o.model;
+      const model = o.model ? resolve(o.model) : defaultTinyModel();
+      if (tiny && !(await exists(join(model, 'model_index.json'))))
+        throw new UserError(`the shipped tiny-world model is missing at ${model}; train one with \`seedselect train-tiny --out DIR\` and pass --model DIR`);
       const refs: string[] = [];
-      for (let i = 0; i < 3; i++) {
-        const p = join(out, 'refs', `star-${i}.png`);
-        await drawStar(p, i, '#8a2be2');
-        refs.push(p);
+      let prompt = o.prompt ?? 'a purple star on a white background';
+      let scale = 1;
+      if (tiny) {
+        const row = conceptTable().find((r) => r.name === o.concept);
+        if (!row) throw new UserError(`--concept: unknown concept "${o.concept}" (known: ${conceptTable().map((r) => r.name).join(', ')})`);
+        const [colour, shape] = o.concept.split(' ');
+        prompt = o.prompt ?? caption({ colour: colour as never, shape: shape as never, background: 'white' });
+        process.stderr.write(`concept "${o.concept}": ${row.split} (${(row.frequency * 100).toFixed(2)}% of the training images)\n`);
+        for (const [i, spec] of referenceSpecs(o.concept, 3, 0).entries()) {
+          const p = join(out, 'refs', `${o.concept.replace(' ', '-')}-${i}.png`);
+          await sharp(Buffer.from(toRgb8(render({ ...spec, background: 'white' }))), { raw: { width: 32, height: 32, channels: 3 } }).png().toFile(p);
+          refs.push(p);
+        }
+        scale = 4;
+      } else {
+        for (let i = 0; i < 3; i++) {
+          const p = join(out, 'refs', `star-${i}.png`);
+          await drawStar(p, i, '#8a2be2');
+          refs.push(p);
+        }
       }
       const run = await generate({
         model,
         clip: o.clip,
-        prompt: o.prompt,
+        prompt,
         negative: '',
         refs,
         out,
@@ -79,16 +107,17 @@ export function register(program: Command) {
       // before | after | references
       const w = run.options.width as number;
       const h = run.options.height as number;
-      const read = async (f: string) => clipInput(await loadImage(join(out, f)), Math.min(w, h));
-      const refImgs = await Promise.all(refs.map(async (r) => clipInput(await loadImage(r), Math.min(w, h))));
+      const S = Math.min(w, h) * scale;
+      const read = async (f: string) => clipInput(await loadImage(join(out, f)), S);
+      const refImgs = await Promise.all(refs.map(async (r) => clipInput(await loadImage(r), S)));
       if (run.images[0]?.file) {
-        await saveGrid([[await read('before.png')], [await read(run.images[0].file)], refImgs], Math.min(w, h), Math.min(w, h), join(out, 'grid.png'), [
+        await saveGrid([[await read('before.png')], [await read(run.images[0].file)], refImgs], S, S, join(out, 'grid.png'), [
           'random seed',
           'SeedSelect',
           'references',
         ]);
       }
       process.stderr.write(`demo done: ${join(out, 'grid.png')}, ${join(out, 'loss.png')}, ${join(out, 'run.json')}\n`);
-      if (!o.model) process.stderr.write('this small model has random weights, so its images are noise; point --model/--clip at real SD 2.1-base and CLIP ViT-H/14 folders for real images\n');
+      if (tiny) process.stderr.write('this is the tiny-world model (32x32 shapes); point --model/--clip at real SD 2.1-base and CLIP ViT-H/14 folders for real images\n');
     });
 }

@@ -218,8 +218,8 @@ describe('softmax and layer norm', () => {
   it('softmax backward', async () => {
     await checkGrad('softmax', [{ data: rand(3 * 77, 4, -3, 3), shape: [3, 77] }], (x) => E.softmax(x, 0.5), (x) => R.rsoftmax(x, 0.5));
   });
-  it('layer norm forward and backward (input, gamma, beta)', async () => {
-    for (const s of [[1, 7], [3, 33], [77, 64], [2, 1000]])
+  it('layer norm forward and backward (input, gamma, beta), short rows (one invocation per row) and long rows (one workgroup per row)', async () => {
+    for (const s of [[1, 7], [3, 33], [77, 64], [130, 256], [2, 257], [2, 1000]])
       await fwd('layerNorm', [s, [s[1]], [s[1]]], (x, w, b) => E.layerNorm(x, w, b), (x, w, b) => R.rlayerNorm(x, w, b), 1e-5);
     await checkGrad(
       'layerNorm',
@@ -227,6 +227,16 @@ describe('softmax and layer norm', () => {
         { data: rand(5 * 33, 1, -2, 2), shape: [5, 33] },
         { data: rand(33, 2, 0.5, 1.5), shape: [33] },
         { data: rand(33, 3), shape: [33] },
+      ],
+      (x, w, b) => E.layerNorm(x, w, b),
+      (x, w, b) => R.rlayerNorm(x, w, b),
+    );
+    await checkGrad(
+      'layerNorm (long rows)',
+      [
+        { data: rand(2 * 300, 4, -2, 2), shape: [2, 300] },
+        { data: rand(300, 5, 0.5, 1.5), shape: [300] },
+        { data: rand(300, 6), shape: [300] },
       ],
       (x, w, b) => E.layerNorm(x, w, b),
       (x, w, b) => R.rlayerNorm(x, w, b),

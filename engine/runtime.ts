@@ -73,7 +73,10 @@ export class Runtime {
   /** optional cap on live GPU bytes (beyond the device's own limits); throws GpuOutOfMemoryError when exceeded */
   memoryCap = Infinity;
 
-  private pipelines = new Map<string, GPUComputePipeline>();
+  // by WGSL source, then entry point; each with its bind group layout (asking Dawn for it per dispatch costs)
+  private pipelines = new Map<string, Map<string, { pipeline: GPUComputePipeline; layout: GPUBindGroupLayout }>>();
+  /** the open compute pass of the current batch: consecutive dispatches share one pass */
+  private pass: GPUComputePassEncoder | null = null;
   private free = new Map<number, GPUBuffer[]>();
   private pendingFree: GPUBuffer[] = [];
   private encoder: GPUCommandEncoder | null = null;
@@ -185,12 +188,18 @@ export class Runtime {
 
   // ---- pipelines ----
   pipeline(name: string, code: string, entry = 'main'): GPUComputePipeline {
-    const key = `${entry}\n${code}`;
-    let p = this.pipelines.get(key);
-    if (p) return p;
+    return this.pipelineEntry(name, code, entry).pipeline;
+  }
+
+  private pipelineEntry(name: string, code: string, entry = 'main'): { pipeline: GPUComputePipeline; layout: GPUBindGroupLayout } {
+    // keyed by the source string itself: kernels that build their WGSL once per configuration pass the same
+    // string object every time, whose hash V8 keeps, so a hit costs no rehashing of the source
+    let byEntry = this.pipelines.get(code);
+    const hit = byEntry?.get(entry);
+    if (hit) return hit;
     this.device.pushErrorScope('validation');
     const module = this.device.createShaderModule({ code, label: name });
-    p = this.device.createComputePipeline({ layout: 'auto', compute: { module, entryPoint: entry }, label: name });
+    const p = this.device.createComputePipeline({ layout: 'auto', compute: { module, entryPoint: entry }, label: name });
     this.device.popErrorScope().then(async (e) => {
       if (!e) return;
       const info = await module.getCompilationInfo();
@@ -200,8 +209,10 @@ export class Runtime {
         .join('\n');
       this.recordError({ message: `shader "${name}" failed to compile:\n${msgs || e.message}` } as GPUError, [name]);
     });
-    this.pipelines.set(key, p);
-    return p;
+    const made = { pipeline: p, layout: p.getBindGroupLayout(0) };
+    if (!byEntry) this.pipelines.set(code, (byEntry = new Map()));
+    byEntry.set(entry, made);
+    return made;
   }
 
   // ---- dispatch ----
@@ -228,7 +239,7 @@ export class Runtime {
 
   dispatch(spec: DispatchSpec) {
     this.check();
-    const pipe = this.pipeline(spec.name, spec.code, spec.entry);
+    const { pipeline: pipe, layout } = this.pipelineEntry(spec.name, spec.code, spec.entry);
     // take the uniform slot first: a full arena flushes the batch
     const uoff = spec.uniforms ? this.uniformSlot(spec.uniforms) : -1;
     this.ensureEncoder();
@@ -239,15 +250,16 @@ export class Runtime {
       const size = bind.size ?? bind.buffer.size - (bind.offset ?? 0);
       entries.push({ binding: b++, resource: { buffer: bind.buffer, offset: bind.offset ?? 0, size: Math.min(size, this.maxBindingBytes) } });
     }
-    const group = this.device.createBindGroup({ layout: pipe.getBindGroupLayout(0), entries, label: spec.name });
-    const pass = this.encoder!.beginComputePass({ label: spec.name });
-    pass.setPipeline(pipe);
-    pass.setBindGroup(0, group);
     const [x, y = 1, z = 1] = spec.workgroups;
     if (x > this.maxWorkgroups || y > this.maxWorkgroups || z > this.maxWorkgroups)
       throw new GpuError(`${spec.name}: dispatch ${x}x${y}x${z} exceeds maxComputeWorkgroupsPerDimension ${this.maxWorkgroups}`, [spec.name]);
+    const group = this.device.createBindGroup({ layout, entries, label: spec.name });
+    // One pass for consecutive dispatches: WebGPU makes each dispatch's storage writes visible to the next
+    // (every dispatch is its own usage scope), so the pass boundary bought nothing but overhead.
+    const pass = (this.pass ??= this.encoder!.beginComputePass({ label: 'batch' }));
+    pass.setPipeline(pipe);
+    pass.setBindGroup(0, group);
     if (x > 0 && y > 0 && z > 0) pass.dispatchWorkgroups(x, y, z);
-    pass.end();
     this.batchOps.push(spec.name);
     this.dispatchCount++;
     if (this.batchOps.length >= this.maxBatch) this.flush();
@@ -256,13 +268,23 @@ export class Runtime {
   /** Record a buffer-to-buffer copy in the current batch. */
   copy(src: GPUBuffer, srcOffset: number, dst: GPUBuffer, dstOffset: number, bytes: number) {
     this.check();
-    this.ensureEncoder().copyBufferToBuffer(src, srcOffset, dst, dstOffset, bytes);
+    const enc = this.ensureEncoder();
+    this.endPass();
+    enc.copyBufferToBuffer(src, srcOffset, dst, dstOffset, bytes);
     this.batchOps.push('copy');
+  }
+
+  private endPass() {
+    if (this.pass) {
+      this.pass.end();
+      this.pass = null;
+    }
   }
 
   /** Submit the current batch. */
   flush() {
     if (!this.encoder) return;
+    this.endPass();
     if (this.uniformUsed > 0) this.device.queue.writeBuffer(this.uniformBuffer!, 0, this.uniformData, 0, this.uniformUsed);
     this.device.queue.submit([this.encoder.finish()]);
     const ops = this.batchOps;

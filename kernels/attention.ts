@@ -10,15 +10,20 @@
 // kernel owns query rows and loops over key blocks, recomputing P = exp(S - lse); the dK/dV kernel owns key
 // rows and loops over query blocks.
 //
-// Two variants, chosen by adapter class unless forced (`setAttentionVariant`):
-//  - 'register' (CPU adapters such as lavapipe): each invocation owns one row (query or key); its vectors
-//    live in registers and K/V (or Q/dO) rows are read straight from global memory, at workgroup-uniform
-//    addresses, in blocks. No workgroup memory, no barriers.
+// Three variants, chosen by adapter class unless forced (`setAttentionVariant`), all tested:
+//  - 'subgroup' (CPU adapters with a fixed 8-wide subgroup, e.g. lavapipe): a workgroup is one subgroup; each
+//    lane loads a different row of the current K/V (or Q/dO) block and subgroupShuffle hands it to the other
+//    lanes, so each element is read from memory once per subgroup; every lane owns several query (or key)
+//    rows in registers. The running max is rescaled lazily, and exp2 is a polynomial (see FEXP2).
+//  - 'register' (other CPU adapters): each invocation owns one row, K/V rows read straight from global
+//    memory at workgroup-uniform addresses, in blocks. No workgroup memory, no barriers.
 //  - 'shared' (GPUs): K/V (or Q/dO) tiles staged in workgroup memory by the whole workgroup, with a
 //    barrier before each overwrite (write-after-read) and one after the load.
+// Shaders are specialised per head dim (unrolled over D/4 vec4 registers), so D and Dv must be multiples of 4.
 // Causal masking is top-left aligned (key j is visible to query i when j <= i), as PyTorch's is_causal.
 import { rt, Uniforms } from '../engine/runtime.js';
 import { ShapeError, Tensor, needsGrad, record, wantsGrad } from '../engine/tensor.js';
+import { memoKernel, clearKernelMemos } from './util.js';
 
 export type AttentionVariant = 'subgroup' | 'register' | 'shared';
 let forced: AttentionVariant | null = null;
@@ -114,7 +119,8 @@ function dotBlock(out: string, x: string, n4: number, rows: string[], arr: strin
   return lines.join('\n    ');
 }
 
-function forwardRegister(d: Dims, causal: boolean): string {
+const forwardRegister = memoKernel(forwardRegisterSource);
+function forwardRegisterSource(d: Dims, causal: boolean): string {
   const D4 = d.D / 4;
   const DV4 = d.Dv / 4;
   const T = range(KB_REG);
@@ -164,7 +170,8 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
   }
 }`;
 }
-function forwardShared(d: Dims, causal: boolean): string {
+const forwardShared = memoKernel(forwardSharedSource);
+function forwardSharedSource(d: Dims, causal: boolean): string {
   const BC = sharedTile(d.D, d.Dv);
   return /* wgsl */ `${HEADER}
 @group(0) @binding(1) var<storage, read> Q: array<vec4<f32>>;
@@ -240,7 +247,8 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
 // backward
 
 /** LD[row] = (lse * log2e, rowsum(dO * O)) for each query row, rows ordered [B, H, Sq]. */
-function prepKernel(d: Dims): string {
+const prepKernel = memoKernel(prepKernelSource);
+function prepKernelSource(d: Dims): string {
   return /* wgsl */ `${HEADER}
 @group(0) @binding(1) var<storage, read> O: array<vec4<f32>>;
 @group(0) @binding(2) var<storage, read> DO: array<vec4<f32>>;
@@ -268,7 +276,8 @@ const BWD_BINDINGS = /* wgsl */ `
 @group(0) @binding(4) var<storage, read> DO: array<vec4<f32>>;
 @group(0) @binding(5) var<storage, read> LD: array<vec2<f32>>;`;
 
-function dqRegister(d: Dims, causal: boolean): string {
+const dqRegister = memoKernel(dqRegisterSource);
+function dqRegisterSource(d: Dims, causal: boolean): string {
   const D4 = d.D / 4;
   const DV4 = d.Dv / 4;
   const T = range(KB_REG);
@@ -309,7 +318,8 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
 }`;
 }
 
-function dkvRegister(d: Dims, causal: boolean): string {
+const dkvRegister = memoKernel(dkvRegisterSource);
+function dkvRegisterSource(d: Dims, causal: boolean): string {
   const D4 = d.D / 4;
   const DV4 = d.Dv / 4;
   const T = range(KB_REG);
@@ -357,7 +367,8 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
   }
 }`;
 }
-function dqShared(d: Dims, causal: boolean): string {
+const dqShared = memoKernel(dqSharedSource);
+function dqSharedSource(d: Dims, causal: boolean): string {
   const BC = sharedTile(d.D, d.Dv);
   return /* wgsl */ `${HEADER}
 ${BWD_BINDINGS}
@@ -414,7 +425,8 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
 }`;
 }
 
-function dkvShared(d: Dims, causal: boolean): string {
+const dkvShared = memoKernel(dkvSharedSource);
+function dkvSharedSource(d: Dims, causal: boolean): string {
   const BR = sharedTile(d.D, d.Dv);
   return /* wgsl */ `${HEADER}
 ${BWD_BINDINGS}
@@ -480,17 +492,22 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
 // ---------------------------------------------------------------------------------------------------------
 // subgroup variant (CPU adapters with a fixed subgroup size, e.g. lavapipe's 8 lanes)
 //
-// On llvmpipe a storage-buffer load costs about the same whether the lanes read one address or eight
-// different ones (a per-lane loop), while subgroupBroadcast from a constant lane is a register shuffle. So
-// each lane loads a different row of the current block (one key, or one query in dK/dV) and the rows are
-// handed to every lane with subgroupBroadcast: each element is loaded from memory once per subgroup and used
-// by SG * R rows. A workgroup is one subgroup; lane L owns rows base + L + SG * r for r < R.
+// Measured on llvmpipe (AVX2, 8 lanes): a storage-buffer load costs about the same whether the lanes read one
+// address or eight different ones (a per-lane loop with a bounds check per component, ~35 ns per vec4), while
+// subgroupShuffle is a few vpermd. So lane L loads row j0 + L of the current block (a key, or a query in dK/dV)
+// and the rows are handed to every lane in turn: each element is loaded once per subgroup and used by SG * R
+// rows. A workgroup is one subgroup; lane L owns rows base + L + SG * r for r < R. Private arrays with dynamic
+// indices are as slow as memory there, so everything is unrolled into named vec4 registers (which is also
+// what makes these shaders slow to compile: tens of seconds for D = 40, cached by Mesa afterwards).
+// The inner loop over the SG rows of a block runs to a uniform bound (u.sg) so that it is not unrolled.
 
 const SG = 8;
 /** rows per lane, per kernel; tuned on lavapipe */
 const ROWS = { fwd: 8, dq: 2, dkv: 2 };
 /** slack of the lazily rescaled running max, in log2 units */
 const LAZY = 8;
+/** bound on rows per lane * (D + Dv) */
+const ROW_BUDGET = 640;
 /** keys (queries in dK/dV) handled per inner-loop iteration: one softmax rescale per group in the forward */
 const KU = { fwd: 2, dq: 2, dkv: 1 };
 
@@ -499,9 +516,13 @@ function subgroupsUsable(): boolean {
   return rt().features.has('subgroups') && g.subgroupMinSize === SG && g.subgroupMaxSize === SG;
 }
 
-/** rows per lane for `n` rows: fewer when there are few rows, so short sequences do not waste lanes */
-function rowsPerLane(n: number, max: number): number {
+/**
+ * Rows per lane for `n` rows: fewer when there are few rows, so short sequences do not waste lanes, and fewer
+ * for large head dims, which bounds the registers per lane and the (unrolled) shader size and compile time.
+ */
+function rowsPerLane(n: number, max: number, d: Dims): number {
   let r = max;
+  while (r > 1 && r * (d.D + d.Dv) > ROW_BUDGET) r /= 2;
   while (r > 1 && n <= (SG * r) / 2) r /= 2;
   return r;
 }
@@ -509,7 +530,8 @@ function rowsPerLane(n: number, max: number): number {
 /** dot product of two lists of vec4 names: a vec4 fma chain, summed horizontally at the end */
 const dotv = (a: string[], b: string[]) => `hsum4(${a.reduce((acc, x, i) => (i ? `fma(${x}, ${b[i]}, ${acc})` : `${x} * ${b[i]}`), '')})`;
 
-function forwardSubgroup(d: Dims, causal: boolean, R: number): string {
+const forwardSubgroup = memoKernel(forwardSubgroupSource);
+function forwardSubgroupSource(d: Dims, causal: boolean, R: number): string {
   const D4 = d.D / 4;
   const DV4 = d.Dv / 4;
   const Rs = range(R);
@@ -590,7 +612,8 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(subgroup_invocation_id) 
 }`;
 }
 
-function dqSubgroup(d: Dims, causal: boolean, R: number): string {
+const dqSubgroup = memoKernel(dqSubgroupSource);
+function dqSubgroupSource(d: Dims, causal: boolean, R: number): string {
   const D4 = d.D / 4;
   const DV4 = d.Dv / 4;
   const Rs = range(R);
@@ -649,7 +672,8 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(subgroup_invocation_id) 
 }`;
 }
 
-function dkvSubgroup(d: Dims, causal: boolean, R: number): string {
+const dkvSubgroup = memoKernel(dkvSubgroupSource);
+function dkvSubgroupSource(d: Dims, causal: boolean, R: number): string {
   const D4 = d.D / 4;
   const DV4 = d.Dv / 4;
   const Rs = range(R);
@@ -758,6 +782,7 @@ const DEFAULT_KU = { ...KU };
 export function setAttentionTuning(t: { rows?: Partial<typeof ROWS>; unroll?: Partial<typeof KU> } | null) {
   Object.assign(ROWS, t?.rows ?? DEFAULT_ROWS);
   Object.assign(KU, t?.unroll ?? DEFAULT_KU);
+  clearKernelMemos(); // the subgroup generators read KU
 }
 
 /** WGSL and workgroup grid of one kernel for the current variant; `n` is the number of rows it owns */
@@ -765,7 +790,7 @@ function plan(kind: 'fwd' | 'dq' | 'dkv', d: Dims, causal: boolean, n: number): 
   const variant = attentionVariant();
   const name = `attention_${kind}_${variant}`;
   if (variant === 'subgroup') {
-    const R = rowsPerLane(n, ROWS[kind]);
+    const R = rowsPerLane(n, ROWS[kind], d);
     const gen = kind === 'fwd' ? forwardSubgroup : kind === 'dq' ? dqSubgroup : dkvSubgroup;
     return { name, code: gen(d, causal, R), workgroups: [Math.ceil(n / (SG * R)), d.B * d.H] };
   }

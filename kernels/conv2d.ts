@@ -16,7 +16,7 @@
 // item, each bound at a 256-byte aligned offset with the remainder passed as an element shift.
 import { rt, Uniforms, type Binding } from '../engine/runtime.js';
 import { DTYPE_BYTES, ShapeError, Tensor, record, wantsGrad } from '../engine/tensor.js';
-import { grid, WG_INDEX } from './util.js';
+import { grid, WG_INDEX, memoKernel } from './util.js';
 
 export interface Conv2dOptions {
   stride?: number | [number, number];
@@ -109,7 +109,8 @@ const geomUniforms = (un: Uniforms, g: Geom) => un.i32(g.KH, g.KW, g.SH, g.SW, g
 // ---------------- forward ----------------
 
 // uniforms: Cc (channels in this window), Ctot, c0, Oc, o0, H, W, Ho, Wo, xBS, yBS, xShift, yShift, accum
-function forwardKernel(f16: boolean, bias: boolean): string {
+const forwardKernel = memoKernel(forwardKernelSource);
+function forwardKernelSource(f16: boolean, bias: boolean): string {
   const J = [0, 1, 2, 3];
   return /* wgsl */ `${f16 ? 'enable f16;' : ''}
 struct P { Cc: u32, Ctot: u32, c0: u32, Oc: u32, o0: u32, H: u32, W: u32, Ho: u32, Wo: u32, xBS: u32, yBS: u32, xShift: u32, yShift: u32, accum: u32, _0: u32, _1: u32, ${GEOM_FIELDS} }
@@ -209,7 +210,8 @@ function forwardRaw(x: Tensor, w: Tensor, bias: Tensor | undefined, g: Geom): Te
 // ---------------- backward-data ----------------
 
 // uniforms: Cc, c0, Oc, o0, Ctot, H, W, Ho, Wo, xBS, gBS, xShift, gShift, accum, QB (blocks of 4 per phase row)
-function backwardDataKernel(f16: boolean): string {
+const backwardDataKernel = memoKernel(backwardDataKernelSource);
+function backwardDataKernelSource(f16: boolean): string {
   const J = [0, 1, 2, 3];
   return /* wgsl */ `${f16 ? 'enable f16;' : ''}
 struct P { Cc: u32, c0: u32, Oc: u32, o0: u32, Ctot: u32, H: u32, W: u32, Ho: u32, Wo: u32, xBS: u32, gBS: u32, xShift: u32, gShift: u32, accum: u32, QB: u32, _0: u32, ${GEOM_FIELDS} }
@@ -310,7 +312,8 @@ function backwardDataRaw(gy: Tensor, w: Tensor, g: Geom): Tensor {
 // ---------------- backward-weight ----------------
 
 // uniforms: Cc, c0, Oc, o0, Ctot, H, W, Ho, Wo, nb, xBS, gBS, xShift, gShift, accum
-function backwardWeightKernel(): string {
+const backwardWeightKernel = memoKernel(backwardWeightKernelSource);
+function backwardWeightKernelSource(): string {
   return /* wgsl */ `
 struct P { Cc: u32, c0: u32, Oc: u32, o0: u32, Ctot: u32, H: u32, W: u32, Ho: u32, Wo: u32, nb: u32, xBS: u32, gBS: u32, xShift: u32, gShift: u32, accum: u32, _0: u32, ${GEOM_FIELDS} }
 @group(0) @binding(0) var<uniform> u: P;
@@ -445,7 +448,8 @@ function subgroupsUsable() {
 }
 
 /** WR[(tap * K + k) * Rp + r] = W[o, c, tap] (fwd: o = rStart + r, c = k; bwd: o = k, c = rStart + r), zero rows past rCount; then bias. */
-function repackKernel(f16: boolean, mode: 'fwd' | 'bwd', bias: boolean) {
+const repackKernel = memoKernel(repackKernelSource);
+function repackKernelSource(f16: boolean, mode: 'fwd' | 'bwd', bias: boolean) {
   return /* wgsl */ `${f16 ? 'enable f16;' : ''}
 ${WG_INDEX}
 struct P { n: u32, rCount: u32, rStart: u32, Rp: u32, K: u32, C: u32, KK: u32, _0: u32 }
@@ -486,7 +490,8 @@ function repack(w: Tensor, bias: Tensor | undefined, mode: 'fwd' | 'bwd', rStart
   return { wr, Rp, biasOff: n };
 }
 
-function sgGemmKernel(mode: 'fwd' | 'bwd'): string {
+const sgGemmKernel = memoKernel(sgGemmKernelSource);
+function sgGemmKernelSource(mode: 'fwd' | 'bwd'): string {
   const R = [...Array(SG_R).keys()];
   const T = [...Array(SG_T).keys()];
   const Q = [...Array(SG_T / 4).keys()];
@@ -669,7 +674,8 @@ function backwardDataSg(gy: Tensor, w: Tensor, g: Geom, dx: Tensor) {
 // lane), reduction over the output pixels where the workgroup's tap (workgroup_id.z) lands inside the input.
 // dY and X are first transposed to [n, pixel, channel] (channels padded to a multiple of 4) so that a lane's 4
 // rows and its 4 columns are one vec4 load each.
-function sgWeightKernel(): string {
+const sgWeightKernel = memoKernel(sgWeightKernelSource);
+function sgWeightKernelSource(): string {
   if (SG_R !== 4 * SG || SG_T !== 4) throw new Error('conv2d: the weight-gradient kernel assumes one vec4 of rows and of columns per lane');
   const R = [...Array(SG_R).keys()];
   const T = [...Array(SG_T).keys()];

@@ -5,7 +5,7 @@
 // are processed in chunks bound at offsets. Each op's backward rule sits right below its forward.
 import { rt, Uniforms } from '../engine/runtime.js';
 import { ShapeError, Tensor, wantsGrad, record } from '../engine/tensor.js';
-import { broadcastShapes, broadcastStrides, collapseDims, grid, prod, sameShape, stridesOf, WG_INDEX } from './util.js';
+import { broadcastShapes, broadcastStrides, collapseDims, grid, prod, sameShape, stridesOf, WG_INDEX, memoKernel } from './util.js';
 import { sumTo } from './reduce.js';
 
 /** WGSL helpers usable in expressions (vec4 versions). */
@@ -84,7 +84,8 @@ const TERNARY: Record<string, string> = {
   fma: 'a * b + c',
 };
 
-function contiguousKernel(def: ElementwiseDef, per: number): string {
+const contiguousKernel = memoKernel(contiguousKernelSource);
+function contiguousKernelSource(def: ElementwiseDef, per: number): string {
   const names = ['a', 'b', 'c'].slice(0, def.arity);
   return /* wgsl */ `
 ${PRELUDE}
@@ -114,7 +115,8 @@ export function elementsPerInvocation(): number {
   return rt().gpu.adapterClass === 'cpu' ? 16 : 1;
 }
 
-function broadcastKernel(def: ElementwiseDef, rank: number): string {
+const broadcastKernel = memoKernel(broadcastKernelSource);
+function broadcastKernelSource(def: ElementwiseDef, rank: number): string {
   const names = ['a', 'b', 'c'].slice(0, def.arity);
   const dims = [...Array(rank).keys()].reverse();
   // shape/strides live in vec4 arrays: sh[d/4][d%4]

@@ -7,9 +7,10 @@
 // windows bound at aligned offsets.
 import { rt, Uniforms } from '../engine/runtime.js';
 import { ShapeError, Tensor, record, wantsGrad } from '../engine/tensor.js';
-import { grid, WG_INDEX } from './util.js';
+import { grid, WG_INDEX, memoKernel } from './util.js';
 
-function kernel(vec: boolean, backward: boolean): string {
+const kernel = memoKernel(kernelSource);
+function kernelSource(vec: boolean, backward: boolean): string {
   const V = vec ? 'vec4<f32>' : 'f32';
   return /* wgsl */ `
 ${WG_INDEX}

@@ -12,7 +12,7 @@
 // All are tested; the runtime picks by adapter class unless told otherwise (`setMatmulVariant`).
 import { rt, Uniforms } from '../engine/runtime.js';
 import { ShapeError, Tensor, record, wantsGrad } from '../engine/tensor.js';
-import { grid } from './util.js';
+import { grid, memoKernel } from './util.js';
 import { reshape } from './shape.js';
 import { sumTo } from './reduce.js';
 
@@ -61,7 +61,8 @@ struct P { M: u32, N: u32, K: u32, batch: u32, aStride: u32, bStride: u32, cStri
 ${bias ? '@group(0) @binding(3) var<storage, read> BIAS: array<f32>;' : ''}
 @group(0) @binding(${bias ? 4 : 3}) var<storage, read_write> C: array<f32>;`;
 
-function registerKernel(transA: boolean, transB: boolean, bias: boolean, f16: boolean): string {
+const registerKernel = memoKernel(registerKernelSource);
+function registerKernelSource(transA: boolean, transB: boolean, bias: boolean, f16: boolean): string {
   const { a, b } = loadExprs(transA, transB, f16);
   const rows = [...Array(TM).keys()];
   const cols = [...Array(TN).keys()];
@@ -95,7 +96,8 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
 }`;
 }
 
-function sharedKernel(transA: boolean, transB: boolean, bias: boolean, f16: boolean): string {
+const sharedKernel = memoKernel(sharedKernelSource);
+function sharedKernelSource(transA: boolean, transB: boolean, bias: boolean, f16: boolean): string {
   // 64x64 tile, 16x16 invocations, 4x4 outputs each, K step 16
   const { a, b } = loadExprs(transA, transB, f16);
   return /* wgsl */ `${HEADER(f16, bias)}
@@ -161,7 +163,8 @@ function subgroupShapeOk(M: number, N: number, K: number, transA: boolean): bool
   return K % 4 === 0 && N % 4 === 0 && (!transA || M % 4 === 0);
 }
 
-function subgroupKernel(c: SubgroupCfg): string {
+const subgroupKernel = memoKernel(subgroupKernelSource);
+function subgroupKernelSource(c: SubgroupCfg): string {
   const { S, TR, TN, transA, transB, bias, f16 } = c;
   const R = range(TR);
   const KK = [0, 1, 2, 3];

@@ -3,7 +3,7 @@
 // invocation per output; large ones a 64-wide workgroup per output with a tree in workgroup memory.
 import { rt, Uniforms } from '../engine/runtime.js';
 import { ShapeError, Tensor, record } from '../engine/tensor.js';
-import { collapseDims, grid, normAxis, prod, stridesOf, WG_INDEX } from './util.js';
+import { collapseDims, grid, normAxis, prod, stridesOf, WG_INDEX, memoKernel } from './util.js';
 import { broadcastTo, reshape } from './shape.js';
 import { mul, scale, equal, div } from './elementwise.js';
 
@@ -20,7 +20,8 @@ function decode(prefix: string, rank: number, idx: string, field: string): strin
   return lines.join('\n  ');
 }
 
-function kernel(op: ReduceOp, keptRank: number, redRank: number, wide: boolean): string {
+const kernel = memoKernel(kernelSource);
+function kernelSource(op: ReduceOp, keptRank: number, redRank: number, wide: boolean): string {
   const init = op === 'sum' ? '0.0' : '-3.4e38';
   const comb = (a: string, b: string) => (op === 'sum' ? `${a} + ${b}` : `max(${a}, ${b})`);
   const head = /* wgsl */ `

@@ -3,11 +3,12 @@
 // *write* (Y[base + sum c_d * s_d] = X[o]) that places a block inside a larger tensor.
 import { rt, Uniforms } from '../engine/runtime.js';
 import { ShapeError, Tensor, wantsGrad, record } from '../engine/tensor.js';
-import { broadcastStrides, collapseDims, grid, normAxis, prod, sameShape, stridesOf, WG_INDEX } from './util.js';
+import { broadcastStrides, collapseDims, grid, normAxis, prod, sameShape, stridesOf, WG_INDEX, memoKernel } from './util.js';
 import { zeros } from './elementwise.js';
 import { sumTo } from './reduce.js';
 
-function stridedKernel(rank: number, write: boolean, elem: string): string {
+const stridedKernel = memoKernel(stridedKernelSource);
+function stridedKernelSource(rank: number, write: boolean, elem: string): string {
   const lines: string[] = [];
   for (let d = rank - 1; d >= 0; d--) {
     const sh = `u.sh[${d >> 2}][${d & 3}]`;

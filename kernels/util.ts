@@ -91,3 +91,25 @@ export function normAxis(axis: number, rank: number, op: string): number {
   if (a < 0 || a >= rank) throw new ShapeError(`${op}: axis ${axis} out of range for rank ${rank}`);
   return a;
 }
+
+/**
+ * Memoize a WGSL generator by its (JSON-serializable) arguments. Besides saving the string building, the
+ * runtime's pipeline cache is keyed by the source: handing it the same string object every time lets V8
+ * reuse the string's hash instead of rehashing kilobytes of WGSL on every dispatch.
+ */
+const kernelMemos: Map<string, string>[] = [];
+export function memoKernel<A extends unknown[]>(gen: (...args: A) => string): (...args: A) => string {
+  const cache = new Map<string, string>();
+  kernelMemos.push(cache);
+  return (...args: A) => {
+    const key = JSON.stringify(args);
+    let code = cache.get(key);
+    if (code === undefined) cache.set(key, (code = gen(...args)));
+    return code;
+  };
+}
+
+/** Forget every memoized kernel source (after changing a module-level tuning that generators read). */
+export function clearKernelMemos() {
+  for (const m of kernelMemos) m.clear();
+}

@@ -47,6 +47,8 @@ export interface SeedSelectRequest extends LossOptions {
   resume?: { image: number; iteration: number; z: Float32Array; optimizer: OptimizeResult['optimizerState']; history: IterationInfo[] };
   /** images already finished (skipped) when resuming */
   startImage?: number;
+  /** when resuming at an image > 0: the optimized seed of image 0, which the bootstrapped images start from */
+  firstSeed?: Float32Array;
 }
 
 export interface SeedSelectImage {
@@ -147,7 +149,8 @@ export async function seedSelect(req: SeedSelectRequest): Promise<SeedSelectResu
     baselineT.dispose();
     const images: SeedSelectImage[] = [];
     const rand = mulberry((typeof req.seed === 'number' ? req.seed : 0) + 1);
-    let firstSeed: Float32Array | null = null;
+    let firstSeed: Float32Array | null = req.firstSeed ?? null;
+    if (firstSeed && firstSeed.length !== n) throw new InputError(`firstSeed must have ${n} values, got ${firstSeed.length}`);
     const t0 = performance.now();
     let itersDone = 0;
     for (let i = req.startImage ?? 0; i < numImages; i++) {

@@ -8,7 +8,7 @@ import { join, resolve } from 'node:path';
 import { createRequire } from 'node:module';
 import cliProgress from 'cli-progress';
 import { init, rt } from '../../engine/index.js';
-import { nodeFolder } from '../../weights-tools/node-source.js';
+import { nodeFolder, openSafetensorsFile } from '../../weights-tools/node-source.js';
 import { StableDiffusionPipeline } from '../../models/pipeline.js';
 import { seedSelect, type ReferenceImage, type SeedSelectProgress } from '../../models/api.js';
 import { clipInput, loadImage, saveLossCurve, savePng, vaeInput } from '../images.js';
@@ -81,6 +81,17 @@ export function register(program: Command) {
 
 function fmtBytes(b: number) {
   return b > 1 << 30 ? `${(b / (1 << 30)).toFixed(2)} GiB` : `${(b / (1 << 20)).toFixed(1)} MiB`;
+}
+
+/** The z_T saved for a finished image (undefined when the file is missing). */
+async function readSeed(path: string): Promise<Float32Array | undefined> {
+  if (!(await exists(path))) return undefined;
+  const f = await openSafetensorsFile(path);
+  try {
+    return await f.readF32('z_T');
+  } finally {
+    await f.close();
+  }
 }
 
 export async function generate(o: GenerateOptions): Promise<RunJson> {
@@ -203,6 +214,7 @@ export async function generate(o: GenerateOptions): Promise<RunJson> {
       signal: controller.signal,
       resume,
       startImage,
+      firstSeed: startImage > 0 ? await readSeed(join(out, 'seed-00.safetensors')) : undefined,
       onProgress: (p: SeedSelectProgress) => {
         const vals = { image: `${p.image + 1}/${p.numImages}`, loss: p.total.toFixed(4), sem: p.semantic.toFixed(4), app: p.appearance.toFixed(4), etaText: `${Math.round(p.etaSeconds)}s` };
         if (bar) {

@@ -72,6 +72,26 @@ describe('seedselect generate', () => {
     expect(resumed.images[0].history.map((h) => h.total)).toEqual(full.images[0].history.map((h) => h.total));
   });
 
+  it('a run of several images interrupted at image 1 resumes from the optimized seed of image 0', async () => {
+    const two = (out: string): GenerateOptions => ({ ...base(out), numImages: 2, iterations: 6 });
+    const whole = await generate(two(join(dir, 'two-full')));
+    expect(whole.status).toBe('done');
+    const out = join(dir, 'two-resumed');
+    const ac = new AbortController();
+    const first = generate({ ...two(out), signal: ac.signal });
+    const timer = setInterval(async () => {
+      const j = await readFile(join(out, 'run.json'), 'utf8').catch(() => '');
+      if (/"current": \{\s*"image": 1,\s*"iteration": 1/.test(j)) ac.abort();
+    }, 50);
+    const partial = await first.finally(() => clearInterval(timer));
+    expect(partial.status).toBe('running');
+    const resumed = await generate(two(out));
+    expect(resumed.status).toBe('done');
+    const a = await (await openSafetensorsFile(join(dir, 'two-full', 'seed-01.safetensors'))).readF32('z_T');
+    const b = await (await openSafetensorsFile(join(out, 'seed-01.safetensors'))).readF32('z_T');
+    expect(Array.from(b)).toEqual(Array.from(a));
+  });
+
   it('rejects bad input with messages that name the argument or file', async () => {
     const out = join(dir, 'bad');
     await expect(generate({ ...base(out), refs: [] })).rejects.toThrow(/at least one reference/);

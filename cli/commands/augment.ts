@@ -5,7 +5,9 @@
 import type { Command } from 'commander';
 import { readdir, mkdir } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
-import { generate } from './generate.js';
+import { generate, loadForGenerate } from './generate.js';
+import { init } from '../../engine/index.js';
+import type { StableDiffusionPipeline } from '../../models/pipeline.js';
 import { readRunJson, writeJsonAtomic, exists } from '../run-folder.js';
 import { UserError } from '../errors.js';
 
@@ -57,31 +59,42 @@ export function register(program: Command) {
       const out = resolve(o.out);
       await mkdir(out, { recursive: true });
       const summary: { class: string; status: string; images: number; seconds?: number; error?: string }[] = [];
-      for (const [cls, j] of mine) {
-        const classOut = join(out, cls);
-        const prev = await readRunJson(classOut).catch(() => undefined);
-        if (prev?.status === 'done' && prev.images.length >= o.numImages) {
-          summary.push({ class: cls, status: 'skipped (done)', images: prev.images.length });
-          continue;
+      // one pipeline for every class of the shard (loaded when the first class needs it)
+      let pipeline: StableDiffusionPipeline | undefined;
+      try {
+        for (const [cls, j] of mine) {
+          const classOut = join(out, cls);
+          const prev = await readRunJson(classOut).catch(() => undefined);
+          if (prev?.status === 'done' && prev.images.length >= o.numImages) {
+            summary.push({ class: cls, status: 'skipped (done)', images: prev.images.length });
+            continue;
+          }
+          const refs = (await readdir(join(data, cls))).filter((f) => IMAGE.test(f)).sort().map((f) => join(data, cls, f));
+          if (!refs.length) {
+            summary.push({ class: cls, status: 'error', images: 0, error: 'no images' });
+            continue;
+          }
+          process.stderr.write(`[${cls}] ${refs.length} reference(s) -> ${o.numImages} image(s)\n`);
+          try {
+            if (!pipeline) {
+              await init();
+              pipeline = await loadForGenerate(resolve(o.model), o.clip, undefined, (m) => process.stderr.write(`${m}\n`));
+            }
+            const run = await generate({
+              pipeline,
+              model: o.model, clip: o.clip, prompt: o.promptTemplate.replaceAll('{class}', cls.replace(/_/g, ' ')), negative: '',
+              refs, out: classOut, seed: o.seed + j, steps: o.steps, guidance: 7.5, iterations: o.iterations, weightDecay: 0.01,
+              numImages: o.numImages, resume: true,
+            });
+            summary.push({ class: cls, status: run.status, images: run.images.length, seconds: run.timings.seconds });
+          } catch (e) {
+            if (!(e instanceof UserError)) throw e;
+            summary.push({ class: cls, status: 'error', images: 0, error: e.message });
+          }
+          await writeJsonAtomic(join(out, `summary-${index}-of-${count}.json`), { shard: o.shard, classes: summary });
         }
-        const refs = (await readdir(join(data, cls))).filter((f) => IMAGE.test(f)).sort().map((f) => join(data, cls, f));
-        if (!refs.length) {
-          summary.push({ class: cls, status: 'error', images: 0, error: 'no images' });
-          continue;
-        }
-        process.stderr.write(`[${cls}] ${refs.length} reference(s) -> ${o.numImages} image(s)\n`);
-        try {
-          const run = await generate({
-            model: o.model, clip: o.clip, prompt: o.promptTemplate.replaceAll('{class}', cls.replace(/_/g, ' ')), negative: '',
-            refs, out: classOut, seed: o.seed + j, steps: o.steps, guidance: 7.5, iterations: o.iterations, weightDecay: 0.01,
-            numImages: o.numImages, resume: true,
-          });
-          summary.push({ class: cls, status: run.status, images: run.images.length, seconds: run.timings.seconds });
-        } catch (e) {
-          if (!(e instanceof UserError)) throw e;
-          summary.push({ class: cls, status: 'error', images: 0, error: e.message });
-        }
-        await writeJsonAtomic(join(out, `summary-${index}-of-${count}.json`), { shard: o.shard, classes: summary });
+      } finally {
+        pipeline?.dispose();
       }
       await writeJsonAtomic(join(out, `summary-${index}-of-${count}.json`), { shard: o.shard, classes: summary });
       const bad = summary.filter((s) => s.status === 'error');

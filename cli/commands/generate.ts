@@ -38,6 +38,22 @@ export interface GenerateOptions {
   quiet?: boolean;
   /** library use: cancel like Ctrl-C (the run stays resumable) */
   signal?: AbortSignal;
+  /** an already loaded pipeline for `model` (augment loads it once for all classes); not disposed here */
+  pipeline?: StableDiffusionPipeline;
+}
+
+/** Load a pipeline folder (and an optional separate CLIP tower) for `generate`, with user-facing errors. */
+export async function loadForGenerate(model: string, clip: string | undefined, f16: boolean | undefined, log: (m: string) => void): Promise<StableDiffusionPipeline> {
+  try {
+    return await StableDiffusionPipeline.load(nodeFolder(model), {
+      clip: clip ? nodeFolder(resolve(clip)) : undefined,
+      f16,
+      onStage: (s) => log(`loading ${s}`),
+    });
+  } catch (e) {
+    if (e instanceof WeightsError) throw new UserError(e.message);
+    throw e;
+  }
 }
 
 const int = (name: string) => (v: string) => {
@@ -111,17 +127,8 @@ export async function generate(o: GenerateOptions): Promise<RunJson> {
 
   await init();
   log(`device: ${rt().gpu.adapterInfo.description || rt().gpu.adapterInfo.vendor} (${rt().gpu.adapterClass})`);
-  let pipe: StableDiffusionPipeline;
-  try {
-    pipe = await StableDiffusionPipeline.load(nodeFolder(modelDir), {
-      clip: o.clip ? nodeFolder(resolve(o.clip)) : undefined,
-      f16: o.f16,
-      onStage: (s) => log(`loading ${s}`),
-    });
-  } catch (e) {
-    if (e instanceof WeightsError) throw new UserError(e.message);
-    throw e;
-  }
+  const pipe = o.pipeline ?? (await loadForGenerate(modelDir, o.clip, o.f16, log));
+  const owned = !o.pipeline;
   if (!pipe.clipVision) throw new UserError(`no CLIP image tower: pass --clip DIR (a CLIPVisionModelWithProjection or CLIPModel folder), or put one in ${modelDir}/image_encoder`);
   const f = 2 ** (pipe.vae.config.blockOutChannels.length - 1);
   const native = (pipe.unet.config.sampleSize ?? 64) * f;
@@ -271,6 +278,6 @@ export async function generate(o: GenerateOptions): Promise<RunJson> {
   } finally {
     process.off('SIGINT', onSig);
     bar?.stop();
-    pipe.dispose();
+    if (owned) pipe.dispose();
   }
 }

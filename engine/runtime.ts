@@ -69,7 +69,13 @@ export class Runtime {
   maxBindingBytes: number;
   readonly maxWorkgroups: number;
   readonly offsetAlign: number;
-  maxBatch = 32;
+  maxBatch = 128;
+  /**
+   * Buffers released during a batch return to the pool only after its submit, so a batch also ends once this
+   * many bytes wait for reuse: long batches for small tensors (fewer submits), bounded memory for big ones.
+   */
+  maxPendingFreeBytes = 64 * 1024 * 1024;
+  private pendingFreeBytes = 0;
   /** optional cap on live GPU bytes (beyond the device's own limits); throws GpuOutOfMemoryError when exceeded */
   memoryCap = Infinity;
 
@@ -158,6 +164,7 @@ export class Runtime {
     this.stats.liveBytes -= buf.size;
     this.stats.liveBuffers--;
     this.pendingFree.push(buf);
+    this.pendingFreeBytes += buf.size;
     if (!this.encoder) this.recycle();
   }
 
@@ -169,6 +176,7 @@ export class Runtime {
       this.stats.pooledBytes += b.size;
     }
     this.pendingFree = [];
+    this.pendingFreeBytes = 0;
   }
 
   /** Destroy every pooled (unused) buffer. */
@@ -262,7 +270,7 @@ export class Runtime {
     if (x > 0 && y > 0 && z > 0) pass.dispatchWorkgroups(x, y, z);
     this.batchOps.push(spec.name);
     this.dispatchCount++;
-    if (this.batchOps.length >= this.maxBatch) this.flush();
+    if (this.batchOps.length >= this.maxBatch || this.pendingFreeBytes >= this.maxPendingFreeBytes) this.flush();
   }
 
   /** Record a buffer-to-buffer copy in the current batch. */

@@ -279,14 +279,7 @@ export function cos(x: Tensor) {
 }
 
 // ---------------- creation ----------------
-export function full(shape: readonly number[], v: number): Tensor {
-  const out = Tensor.empty(shape, 'f32', 'full');
-  const n = prod(shape);
-  if (n === 0) return out;
-  const r = rt();
-  const n4 = Math.ceil(n / 4);
-  const chunk = Math.floor(r.maxBindingBytes / 16 / 64) * 64;
-  const code = /* wgsl */ `
+const FULL = /* wgsl */ `
 ${WG_INDEX}
 struct P { n: u32, _0: u32, v: f32, _1: f32 }
 @group(0) @binding(0) var<uniform> u: P;
@@ -296,6 +289,15 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
   let i = wg_index(wid, nwg) * 64u + li;
   if (i < u.n) { Y[i] = vec4<f32>(u.v); }
 }`;
+
+export function full(shape: readonly number[], v: number): Tensor {
+  const out = Tensor.empty(shape, 'f32', 'full');
+  const n = prod(shape);
+  if (n === 0) return out;
+  const r = rt();
+  const n4 = Math.ceil(n / 4);
+  const chunk = Math.floor(r.maxBindingBytes / 16 / 64) * 64;
+  const code = FULL;
   for (let start = 0; start < n4; start += chunk) {
     const cnt = Math.min(chunk, n4 - start);
     r.dispatch({

@@ -17,7 +17,7 @@
 // all arithmetic is f32.
 import { rt, Uniforms } from '../engine/runtime.js';
 import { ShapeError, Tensor, record, wantsGrad } from '../engine/tensor.js';
-import { grid, prod, WG_INDEX } from './util.js';
+import { grid, prod, WG_INDEX, memoKernel } from './util.js';
 
 /** vec4 loads per invocation in the plane passes (a plane gets ceil(S4 / perInvocation) invocations) */
 let perInvocation: number | null = null;
@@ -36,7 +36,7 @@ fn inv_index(wid: vec3<u32>, nwg: vec3<u32>, li: u32) -> u32 { return wg_index(w
 }
 
 // ---- forward ----
-const statsKernel = (vec: boolean) => /* wgsl */ `
+const statsKernel = memoKernel((vec: boolean) => /* wgsl */ `
 ${header(vec)}
 struct P { planes: u32, S4: u32, T: u32, p0: u32 }
 @group(0) @binding(0) var<uniform> u: P;
@@ -57,9 +57,9 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
   var m2 = 0.0;
   for (var j = sub; j < u.S4; j += u.T) { let d = X[base + j] - V(mean); m2 += hsum(d * d); }
   PART[(u.p0 + p) * u.T + sub] = vec4<f32>(n, mean, m2, 0.0);
-}`;
+}`);
 
-const combineKernel = (f16: boolean) => /* wgsl */ `
+const combineKernel = memoKernel((f16: boolean) => /* wgsl */ `
 ${f16 ? 'enable f16;' : ''}
 struct P { NG: u32, G: u32, Cg: u32, T: u32, eps: f32, _0: u32, _1: u32, _2: u32 }
 @group(0) @binding(0) var<uniform> u: P;
@@ -94,9 +94,9 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
     let a = rstd * f32(W[c]);
     PS[first + k] = vec4<f32>(a, f32(B[c]) - ma * a, ma, rstd);
   }
-}`;
+}`);
 
-const normalizeKernel = (vec: boolean, silu: boolean) => /* wgsl */ `
+const normalizeKernel = memoKernel((vec: boolean, silu: boolean) => /* wgsl */ `
 ${header(vec)}
 struct P { planes: u32, S4: u32, T: u32, p0: u32 }
 @group(0) @binding(0) var<uniform> u: P;
@@ -115,14 +115,14 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
     let y = X[base + j] * ps.x + V(ps.y);
     Y[base + j] = ${silu ? 'y / (1.0 + exp(-y))' : 'y'};
   }
-}`;
+}`);
 
 // ---- backward ----
 // g' = the gradient at the affine output: g itself, or g * silu'(pre) with pre = x * scale + shift
 const gradPre = (silu: boolean) =>
   silu ? 'let pre = xv * ps.x + V(ps.y); let sg = 1.0 / (1.0 + exp(-pre)); let gp = gv * sg * (1.0 + pre * (1.0 - sg));' : 'let gp = gv;';
 
-const bwdSumsKernel = (vec: boolean, silu: boolean) => /* wgsl */ `
+const bwdSumsKernel = memoKernel((vec: boolean, silu: boolean) => /* wgsl */ `
 ${header(vec)}
 struct P { planes: u32, S4: u32, T: u32, p0: u32 }
 @group(0) @binding(0) var<uniform> u: P;
@@ -148,9 +148,9 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
     sb += gp * (xv - V(ps.z));
   }
   PB[(u.p0 + p) * u.T + sub] = vec2<f32>(hsum(sa), hsum(sb));
-}`;
+}`);
 
-const bwdCombineKernel = (f16: boolean) => /* wgsl */ `
+const bwdCombineKernel = memoKernel((f16: boolean) => /* wgsl */ `
 ${f16 ? 'enable f16;' : ''}
 struct P { N: u32, G: u32, Cg: u32, T: u32, M: f32, _0: u32, _1: u32, _2: u32 }
 @group(0) @binding(0) var<uniform> u: P;
@@ -203,9 +203,9 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
     DW[c] = dg;
     DW[C + c] = db;
   }
-}`;
+}`);
 
-const bwdDxKernel = (vec: boolean, silu: boolean) => /* wgsl */ `
+const bwdDxKernel = memoKernel((vec: boolean, silu: boolean) => /* wgsl */ `
 ${header(vec)}
 struct P { planes: u32, S4: u32, T: u32, p0: u32 }
 @group(0) @binding(0) var<uniform> u: P;
@@ -229,7 +229,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
     ${gradPre(silu)}
     DX[base + j] = gp * co.x + xv * co.y + V(co.z);
   }
-}`;
+}`);
 
 function gcd(a: number, b: number): number {
   while (b) [a, b] = [b, a % b];

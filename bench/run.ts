@@ -1,4 +1,4 @@
-// Benchmark runner: `npm run bench [-- --filter REGEX] [--json FILE] [--iterations N] [--time MS] [--list]`.
+// Benchmark runner: `npm run bench [-- --filter REGEX] [--json FILE] [--iterations N] [--time MS] [--warmup N] [--list]`.
 // Loads every suite in bench/suites/*.ts, times each case with tinybench (every iteration waits for the GPU),
 // prints a table and optionally writes the rows as JSON. See bench/README.md.
 import { readdirSync, writeFileSync } from 'node:fs';
@@ -11,14 +11,16 @@ import { peerNotes, type BenchSuite, type Row } from './lib.js';
 
 interface Args {
   filter: RegExp | null;
+  shape: RegExp | null;
   json: string | null;
   iterations: number;
   time: number;
   list: boolean;
+  warmup: number;
 }
 
 function parseArgs(argv: string[]): Args {
-  const a: Args = { filter: null, json: null, iterations: 5, time: 200, list: false };
+  const a: Args = { filter: null, shape: null, json: null, iterations: 5, time: 200, list: false, warmup: 1 };
   for (let i = 0; i < argv.length; i++) {
     const k = argv[i];
     const v = () => {
@@ -27,12 +29,14 @@ function parseArgs(argv: string[]): Args {
       return x;
     };
     if (k === '--filter') a.filter = new RegExp(v(), 'i');
+    else if (k === '--shape') a.shape = new RegExp(v(), 'i');
     else if (k === '--json') a.json = v();
     else if (k === '--iterations') a.iterations = Math.max(1, Number(v()));
     else if (k === '--time') a.time = Math.max(0, Number(v()));
     else if (k === '--list') a.list = true;
+    else if (k === '--warmup') a.warmup = Math.max(0, Number(v()));
     else if (k === '--help' || k === '-h') {
-      console.log('usage: npm run bench -- [--filter REGEX] [--json FILE] [--iterations N] [--time MS] [--list]');
+      console.log('usage: npm run bench -- [--filter REGEX] [--shape REGEX] [--json FILE] [--iterations N] [--time MS] [--warmup N] [--list]');
       process.exit(0);
     } else throw new Error(`unknown argument ${k} (try --help)`);
   }
@@ -84,6 +88,7 @@ async function main() {
     for (const c of suite.cases) {
       const id = `${suite.name}/${c.name}`;
       if (args.filter && !args.filter.test(id)) continue;
+      if (args.shape && !args.shape.test(c.shape)) continue;
       const library = c.library ?? 'ours';
       if (args.list) {
         console.log(`${id}  [${c.shape}] ${c.pass} ${library}`);
@@ -103,7 +108,7 @@ async function main() {
       let measuring = false;
       let cpuUs = 0;
       let calls = 0;
-      const bench = new Bench({ iterations: args.iterations, time: args.time, warmup: true, warmupIterations: 1, warmupTime: 0 });
+      const bench = new Bench({ iterations: args.iterations, time: args.time, warmup: args.warmup > 0, warmupIterations: args.warmup, warmupTime: 0 });
       bench.add(
         id,
         async () => {
@@ -137,7 +142,8 @@ async function main() {
         console.log(
           `  ${id.padEnd(36)} ${library.padEnd(32)} ${c.pass.padEnd(7)} ${fmt(ms, 2).padStart(9)} ms` +
             (row.gflops !== null ? `  ${fmt(row.gflops)} GFLOP/s` : '') +
-            (row.gbps !== null ? `  ${fmt(row.gbps)} GB/s` : ''),
+            (row.gbps !== null ? `  ${fmt(row.gbps)} GB/s` : '') +
+            `  cpu ${fmt(row.cpu_ms, 2)} ms`,
         );
       } catch (e) {
         notes.push(`${id} (${library}) failed: ${(e as Error).message.split('\n')[0]}`);

@@ -24,6 +24,10 @@
 import { rt, Uniforms } from '../engine/runtime.js';
 import { ShapeError, Tensor, needsGrad, record, wantsGrad } from '../engine/tensor.js';
 import { memoKernel, clearKernelMemos } from './util.js';
+import { matmul } from './matmul.js';
+import { softmax } from './softmax.js';
+import { permute, reshape } from './shape.js';
+import { add } from './elementwise.js';
 
 export type AttentionVariant = 'subgroup' | 'register' | 'shared';
 let forced: AttentionVariant | null = null;
@@ -864,10 +868,38 @@ export function attentionBackward(
 }
 
 /**
+ * Head dims above this take the unfused path: the fused kernels keep a row in D/4 unrolled vec4 registers,
+ * which for the VAE's single 512-wide head is a shader that does not compile (nesting depth) or runs out of
+ * registers. Stable Diffusion's UNet and CLIP heads are 40..160 wide.
+ */
+export const MAX_FUSED_HEAD_DIM = 160;
+
+/**
+ * softmax(scale * Q K^T) V from batched matmuls and a row softmax, materializing the [B*H, Sq, Sk] scores;
+ * gradients by the ops' own backward rules. Used for head dims above MAX_FUSED_HEAD_DIM (the VAE's
+ * mid-block attention), where a single head makes the score matrix affordable.
+ */
+function attentionUnfused(q: Tensor, k: Tensor, v: Tensor, d: Dims, opts: AttentionOptions): Tensor {
+  const { B, H, Sq, Sk, D, Dv } = d;
+  const heads = (x: Tensor, S: number, E: number) => reshape(permute(reshape(x, [B, S, H, E]), [0, 2, 1, 3]), [B * H, S, E]);
+  let scores = matmul(heads(q, Sq, D), heads(k, Sk, D), { transB: true });
+  if (opts.causal) {
+    const mask = new Float32Array(Sq * Sk);
+    for (let i = 0; i < Sq; i++) for (let j = i + 1; j < Sk; j++) mask[i * Sk + j] = -1e30;
+    scores = add(scores, Tensor.from(mask, [1, Sq, Sk]));
+  }
+  const p = softmax(scores, opts.scale ?? 1 / Math.sqrt(D));
+  const o = matmul(p, heads(v, Sk, Dv));
+  return reshape(permute(reshape(o, [B, H, Sq, Dv]), [0, 2, 1, 3]), [B, Sq, H * Dv]);
+}
+
+/**
  * Multi-head attention softmax(scale * Q K^T) V on the interleaved-heads layout: q [B, Sq, H*D],
  * k [B, Sk, H*D], v [B, Sk, H*Dv] -> [B, Sq, H*Dv]. Gradients for q, k and v.
  */
 export function attention(q: Tensor, k: Tensor, v: Tensor, opts: AttentionOptions): Tensor {
+  const d = dimsOf(q, k, v, opts.heads);
+  if (d.D > MAX_FUSED_HEAD_DIM || d.Dv > MAX_FUSED_HEAD_DIM) return attentionUnfused(q, k, v, d, opts);
   const { out, lse } = attentionForward(q, k, v, opts);
   if (!needsGrad(q, k, v)) {
     lse.dispose();

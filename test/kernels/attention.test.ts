@@ -166,6 +166,19 @@ for (const variant of ['subgroup', 'register', 'shared'] as AttentionVariant[]) 
 }
 
 describe('attention', () => {
+  it('head dims above the fused kernels\' limit (the VAE\'s single 512-wide head) take the unfused path, forward and gradients', async () => {
+    for (const c of [
+      { B: 2, H: 1, Sq: 13, Sk: 13, D: 168 },
+      { B: 1, H: 2, Sq: 9, Sk: 5, D: 164, Dv: 8, causal: true },
+    ] as Case[]) {
+      const xs = inputs(c, 3);
+      const out = tidy(() => attention(...(xs.map((x) => Tensor.from(x.data, x.shape)) as [Tensor, Tensor, Tensor]), optsOf(c)));
+      expectClose(await out.data(), rattention(...refs(xs), optsOf(c)).data, 1e-4, `unfused attention ${name(c)}`);
+      out.dispose();
+      await checkGrad(`unfused attention ${name(c)}`, inputs(c, 7), (q, k, v) => attention(q, k, v, optsOf(c)), (q, k, v) => rattention(q, k, v, optsOf(c)));
+    }
+  }, LONG);
+
   it('computes only the gradients that are needed', async () => {
     const c: Case = { B: 1, H: 2, Sq: 7, Sk: 7, D: 8 };
     const xs = inputs(c, 9);

@@ -1,0 +1,200 @@
+// Multi-head attention at the UNet's first level for a 32x32 latent with the CFG batch: B=2, 8 heads of
+// d=40, 1024 queries; self-attention (1024 keys) and cross-attention on the 77 text tokens. Ours is the
+// fused kernel (kernels/attention.ts: forward, backward from the saved logsumexp, and a full autodiff step).
+// Peers have no usable fused op (tfjs has none; @jax-js/jax's nn.dotProductAttention goes through einsum,
+// which needs iterator helpers that Node 20 lacks), so their rows are the unfused composition batched
+// matmul -> softmax -> matmul on head-major [B*H, S, D] (the permutes they would need from our layout are
+// left out): @tensorflow/tfjs-backend-webgpu with tf.grads for the autodiff step (tfjs cannot run a
+// backward on its own), @jax-js/jax with vjp (whose closure also runs the backward alone).
+// Nominal flops (the same for every library, so GFLOP/s compare times): forward 4*B*H*Sq*Sk*D,
+// backward 10*B*H*Sq*Sk*D (recomputing the scores, as a fused backward does), fwd+bwd the sum.
+import { createRequire } from 'node:module';
+import { Tensor, grad, tidy } from '../../engine/index.js';
+import { attention, attentionBackward, attentionForward } from '../../kernels/attention.js';
+import { gpuFn, loadJax, loadTfjs, randn, type BenchCase, type BenchSuite } from '../lib.js';
+
+interface Shape {
+  label: string;
+  B: number;
+  H: number;
+  Sq: number;
+  Sk: number;
+  D: number;
+}
+const SHAPES: Shape[] = [
+  { label: 'self-attention', B: 2, H: 8, Sq: 1024, Sk: 1024, D: 40 },
+  { label: 'cross-attention', B: 2, H: 8, Sq: 1024, Sk: 77, D: 40 },
+];
+
+const shapeStr = (s: Shape) => `B${s.B} H${s.H} ${s.Sq}x${s.Sk} d${s.D}`;
+const unit = (s: Shape) => s.B * s.H * s.Sq * s.Sk * s.D;
+const FLOPS = { fwd: 4, bwd: 10, 'fwd+bwd': 14 } as const;
+
+function oursCases(s: Shape): BenchCase[] {
+  const { B, H, Sq, Sk, D } = s;
+  const opts = { heads: H };
+  let q: Tensor, k: Tensor, v: Tensor, g: Tensor;
+  let saved: { out: Tensor; lse: Tensor } | null = null;
+  const alloc = () => {
+    q = Tensor.from(randn(B * Sq * H * D, 1), [B, Sq, H * D]);
+    k = Tensor.from(randn(B * Sk * H * D, 2), [B, Sk, H * D]);
+    v = Tensor.from(randn(B * Sk * H * D, 3), [B, Sk, H * D]);
+    g = Tensor.from(randn(B * Sq * H * D, 4), [B, Sq, H * D]);
+  };
+  const free = () => {
+    [q, k, v, g].forEach((t) => t?.dispose());
+    if (saved) [saved.out, saved.lse].forEach((t) => t.dispose());
+    saved = null;
+  };
+  const mk = (pass: BenchCase['pass'], name: string, make: () => () => Tensor | Tensor[]): BenchCase => ({
+    name: `${s.label} ${name}`,
+    shape: shapeStr(s),
+    pass,
+    flops: FLOPS[pass] * unit(s),
+    async setup() {
+      alloc();
+      return gpuFn(make());
+    },
+    teardown: free,
+  });
+  return [
+    mk('fwd', 'attention', () => () => {
+      const r = attentionForward(q, k, v, opts);
+      return [r.out, r.lse];
+    }),
+    mk('bwd', 'attention backward', () => {
+      saved = attentionForward(q, k, v, opts);
+      return () => attentionBackward(q, k, v, saved!.out, saved!.lse, g, opts).filter((t): t is Tensor => t !== null);
+    }),
+    mk('fwd+bwd', 'attention autodiff', () => () =>
+      tidy(() => {
+        const [qq, kk, vv] = [q, k, v].map((t) => t.detach().requireGrad());
+        return grad(attention(qq, kk, vv, opts), [qq, kk, vv], g);
+      }),
+    ),
+  ];
+}
+
+type Tf = typeof import('@tensorflow/tfjs-core');
+
+/**
+ * tfjs-core's Node entry leaves the gradient functions unregistered (the umbrella package registers them):
+ * load its register_all_gradients module once, through require so that its extensionless imports resolve.
+ */
+function tfGradients() {
+  createRequire(import.meta.url)('@tensorflow/tfjs-core/dist/register_all_gradients.js');
+}
+type TfT = import('@tensorflow/tfjs-core').Tensor;
+
+async function tfDone(tf: Tf, outs: TfT[]) {
+  for (const o of outs) {
+    const one = tf.tidy(() => tf.slice(tf.reshape(o, [-1]), 0, 1));
+    await one.data();
+    one.dispose();
+    o.dispose();
+  }
+}
+
+function tfCases(s: Shape): BenchCase[] {
+  const { B, H, Sq, Sk, D } = s;
+  const lib = '@tensorflow/tfjs-backend-webgpu';
+  const scale = 1 / Math.sqrt(D);
+  let ts: TfT[] = [];
+  const attn = (tf: Tf, q: TfT, k: TfT, v: TfT) =>
+    tf.tidy(() => tf.matMul(tf.softmax(tf.mul(tf.matMul(q, k, false, true), scale)), v));
+  const mk = (pass: BenchCase['pass'], name: string, run: (tf: Tf, q: TfT, k: TfT, v: TfT, g: TfT) => TfT[]): BenchCase => ({
+    name: `${s.label} ${name}`,
+    shape: shapeStr(s),
+    pass,
+    flops: FLOPS[pass] * unit(s),
+    library: lib,
+    async setup() {
+      const tf = await loadTfjs();
+      if (!tf) return null;
+      tfGradients();
+      const q = tf.tensor3d(randn(B * H * Sq * D, 1), [B * H, Sq, D]);
+      const k = tf.tensor3d(randn(B * H * Sk * D, 2), [B * H, Sk, D]);
+      const v = tf.tensor3d(randn(B * H * Sk * D, 3), [B * H, Sk, D]);
+      const g = tf.tensor3d(randn(B * H * Sq * D, 4), [B * H, Sq, D]);
+      ts = [q, k, v, g];
+      return async () => tfDone(tf, run(tf, q, k, v, g));
+    },
+    teardown: () => ts.forEach((t) => t.dispose()),
+  });
+  return [
+    mk('fwd', 'matmul+softmax+matmul', (tf, q, k, v) => [attn(tf, q, k, v)]),
+    mk('fwd+bwd', 'matmul+softmax+matmul tf.grads', (tf, q, k, v, g) => tf.grads((a: TfT, b: TfT, c: TfT) => attn(tf, a, b, c))([q, k, v], g)),
+  ];
+}
+
+type Jax = typeof import('@jax-js/jax');
+type Arr = import('@jax-js/jax').Array;
+
+function jaxCases(s: Shape): BenchCase[] {
+  const { B, H, Sq, Sk, D } = s;
+  const lib = '@jax-js/jax';
+  let arrs: Arr[] = [];
+  let owned: { dispose(): void }[] = [];
+  const scale = 1 / Math.sqrt(D);
+  const attn = (jax: Jax, q: Arr, k: Arr, v: Arr) => {
+    const np = jax.numpy;
+    return np.matmul(jax.nn.softmax(np.multiply(np.matmul(q, k.transpose([0, 2, 1])), scale), -1), v);
+  };
+  const wait = async (outs: Arr[]) => {
+    for (const o of outs) {
+      await o.blockUntilReady();
+      o.dispose();
+    }
+  };
+  const mk = (pass: BenchCase['pass'], name: string, make: (jax: Jax, q: Arr, k: Arr, v: Arr, g: Arr) => () => Arr[]): BenchCase => ({
+    name: `${s.label} ${name}`,
+    shape: shapeStr(s),
+    pass,
+    flops: FLOPS[pass] * unit(s),
+    library: lib,
+    async setup() {
+      const jax = await loadJax();
+      if (!jax) return null;
+      const np = jax.numpy;
+      const q = np.array(randn(B * H * Sq * D, 1)).reshape([B * H, Sq, D]);
+      const k = np.array(randn(B * H * Sk * D, 2)).reshape([B * H, Sk, D]);
+      const v = np.array(randn(B * H * Sk * D, 3)).reshape([B * H, Sk, D]);
+      const g = np.array(randn(B * H * Sq * D, 4)).reshape([B * H, Sq, D]);
+      arrs = [q, k, v, g];
+      const run = make(jax, q, k, v, g);
+      return async () => wait(run());
+    },
+    teardown() {
+      owned.forEach((f) => f.dispose());
+      owned = [];
+      arrs.forEach((a) => a.dispose());
+      arrs = [];
+    },
+  });
+  return [
+    mk('fwd', 'matmul+softmax+matmul', (jax, q, k, v) => () => [attn(jax, q.ref, k.ref, v.ref)]),
+    mk('bwd', 'matmul+softmax+matmul vjp', (jax, q, k, v, g) => {
+      const [y, f] = jax.vjp((a: Arr, b: Arr, c: Arr) => attn(jax, a, b, c), [q.ref, k.ref, v.ref]);
+      y.dispose();
+      owned.push(f);
+      return () => f(g.ref) as Arr[];
+    }),
+    mk('fwd+bwd', 'matmul+softmax+matmul vjp', (jax, q, k, v, g) => () => {
+      const [y, f] = jax.vjp((a: Arr, b: Arr, c: Arr) => attn(jax, a, b, c), [q.ref, k.ref, v.ref]);
+      y.dispose();
+      const gs = f(g.ref) as Arr[];
+      f.dispose();
+      return gs;
+    }),
+  ];
+}
+
+const suite: BenchSuite = {
+  name: 'attention',
+  cases: SHAPES.flatMap((s) => [...oursCases(s), ...tfCases(s), ...jaxCases(s)]),
+  notes: [
+    'peers: unfused matmul -> softmax -> matmul on head-major [B*H, S, D] (no permutes); tfjs backward only as fwd+bwd (tf.grads)',
+    'flops are nominal (fwd 4, bwd 10, fwd+bwd 14 x B*H*Sq*Sk*D) for every library; an unfused backward does 8 of the 10',
+  ],
+};
+export default suite;

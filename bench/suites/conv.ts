@@ -1,0 +1,196 @@
+// 3x3 convolutions (stride 1, padding 1) at UNet and VAE-decoder shapes: forward, backward-data,
+// backward-weight and a full autodiff step (gradients of input and weight), ours next to
+// @tensorflow/tfjs-backend-webgpu (NHWC, its native layout: tf.conv2d, tf.conv2dTranspose for the input
+// gradient, the Conv2DBackpropFilter kernel for the weight gradient, tf.grads for the autodiff step) and
+// @jax-js/jax (NCHW: lax.conv, vjp for the gradients).
+// flops of one pass = 2 * N * O * Ho * Wo * C * kh * kw (all three passes do the same multiply-adds).
+import { createRequire } from 'node:module';
+import { Tensor, grad, tidy } from '../../engine/index.js';
+import { conv2d, conv2dRaw } from '../../kernels/conv2d.js';
+import { gpuFn, loadJax, loadTfjs, randn, type BenchCase, type BenchSuite } from '../lib.js';
+
+interface Shape {
+  N: number;
+  C: number;
+  O: number;
+  H: number;
+  W: number;
+}
+const K = 3;
+const SHAPES: Shape[] = [
+  { N: 2, C: 320, O: 320, H: 32, W: 32 }, // UNet level 0 at a 32x32 latent, CFG batch
+  { N: 2, C: 640, O: 640, H: 16, W: 16 }, // UNet level 1
+  { N: 1, C: 128, O: 128, H: 128, W: 128 }, // VAE decoder, last up block at 256x256 / 2
+];
+
+const shapeStr = (s: Shape) => `${s.N}x${s.C}x${s.H}x${s.W} * ${s.O}x${s.C}x3x3`;
+const flopsOf = (s: Shape) => 2 * s.N * s.O * s.H * s.W * s.C * K * K;
+
+function oursCases(s: Shape): BenchCase[] {
+  const { N, C, O, H, W } = s;
+  const opts = { padding: 1 };
+  let x: Tensor, w: Tensor, b: Tensor, gy: Tensor;
+  const alloc = () => {
+    x = Tensor.from(randn(N * C * H * W, 1), [N, C, H, W]);
+    w = Tensor.from(randn(O * C * K * K, 2).map((v) => v * 0.05), [O, C, K, K]);
+    b = Tensor.from(randn(O, 3), [O]);
+    gy = Tensor.from(randn(N * O * H * W, 4), [N, O, H, W]);
+  };
+  const mk = (name: string, pass: BenchCase['pass'], mult: number, fn: () => Tensor | Tensor[]): BenchCase => ({
+    name,
+    shape: shapeStr(s),
+    pass,
+    flops: mult * flopsOf(s),
+    async setup() {
+      alloc();
+      return gpuFn(fn);
+    },
+    teardown: () => [x, w, b, gy].forEach((t) => t?.dispose()),
+  });
+  return [
+    mk('conv2d', 'fwd', 1, () => conv2dRaw.forward(x, w, b, opts)),
+    mk('conv2d dX', 'bwd', 1, () => conv2dRaw.backwardData(gy, x, w, opts)),
+    mk('conv2d dW', 'bwd', 1, () => conv2dRaw.backwardWeight(gy, x, w, opts)),
+    mk('conv2d autodiff', 'fwd+bwd', 3, () =>
+      tidy(() => {
+        const xx = x.detach().requireGrad();
+        const ww = w.detach().requireGrad();
+        return grad(conv2d(xx, ww, b, opts), [xx, ww], gy);
+      }),
+    ),
+  ];
+}
+
+type Tf = typeof import('@tensorflow/tfjs-core');
+
+/**
+ * tfjs-core's Node entry leaves the gradient functions unregistered (the umbrella package registers them):
+ * load its register_all_gradients module once, through require so that its extensionless imports resolve.
+ */
+function tfGradients() {
+  createRequire(import.meta.url)('@tensorflow/tfjs-core/dist/register_all_gradients.js');
+}
+type TfT = import('@tensorflow/tfjs-core').Tensor;
+
+/** Wait for tfjs results by reading one element of each, then free them. */
+async function tfDone(tf: Tf, outs: TfT[]) {
+  for (const o of outs) {
+    const one = tf.tidy(() => tf.slice(tf.reshape(o, [-1]), 0, 1));
+    await one.data();
+    one.dispose();
+    o.dispose();
+  }
+}
+
+function tfCases(s: Shape): BenchCase[] {
+  const { N, C, O, H, W } = s;
+  const lib = '@tensorflow/tfjs-backend-webgpu';
+  let ts: TfT[] = [];
+  const mk = (name: string, pass: BenchCase['pass'], mult: number, run: (tf: Tf, x: TfT, f: TfT, dy: TfT) => TfT[]): BenchCase => ({
+    name,
+    shape: shapeStr(s),
+    pass,
+    flops: mult * flopsOf(s),
+    library: lib,
+    async setup() {
+      const tf = await loadTfjs();
+      if (!tf) return null;
+      tfGradients();
+      const x = tf.tensor4d(randn(N * H * W * C, 1), [N, H, W, C]);
+      const f = tf.tensor4d(randn(K * K * C * O, 2).map((v) => v * 0.05), [K, K, C, O]);
+      const dy = tf.tensor4d(randn(N * H * W * O, 4), [N, H, W, O]);
+      ts = [x, f, dy];
+      return async () => tfDone(tf, run(tf, x, f, dy));
+    },
+    teardown: () => ts.forEach((t) => t.dispose()),
+  });
+  return [
+    mk('conv2d', 'fwd', 1, (tf, x, f) => [tf.conv2d(x as import('@tensorflow/tfjs-core').Tensor4D, f as import('@tensorflow/tfjs-core').Tensor4D, 1, 'same')]),
+    mk('conv2d dX', 'bwd', 1, (tf, _x, f, dy) => [
+      tf.conv2dTranspose(dy as import('@tensorflow/tfjs-core').Tensor4D, f as import('@tensorflow/tfjs-core').Tensor4D, [N, H, W, C], 1, 'same'),
+    ]),
+    mk('conv2d dW', 'bwd', 1, (tf, x, _f, dy) => [
+      tf.engine().runKernel('Conv2DBackpropFilter', { x, dy }, { strides: [1, 1], pad: 'same', dataFormat: 'NHWC', dimRoundingMode: undefined, filterShape: [K, K, C, O] } as never) as TfT,
+    ]),
+    mk('conv2d autodiff', 'fwd+bwd', 3, (tf, x, f, dy) =>
+      tf.grads((a: TfT, b: TfT) => tf.conv2d(a as import('@tensorflow/tfjs-core').Tensor4D, b as import('@tensorflow/tfjs-core').Tensor4D, 1, 'same'))([x, f], dy),
+    ),
+  ];
+}
+
+type Jax = typeof import('@jax-js/jax');
+type Arr = import('@jax-js/jax').Array;
+
+function jaxCases(s: Shape): BenchCase[] {
+  const { N, C, O, H, W } = s;
+  const lib = '@jax-js/jax';
+  const pad: [number, number][] = [
+    [1, 1],
+    [1, 1],
+  ];
+  let arrs: Arr[] = [];
+  let owned: { dispose(): void }[] = [];
+  const inputs = (jax: Jax) => {
+    const np = jax.numpy;
+    const x = np.array(randn(N * C * H * W, 1)).reshape([N, C, H, W]);
+    const w = np.array(randn(O * C * K * K, 2).map((v) => v * 0.05)).reshape([O, C, K, K]);
+    const g = np.array(randn(N * O * H * W, 4)).reshape([N, O, H, W]);
+    arrs = [x, w, g];
+    return { x, w, g };
+  };
+  const conv = (jax: Jax, x: Arr, w: Arr) => jax.lax.conv(x, w, [1, 1], pad);
+  const wait = async (outs: Arr[]) => {
+    for (const o of outs) {
+      await o.blockUntilReady();
+      o.dispose();
+    }
+  };
+  const mk = (name: string, pass: BenchCase['pass'], mult: number, make: (jax: Jax, a: { x: Arr; w: Arr; g: Arr }) => () => Arr[]): BenchCase => ({
+    name,
+    shape: shapeStr(s),
+    pass,
+    flops: mult * flopsOf(s),
+    library: lib,
+    async setup() {
+      const jax = await loadJax();
+      if (!jax) return null;
+      const run = make(jax, inputs(jax));
+      return async () => wait(run());
+    },
+    teardown() {
+      owned.forEach((f) => f.dispose());
+      owned = [];
+      arrs.forEach((a) => a.dispose());
+      arrs = [];
+    },
+  });
+  return [
+    mk('conv2d', 'fwd', 1, (jax, { x, w }) => () => [conv(jax, x.ref, w.ref)]),
+    // the vjp closures are linear in the cotangent: built once, each call is one transposed convolution
+    mk('conv2d dX', 'bwd', 1, (jax, { x, w, g }) => {
+      const [y, f] = jax.vjp((xx: Arr) => conv(jax, xx, w.ref), [x.ref]);
+      y.dispose();
+      owned.push(f);
+      return () => f(g.ref) as Arr[];
+    }),
+    mk('conv2d dW', 'bwd', 1, (jax, { x, w, g }) => {
+      const [y, f] = jax.vjp((ww: Arr) => conv(jax, x.ref, ww), [w.ref]);
+      y.dispose();
+      owned.push(f);
+      return () => f(g.ref) as Arr[];
+    }),
+    mk('conv2d autodiff', 'fwd+bwd', 3, (jax, { x, w, g }) => () => {
+      const [y, f] = jax.vjp((xx: Arr, ww: Arr) => conv(jax, xx, ww), [x.ref, w.ref]);
+      y.dispose();
+      const gs = f(g.ref) as Arr[];
+      f.dispose();
+      return gs;
+    }),
+  ];
+}
+
+const suite: BenchSuite = {
+  name: 'conv',
+  cases: SHAPES.flatMap((s) => [...oursCases(s), ...tfCases(s), ...jaxCases(s)]),
+};
+export default suite;

@@ -23,6 +23,7 @@ import {
   linear as linearOp,
   log,
   matmul,
+  max,
   mean,
   minimum,
   mul,
@@ -66,7 +67,7 @@ import {
 } from './configs.js';
 import { COLOURS, SHAPES, batch as worldBatch, conceptTable, splitFileJson, type WorldOptions } from './world.js';
 
-export const STAGES = ['clip', 'vae', 'unet', 'judge'] as const;
+export const STAGES = ['clip', 'vae', 'decoder', 'unet', 'judge'] as const;
 export type StageName = (typeof STAGES)[number];
 
 export interface StagePlan {
@@ -78,9 +79,10 @@ export interface StagePlan {
 /** Defaults sized for about an hour on a 2-core CPU adapter. */
 export const DEFAULT_PLAN: Record<StageName, StagePlan> = {
   clip: { steps: 500, batch: 64, lr: 2e-3 },
-  vae: { steps: 600, batch: 32, lr: 2e-3 },
-  unet: { steps: 1500, batch: 64, lr: 1.5e-3 },
-  judge: { steps: 300, batch: 32, lr: 3e-3 },
+  vae: { steps: 350, batch: 32, lr: 2e-3 },
+  decoder: { steps: 330, batch: 32, lr: 2e-3 },
+  unet: { steps: 750, batch: 64, lr: 1.5e-3 },
+  judge: { steps: 2000, batch: 32, lr: 5e-3 },
 };
 
 export interface TrainOptions {
@@ -210,10 +212,8 @@ async function loadTensors(path: string, into: Map<string, Tensor> | null): Prom
       const t = into?.get(name);
       if (t) {
         if (t.size !== v.length) throw new Error(`${path}: tensor ${name} has ${v.length} values, the model expects ${t.size}`);
-        t.dispose();
-        const n = Tensor.from(v, t.shape).keep();
-        n.label = name;
-        into!.set(name, n);
+        // in place: the model may hold this tensor in another map (the decoder stage trains a subset)
+        rt().write(t.buffer, v);
       } else rest.set(name, v);
     }
   } finally {
@@ -253,6 +253,7 @@ async function runStage(run: StageRun, o: Required<Pick<TrainOptions, 'out' | 'c
   const names = [...run.params.keys()];
   const ckpt = join(o.out, 'checkpoints', `${run.name}.safetensors`);
   let start = 0;
+  let saved = 0;
   let losses: number[] = [];
   let seconds = 0;
   const opt = new AdamW(
@@ -263,10 +264,9 @@ async function runStage(run: StageRun, o: Required<Pick<TrainOptions, 'out' | 'c
     const rest = await loadTensors(ckpt, run.params);
     const meta = JSON.parse(await readFile(`${ckpt}.json`, 'utf8'));
     start = meta.step;
+    saved = start;
     losses = meta.losses;
     seconds = meta.seconds;
-    // the optimizer holds the tensors of the params array: rebuild it over the reloaded ones
-    (opt as unknown as { params: Tensor[] }).params.splice(0, names.length, ...names.map((n) => run.params.get(n)!));
     opt.importState({
       step: meta.adamStep,
       m: names.map((n) => rest.get(`__adam_m.${n}`)!),
@@ -284,6 +284,7 @@ async function runStage(run: StageRun, o: Required<Pick<TrainOptions, 'out' | 'c
     await mkdir(join(o.out, 'checkpoints'), { recursive: true });
     await saveTensors(ckpt, run.params, 'F32', undefined, extra);
     await writeFile(`${ckpt}.json`, JSON.stringify({ step, adamStep: st.step, seconds, losses }) + '\n');
+    saved = step;
   };
   for (const t of run.params.values()) t.requiresGrad = true;
   let lastSave = performance.now();
@@ -305,7 +306,7 @@ async function runStage(run: StageRun, o: Required<Pick<TrainOptions, 'out' | 'c
     const loss = await lossT.item();
     lossT.dispose();
     if (!Number.isFinite(loss)) {
-      throw new Error(`${run.name}: the loss became ${loss} at step ${step}; the last checkpoint (step ${start}) is kept; try a lower learning rate`);
+      throw new Error(`${run.name}: the loss became ${loss} at step ${step}; the last checkpoint (step ${saved}) is kept; try a lower learning rate`);
     }
     losses.push(loss);
     stepsTimed++;
@@ -352,9 +353,11 @@ async function runStage(run: StageRun, o: Required<Pick<TrainOptions, 'out' | 'c
 // ---------------------------------------------------------------------------------------------------
 // losses
 
-/** Row-wise soft-target cross-entropy: mean_i (logsumexp_i(L) - sum_j T_ij L_ij). |L| is bounded (scaled cosines). */
+/** Row-wise soft-target cross-entropy: mean_i (logsumexp_i(L) - sum_j T_ij L_ij), stable for any logits. */
 export function softCrossEntropy(logits: Tensor, targets: Tensor): Tensor {
-  const lse = log(sum(exp(logits), -1));
+  // logsumexp = m + log(sum(exp(L - m))) with the row max m held constant (its gradient cancels)
+  const m = noGrad(() => max(logits, -1, true));
+  const lse = add(log(sum(exp(sub(logits, m)), -1)), reshape(m, [m.size]));
   const picked = sum(mul(logits, targets), -1);
   return mean(sub(lse, picked));
 }
@@ -400,7 +403,8 @@ interface Ctx {
   tokenizer: ClipTokenizer;
 }
 
-const partDone = (out: string, part: string) => existsSync(join(out, part, '.trained.json'));
+/** A stage's parts are done when their marker exists (`vae/.trained.json`; `vae/.decoder.json` for the decoder fine-tune). */
+const partDone = (out: string, part: string) => existsSync(join(out, part.includes('/') ? part.replace(/\/([^/]+)$/, '/.$1.json') : join(part, '.trained.json')));
 
 async function finishPart(out: string, part: string, config: object | null, weights: Map<string, Tensor>, dtype: 'F16' | 'F32', summary: StageSummary, fileName: string) {
   const dir = join(out, part);
@@ -519,6 +523,42 @@ async function stageVae(ctx: Ctx): Promise<StageSummary> {
   return summary;
 }
 
+/**
+ * Decoder fine-tune (as Stable Diffusion's fine-tuned VAE decoders): the encoder, hence the latents the UNet
+ * learns, stays fixed; the decoder trains longer on reconstruction alone, which sharpens edges and colours.
+ */
+async function stageDecoder(ctx: Ctx): Promise<StageSummary> {
+  const { o, plan } = ctx;
+  const map = await readPart(o.out, 'vae', 'diffusion_pytorch_model.safetensors');
+  const cfg = JSON.parse(await readFile(join(o.out, 'vae', 'config.json'), 'utf8'));
+  const vae = new AutoencoderKL(cfg, new Params(map));
+  const trainable = new Map([...map].filter(([k]) => k.startsWith('decoder.') || k.startsWith('post_quant_conv.')));
+  const p = plan.decoder;
+  const summary = await runStage(
+    {
+      name: 'decoder',
+      params: trainable,
+      plan: p,
+      loss: (step) => {
+        const idx = batchIndices(o.seed, 'decoder', step, p.batch, o.trainSize);
+        const b = worldBatch(idx, o.world ?? {}, 'train');
+        const x = Tensor.from(b.pixels, [p.batch, 3, IMAGE_SIZE, IMAGE_SIZE]);
+        const z = noGrad(() => {
+          const d = vae.encode(x);
+          const eps = new Rng(o.seed, `decoder-eps:${step}`).fillNormal(new Float32Array(d.mean.size));
+          return AutoencoderKL.sample(d, Tensor.from(eps, d.mean.shape));
+        });
+        return meanSquare(vae.decode(z), x);
+      },
+    },
+    o,
+  );
+  await saveTensors(join(o.out, 'vae', 'diffusion_pytorch_model.safetensors'), map, o.dtype);
+  await writeFile(join(o.out, 'vae', '.decoder.json'), JSON.stringify(summary, null, 2) + '\n');
+  for (const t of map.values()) t.dispose();
+  return summary;
+}
+
 /** Host copies of the frozen parts the UNet stage needs: per-caption text states and per-image latent moments. */
 async function unetInputs(ctx: Ctx) {
   const { o, tokenizer } = ctx;
@@ -619,10 +659,6 @@ async function stageJudge(ctx: Ctx): Promise<StageSummary> {
   const map = judgeParams(o.seed + 5);
   const params = new Params(map);
   const p = plan.judge;
-  // half of each batch goes through the trained VAE (encode mean -> decode), so that the judge also knows
-  // the softer edges of decoded images
-  const vaeMap = await readPart(o.out, 'vae', 'diffusion_pytorch_model.safetensors');
-  const vae = new AutoencoderKL(JSON.parse(await readFile(join(o.out, 'vae', 'config.json'), 'utf8')), new Params(vaeMap));
   const nC = COLOURS.length;
   const summary = await runStage(
     {
@@ -632,11 +668,7 @@ async function stageJudge(ctx: Ctx): Promise<StageSummary> {
       loss: (step) => {
         const idx = Array.from({ length: p.batch }, (_, k) => step * p.batch + k);
         const b = worldBatch(idx, o.world ?? {}, 'balanced');
-        const clean = Tensor.from(b.pixels, [p.batch, 3, IMAGE_SIZE, IMAGE_SIZE]);
-        const half = p.batch >> 1;
-        const first = slice(clean, { 0: [0, half] });
-        const roundTrip = noGrad(() => vae.decode(vae.encode(first).mean));
-        const x = concat([roundTrip, slice(clean, { 0: [half, p.batch] })], 0);
+        const x = Tensor.from(augment(b.pixels, p.batch, new Rng(o.seed, `judge-aug:${step}`)), [p.batch, 3, IMAGE_SIZE, IMAGE_SIZE]);
         const Tc = new Float32Array(p.batch * nC);
         const Ts = new Float32Array(p.batch * SHAPES.length);
         b.specs.forEach((sp, k) => {
@@ -651,11 +683,48 @@ async function stageJudge(ctx: Ctx): Promise<StageSummary> {
     },
     o,
   );
-  for (const t of vaeMap.values()) t.dispose();
   const config = { ...JUDGE_CONFIG, colours: COLOURS, shapes: SHAPES };
   await finishPart(o.out, 'judge', config, map, 'F32', summary, 'model.safetensors');
   for (const t of map.values()) t.dispose();
   return summary;
+}
+
+/**
+ * The judge's augmentation, so that it also knows the soft edges and noise of generated images: per image,
+ * with probability 1/2 a 3x3 box blur (once or twice), then Gaussian noise of std up to 0.08 (values in [-1, 1]).
+ */
+function augment(px: Float32Array, B: number, rng: Rng): Float32Array {
+  const S = IMAGE_SIZE;
+  const out = px.slice();
+  const tmp = new Float32Array(S * S);
+  for (let b = 0; b < B; b++) {
+    const passes = rng.next() < 0.5 ? 0 : rng.next() < 0.5 ? 1 : 2;
+    for (let c = 0; c < 3; c++) {
+      const o = (b * 3 + c) * S * S;
+      for (let pass = 0; pass < passes; pass++) {
+        for (let y = 0; y < S; y++)
+          for (let x = 0; x < S; x++) {
+            let acc = 0;
+            let n = 0;
+            for (let dy = -1; dy <= 1; dy++)
+              for (let dx = -1; dx <= 1; dx++) {
+                const yy = y + dy;
+                const xx = x + dx;
+                if (yy >= 0 && yy < S && xx >= 0 && xx < S) {
+                  acc += out[o + yy * S + xx];
+                  n++;
+                }
+              }
+            tmp[y * S + x] = acc / n;
+          }
+        out.set(tmp, o);
+      }
+    }
+    const sigma = 0.08 * rng.next();
+    const noise = rng.fillNormal(new Float32Array(3 * S * S), 0, sigma);
+    for (let i = 0; i < noise.length; i++) out[b * 3 * S * S + i] += noise[i];
+  }
+  return out;
 }
 
 /** Columns a..b of logits [B, K]. */
@@ -703,12 +772,13 @@ export async function trainTiny(opts: TrainOptions): Promise<TrainResult> {
   const ctx: Ctx = { o, plan, tokenizer: await loadTokenizer() };
   const wanted = new Set(opts.stages ?? STAGES);
   const stages: StageSummary[] = [];
-  const parts: Record<StageName, string[]> = { clip: ['text_encoder', 'image_encoder'], vae: ['vae'], unet: ['unet'], judge: ['judge'] };
-  const fns: Record<StageName, (c: Ctx) => Promise<StageSummary>> = { clip: stageClip, vae: stageVae, unet: stageUnet, judge: stageJudge };
+  const parts: Record<StageName, string[]> = { clip: ['text_encoder', 'image_encoder'], vae: ['vae'], decoder: ['vae/decoder'], unet: ['unet'], judge: ['judge'] };
+  const fns: Record<StageName, (c: Ctx) => Promise<StageSummary>> = { clip: stageClip, vae: stageVae, decoder: stageDecoder, unet: stageUnet, judge: stageJudge };
   for (const s of STAGES) {
     const done = parts[s].every((p) => partDone(o.out, p));
     if (done) {
-      stages.push(JSON.parse(await readFile(join(o.out, parts[s][0], '.trained.json'), 'utf8')));
+      const marker = s === 'decoder' ? join(o.out, 'vae', '.decoder.json') : join(o.out, parts[s][0], '.trained.json');
+      stages.push(JSON.parse(await readFile(marker, 'utf8')));
       continue;
     }
     if (!wanted.has(s)) continue;
@@ -759,8 +829,9 @@ ${stages
     const what: Record<string, [string, string]> = {
       clip: ['CLIPTextModel + CLIPVisionModelWithProjection', 'contrastive (image, caption), soft targets for repeated captions'],
       vae: ['AutoencoderKL (32x32x3 <-> 8x8x4)', 'MSE reconstruction + 1e-3 KL'],
+      decoder: ['AutoencoderKL decoder', 'fine-tune of the decoder alone (encoder and latents fixed), MSE'],
       unet: ['UNet2DConditionModel', 'DDPM epsilon MSE on VAE latents, frozen text states, 10% caption dropout'],
-      judge: ['small convnet (not a diffusers class)', 'colour + shape cross-entropy on balanced renders, half through the VAE'],
+      judge: ['small convnet (not a diffusers class)', 'colour + shape cross-entropy on balanced renders, blur and noise augmentation'],
     };
     const [cls, how] = what[s.stage];
     return `| ${s.stage} | ${cls} | ${how} | ${s.steps} x ${s.batch} | ${s.lr} | ${s.firstLoss.toFixed(4)} -> ${s.finalLoss.toFixed(4)} | ${(s.seconds / 60).toFixed(1)} |`;

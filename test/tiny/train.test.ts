@@ -13,6 +13,7 @@ import { nodeFolder } from '../../weights-tools/node-source.js';
 const PLAN: Record<StageName, Partial<StagePlan>> = {
   clip: { steps: 24, batch: 16, lr: 3e-3 },
   vae: { steps: 24, batch: 8, lr: 3e-3 },
+  decoder: { steps: 16, batch: 8, lr: 3e-3 },
   unet: { steps: 24, batch: 16, lr: 2e-3 },
   judge: { steps: 24, batch: 16, lr: 5e-3 },
 };

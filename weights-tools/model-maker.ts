@@ -151,7 +151,10 @@ async function makePipeline(src: string, opts: MakeModelOptions): Promise<MakeMo
     for (const f of files) if (await exists(join(src, dir, f))) await copyFile(join(src, dir, f), join(out, dir, f));
   }
   for (const f of ['vocab.json', 'merges.txt']) {
-    const from = opts.tokenizerDir ? join(opts.tokenizerDir, f) : join(src, 'tokenizer', f);
+    // every Stable Diffusion tokenizer uses CLIP's BPE vocabulary, which ships in presets/clip-tokenizer:
+    // it fills in when neither --tokenizer-dir nor the source folder has one
+    const own = join(src, 'tokenizer', f);
+    const from = opts.tokenizerDir ? join(opts.tokenizerDir, f) : (await exists(own)) ? own : join(presetsDir(), 'clip-tokenizer', f);
     if (await exists(from)) {
       await copyFile(from, join(out, 'tokenizer', f));
       await chmod(join(out, 'tokenizer', f), 0o644); // the source may be read-only; the copy is ours

@@ -13,7 +13,7 @@ export function register(program: Command): void {
     .requiredOption('--out <dir>', 'output folder')
     .option('--seed <n>', 'random seed', '0')
     .option('--dtype <dtype>', 'f32 or f16', 'f32')
-    .option('--tokenizer-dir <dir>', 'folder with vocab.json and merges.txt to copy into a pipeline\'s tokenizer/')
+    .option('--tokenizer-dir <dir>', 'folder with vocab.json and merges.txt for a pipeline\'s tokenizer/ (default: the config folder\'s own, else the CLIP vocabulary shipped in presets/clip-tokenizer)')
     .option('--quiet', 'no progress output')
     .action(async (opts: { config: string; out: string; seed: string; dtype: string; tokenizerDir?: string; quiet?: boolean }) => {
       if (!/^\d+$/.test(opts.seed) || !Number.isSafeInteger(Number(opts.seed))) throw new UserError(`--seed must be a non-negative integer, got "${opts.seed}"`);

@@ -183,6 +183,15 @@ describe('makeModel for a pipeline', () => {
     expect(bad.problems[0]).toMatch(/wrong shape/);
   });
 
+  it('gives a pipeline without a tokenizer vocabulary the shipped CLIP one', async () => {
+    const src = join(tmp, 'tiny-pipeline-src'); // written by the previous test, without vocab.json / merges.txt
+    const out = join(tmp, 'tiny-pipeline-default-tokenizer');
+    await makeModel({ config: src, out, seed: 12 });
+    const shipped = await readFile(join(presetsDir(), 'clip-tokenizer', 'vocab.json'), 'utf8');
+    expect(await readFile(join(out, 'tokenizer', 'vocab.json'), 'utf8')).toBe(shipped);
+    expect((await readFile(join(out, 'tokenizer', 'merges.txt'), 'utf8')).length).toBeGreaterThan(100_000);
+  });
+
   it('a missing tokenizerDir file is NOT_FOUND', async () => {
     await expectWeightsError(() => makeModel({ config: join(tmp, 'tiny-pipeline-src'), out: join(tmp, 'p2'), seed: 1, tokenizerDir: join(tmp, 'none') }), 'NOT_FOUND');
   });

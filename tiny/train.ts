@@ -7,7 +7,7 @@
 // OUT/checkpoints/<stage>.safetensors every `checkpointSeconds` and at the end of the stage; a finished
 // stage writes its part of the diffusers folder and is skipped on the next run.
 import { existsSync } from 'node:fs';
-import { copyFile, mkdir, readFile, rm, writeFile } from 'node:fs/promises';
+import { copyFile, mkdir, readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import {
@@ -843,8 +843,4 @@ Configs: see each part's config.json (tiny/configs.ts). Plan: ${JSON.stringify(p
 
 Reproduce: \`npx tsx cli/seedselect.ts train-tiny --out DIR\` (resumable; checkpoints in DIR/checkpoints).
 `;
-}
-
-export async function removeCheckpoints(out: string) {
-  await rm(join(out, 'checkpoints'), { recursive: true, force: true });
 }

@@ -40,7 +40,7 @@ import {
   transpose,
 } from '../engine/index.js';
 import { ClipTextModel, ClipVisionModel } from '../models/clip.js';
-import { AutoencoderKL } from '../models/vae.js';
+import { AutoencoderKL, type LatentDist } from '../models/vae.js';
 import { UNet2DConditionModel } from '../models/unet.js';
 import { ClipTokenizer } from '../models/tokenizer.js';
 import { DdimScheduler } from '../models/ddim.js';
@@ -425,6 +425,19 @@ async function readPart(out: string, part: string, fileName: string): Promise<Ma
   return map;
 }
 
+/** latent_dist.sample() with its noise drawn from the (seed, stream) generator. */
+function sampleSeeded(d: LatentDist, seed: number, stream: string): Tensor {
+  const eps = new Rng(seed, stream).fillNormal(new Float32Array(d.mean.size));
+  return AutoencoderKL.sample(d, Tensor.from(eps, d.mean.shape));
+}
+
+/** The VAE a run has trained so far (its config carries the measured scaling factor). */
+async function loadTrainedVae(out: string): Promise<{ vae: AutoencoderKL; map: Map<string, Tensor> }> {
+  const map = await readPart(out, 'vae', 'diffusion_pytorch_model.safetensors');
+  const config = JSON.parse(await readFile(join(out, 'vae', 'config.json'), 'utf8'));
+  return { vae: new AutoencoderKL(config, new Params(map)), map };
+}
+
 async function stageClip(ctx: Ctx): Promise<StageSummary> {
   const { o, plan, tokenizer } = ctx;
   const textMap = initParams(TEXT_CONFIG, 'CLIPTextModel', o.seed + 1, [['text_projection.weight', [32, TEXT_CONFIG.hidden_size as number], TEXT_CONFIG.hidden_size as number]]);
@@ -473,7 +486,6 @@ async function stageVae(ctx: Ctx): Promise<StageSummary> {
   const map = initParams(VAE_CONFIG, 'AutoencoderKL', o.seed + 3);
   const vae = new AutoencoderKL(VAE_CONFIG, new Params(map));
   const p = plan.vae;
-  const lat = IMAGE_SIZE / vae.downscale;
   const klWeight = 1e-3;
   const summary = await runStage(
     {
@@ -485,8 +497,7 @@ async function stageVae(ctx: Ctx): Promise<StageSummary> {
         const b = worldBatch(idx, o.world ?? {}, 'train');
         const x = Tensor.from(b.pixels, [p.batch, 3, IMAGE_SIZE, IMAGE_SIZE]);
         const d = vae.encode(x);
-        const eps = new Rng(o.seed, `vae-eps:${step}`).fillNormal(new Float32Array(p.batch * 4 * lat * lat));
-        const z = AutoencoderKL.sample(d, Tensor.from(eps, d.mean.shape));
+        const z = sampleSeeded(d, o.seed, `vae-eps:${step}`);
         const rec = vae.decode(z);
         // KL(q || N(0, 1)) per latent element: 0.5 (mu^2 + var - 1 - logvar)
         const kl = mean(affine(sub(add(mul(d.mean, d.mean), exp(d.logvar)), d.logvar), 0.5, -0.5));
@@ -506,8 +517,7 @@ async function stageVae(ctx: Ctx): Promise<StageSummary> {
     const v = (await noGrad(() =>
       tidy(() => {
         const d = vae.encode(Tensor.from(b.pixels, [idx.length, 3, IMAGE_SIZE, IMAGE_SIZE]));
-        const eps = new Rng(o.seed, `vae-scale:${i}`).fillNormal(new Float32Array(d.mean.size));
-        return AutoencoderKL.sample(d, Tensor.from(eps, d.mean.shape)).keep();
+        return sampleSeeded(d, o.seed, `vae-scale:${i}`).keep();
       }),
     ).data()) as Float32Array;
     for (const x of v) {
@@ -529,9 +539,7 @@ async function stageVae(ctx: Ctx): Promise<StageSummary> {
  */
 async function stageDecoder(ctx: Ctx): Promise<StageSummary> {
   const { o, plan } = ctx;
-  const map = await readPart(o.out, 'vae', 'diffusion_pytorch_model.safetensors');
-  const cfg = JSON.parse(await readFile(join(o.out, 'vae', 'config.json'), 'utf8'));
-  const vae = new AutoencoderKL(cfg, new Params(map));
+  const { vae, map } = await loadTrainedVae(o.out);
   const trainable = new Map([...map].filter(([k]) => k.startsWith('decoder.') || k.startsWith('post_quant_conv.')));
   const p = plan.decoder;
   const summary = await runStage(
@@ -543,11 +551,7 @@ async function stageDecoder(ctx: Ctx): Promise<StageSummary> {
         const idx = batchIndices(o.seed, 'decoder', step, p.batch, o.trainSize);
         const b = worldBatch(idx, o.world ?? {}, 'train');
         const x = Tensor.from(b.pixels, [p.batch, 3, IMAGE_SIZE, IMAGE_SIZE]);
-        const z = noGrad(() => {
-          const d = vae.encode(x);
-          const eps = new Rng(o.seed, `decoder-eps:${step}`).fillNormal(new Float32Array(d.mean.size));
-          return AutoencoderKL.sample(d, Tensor.from(eps, d.mean.shape));
-        });
+        const z = noGrad(() => sampleSeeded(vae.encode(x), o.seed, `decoder-eps:${step}`));
         return meanSquare(vae.decode(z), x);
       },
     },
@@ -578,9 +582,7 @@ async function unetInputs(ctx: Ctx) {
   }
   for (const t of textMap.values()) t.dispose();
 
-  const vaeMap = await readPart(o.out, 'vae', 'diffusion_pytorch_model.safetensors');
-  const vaeCfg = JSON.parse(await readFile(join(o.out, 'vae', 'config.json'), 'utf8'));
-  const vae = new AutoencoderKL(vaeCfg, new Params(vaeMap));
+  const { vae, map: vaeMap } = await loadTrainedVae(o.out);
   const lat = IMAGE_SIZE / vae.downscale;
   const per = 4 * lat * lat;
   const means = new Float32Array(o.trainSize * per);
@@ -602,7 +604,7 @@ async function unetInputs(ctx: Ctx) {
     s.dispose();
   }
   for (const t of vaeMap.values()) t.dispose();
-  return { states, means, stds, captionsOf, per, lat, scaling: vaeCfg.scaling_factor as number };
+  return { states, means, stds, captionsOf, per, lat, scaling: vae.scalingFactor };
 }
 
 async function stageUnet(ctx: Ctx): Promise<StageSummary> {

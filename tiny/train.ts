@@ -100,6 +100,8 @@ export interface TrainOptions {
   checkpointSeconds?: number;
   /** probability of replacing a caption by the empty prompt while training the UNet (default 0.1) */
   captionDropout?: number;
+  /** weight of the VAE's KL term beside its per-pixel MSE (default 1e-4) */
+  vaeKlWeight?: number;
   /** safetensors dtype of the exported weights (default F16) */
   dtype?: 'F16' | 'F32';
   onLog?: (e: TrainLogEvent) => void;
@@ -398,7 +400,7 @@ async function loadTokenizer(): Promise<ClipTokenizer> {
 }
 
 interface Ctx {
-  o: Required<Pick<TrainOptions, 'out' | 'checkpointSeconds' | 'trainSize' | 'seed' | 'captionDropout' | 'dtype'>> & TrainOptions;
+  o: Required<Pick<TrainOptions, 'out' | 'checkpointSeconds' | 'trainSize' | 'seed' | 'captionDropout' | 'dtype' | 'vaeKlWeight'>> & TrainOptions;
   plan: Record<StageName, StagePlan>;
   tokenizer: ClipTokenizer;
 }
@@ -481,12 +483,20 @@ async function stageClip(ctx: Ctx): Promise<StageSummary> {
   return summary;
 }
 
+/**
+ * The autoencoder learns from the balanced stream (every concept equally often), not the long-tailed one:
+ * Stable Diffusion's VAE was likewise trained on other, broader data than its UNet and reconstructs rare
+ * concepts as well as common ones. The long tail then lives where the paper puts it, in the text-conditioned
+ * denoiser, instead of in an autoencoder that cannot even reproduce a rare colour.
+ */
+const AUTOENCODER_STREAM = 'balanced' as const;
+
 async function stageVae(ctx: Ctx): Promise<StageSummary> {
   const { o, plan } = ctx;
   const map = initParams(VAE_CONFIG, 'AutoencoderKL', o.seed + 3);
   const vae = new AutoencoderKL(VAE_CONFIG, new Params(map));
   const p = plan.vae;
-  const klWeight = 1e-3;
+  const klWeight = o.vaeKlWeight;
   const summary = await runStage(
     {
       name: 'vae',
@@ -494,7 +504,7 @@ async function stageVae(ctx: Ctx): Promise<StageSummary> {
       plan: p,
       loss: (step) => {
         const idx = batchIndices(o.seed, 'vae', step, p.batch, o.trainSize);
-        const b = worldBatch(idx, o.world ?? {}, 'train');
+        const b = worldBatch(idx, o.world ?? {}, AUTOENCODER_STREAM);
         const x = Tensor.from(b.pixels, [p.batch, 3, IMAGE_SIZE, IMAGE_SIZE]);
         const d = vae.encode(x);
         const z = sampleSeeded(d, o.seed, `vae-eps:${step}`);
@@ -549,7 +559,7 @@ async function stageDecoder(ctx: Ctx): Promise<StageSummary> {
       plan: p,
       loss: (step) => {
         const idx = batchIndices(o.seed, 'decoder', step, p.batch, o.trainSize);
-        const b = worldBatch(idx, o.world ?? {}, 'train');
+        const b = worldBatch(idx, o.world ?? {}, AUTOENCODER_STREAM);
         const x = Tensor.from(b.pixels, [p.batch, 3, IMAGE_SIZE, IMAGE_SIZE]);
         const z = noGrad(() => sampleSeeded(vae.encode(x), o.seed, `decoder-eps:${step}`));
         return meanSquare(vae.decode(z), x);
@@ -751,6 +761,7 @@ export async function trainTiny(opts: TrainOptions): Promise<TrainResult> {
     checkpointSeconds: 120,
     captionDropout: 0.1,
     dtype: 'F16' as const,
+    vaeKlWeight: 1e-4,
     ...opts,
   };
   const plan = {} as Record<StageName, StagePlan>;
@@ -762,7 +773,7 @@ export async function trainTiny(opts: TrainOptions): Promise<TrainResult> {
   const t0 = performance.now();
   await mkdir(o.out, { recursive: true });
   const runInfo = join(o.out, 'checkpoints', 'options.json');
-  const optionsNow = { trainSize: o.trainSize, seed: o.seed, world: o.world ?? {}, plan, captionDropout: o.captionDropout };
+  const optionsNow = { trainSize: o.trainSize, seed: o.seed, world: o.world ?? {}, plan, captionDropout: o.captionDropout, vaeKlWeight: o.vaeKlWeight };
   if (existsSync(runInfo)) {
     const prev = JSON.parse(await readFile(runInfo, 'utf8'));
     if (JSON.stringify(prev) !== JSON.stringify(optionsNow))
@@ -795,7 +806,7 @@ export async function trainTiny(opts: TrainOptions): Promise<TrainResult> {
   await writeFile(join(o.out, 'model_index.json'), JSON.stringify(MODEL_INDEX, null, 2) + '\n');
   await writeFile(join(o.out, 'concepts.json'), JSON.stringify(splitFileJson(o.world ?? {}), null, 2) + '\n');
   const seconds = (performance.now() - t0) / 1000;
-  const info = { adapter: rt().gpu.adapterInfo, trainSize: o.trainSize, seed: o.seed, plan, stages };
+  const info = { adapter: rt().gpu.adapterInfo, trainSize: o.trainSize, seed: o.seed, vaeKlWeight: o.vaeKlWeight, captionDropout: o.captionDropout, plan, stages };
   await writeFile(join(o.out, 'training.json'), JSON.stringify(info, null, 2) + '\n');
   await writeFile(join(o.out, 'README.md'), modelCard(o, plan, stages, info.adapter));
   return { out: o.out, stages, seconds };
@@ -830,8 +841,8 @@ ${stages
   .map((s) => {
     const what: Record<string, [string, string]> = {
       clip: ['CLIPTextModel + CLIPVisionModelWithProjection', 'contrastive (image, caption), soft targets for repeated captions'],
-      vae: ['AutoencoderKL (32x32x3 <-> 8x8x4)', 'MSE reconstruction + 1e-3 KL'],
-      decoder: ['AutoencoderKL decoder', 'fine-tune of the decoder alone (encoder and latents fixed), MSE'],
+      vae: ['AutoencoderKL (32x32x3 <-> 8x8x4)', `balanced renders (every concept equally often, as SD's VAE saw broader data than its UNet): MSE reconstruction + ${o.vaeKlWeight} KL`],
+      decoder: ['AutoencoderKL decoder', 'balanced renders: fine-tune of the decoder alone (encoder and latents fixed), MSE'],
       unet: ['UNet2DConditionModel', 'DDPM epsilon MSE on VAE latents, frozen text states, 10% caption dropout'],
       judge: ['small convnet (not a diffusers class)', 'colour + shape cross-entropy on balanced renders, blur and noise augmentation'],
     };

@@ -4,7 +4,7 @@
 import type { Command } from 'commander';
 import { resolve } from 'node:path';
 import { init, rt } from '../../engine/index.js';
-import { STAGES, TrainAbortedError, trainTiny, type StageName } from '../../tiny/train.js';
+import { STAGES, TrainAbortedError, trainTiny, type StageName, type TrainOptions } from '../../tiny/train.js';
 import { UserError } from '../errors.js';
 
 interface TrainTinyOptions {
@@ -14,6 +14,8 @@ interface TrainTinyOptions {
   seed: number;
   stages?: string;
   checkpointSeconds: number;
+  vaeKl: number;
+  plan?: string;
   f32?: boolean;
 }
 
@@ -22,6 +24,28 @@ const num = (name: string) => (v: string) => {
   if (!Number.isFinite(n) || n <= 0) throw new UserError(`--${name} must be a positive number, got "${v}"`);
   return n;
 };
+
+/** `--plan` JSON: per-stage overrides of steps/batch/lr, checked so that a typo is an error, not a default. */
+export function parsePlan(json: string): TrainOptions['plan'] {
+  let plan: unknown;
+  try {
+    plan = JSON.parse(json);
+  } catch {
+    throw new UserError(`--plan must be JSON such as '{"unet":{"steps":3000}}', got ${json}`);
+  }
+  if (typeof plan !== 'object' || plan === null || Array.isArray(plan))
+    throw new UserError(`--plan must be a JSON object keyed by stage (${STAGES.join(', ')}), got ${json}`);
+  for (const [s, v] of Object.entries(plan)) {
+    if (!STAGES.includes(s as StageName)) throw new UserError(`--plan: unknown stage "${s}" (stages: ${STAGES.join(', ')})`);
+    if (typeof v !== 'object' || v === null || Array.isArray(v)) throw new UserError(`--plan: ${s} must be an object such as {"steps":100}`);
+    for (const [k, x] of Object.entries(v)) {
+      if (!['steps', 'batch', 'lr'].includes(k)) throw new UserError(`--plan: ${s}.${k} is not a plan field (steps, batch, lr)`);
+      if (typeof x !== 'number' || !(x > 0) || (k !== 'lr' && !Number.isInteger(x)))
+        throw new UserError(`--plan: ${s}.${k} must be a positive ${k === 'lr' ? 'number' : 'integer'}, got ${JSON.stringify(x)}`);
+    }
+  }
+  return plan as TrainOptions['plan'];
+}
 
 export function register(program: Command) {
   program
@@ -33,10 +57,13 @@ export function register(program: Command) {
     .option('--seed <n>', 'seed of the initial weights and batches', (v) => Number(v), 0)
     .option('--stages <list>', `comma-separated subset of ${STAGES.join(',')} (earlier stages must be done)`)
     .option('--checkpoint-seconds <s>', 'seconds between checkpoints', num('checkpoint-seconds'), 120)
+    .option('--vae-kl <w>', "weight of the VAE's KL term beside its MSE", num('vae-kl'), 1e-4)
+    .option('--plan <json>', 'per-stage overrides of steps/batch/lr, e.g. \'{"unet":{"steps":3000}}\'')
     .option('--f32', 'export f32 weights instead of f16')
     .action(async (o: TrainTinyOptions) => {
       const stages = o.stages?.split(',').map((s) => s.trim()) as StageName[] | undefined;
       for (const s of stages ?? []) if (!STAGES.includes(s)) throw new UserError(`--stages: unknown stage "${s}" (stages: ${STAGES.join(', ')})`);
+      const plan = o.plan === undefined ? undefined : parsePlan(o.plan);
       await init();
       process.stderr.write(`device: ${rt().gpu.adapterInfo.description || rt().gpu.adapterInfo.vendor} (${rt().gpu.adapterClass})\n`);
       const ctrl = new AbortController();
@@ -56,6 +83,8 @@ export function register(program: Command) {
           seed: o.seed,
           stages,
           checkpointSeconds: o.checkpointSeconds,
+          vaeKlWeight: o.vaeKl,
+          plan,
           dtype: o.f32 ? 'F32' : 'F16',
           signal: ctrl.signal,
           onLog: (e) => {

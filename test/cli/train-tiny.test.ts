@@ -1,0 +1,21 @@
+// `seedselect train-tiny --plan`: per-stage overrides are parsed strictly (a typo must not silently train
+// with the defaults).
+import { describe, expect, it } from 'vitest';
+import { parsePlan } from '../../cli/commands/train-tiny.js';
+import { UserError } from '../../cli/errors.js';
+
+describe('seedselect train-tiny --plan', () => {
+  it('accepts per-stage overrides of steps, batch and lr', () => {
+    expect(parsePlan('{"vae":{"steps":1000,"batch":16},"unet":{"lr":0.002}}')).toEqual({ vae: { steps: 1000, batch: 16 }, unet: { lr: 0.002 } });
+  });
+  it('rejects bad JSON, unknown stages and fields, and bad values, naming them', () => {
+    expect(() => parsePlan('{unet:1}')).toThrow(UserError);
+    expect(() => parsePlan('[1]')).toThrow(/JSON object keyed by stage/);
+    expect(() => parsePlan('{"vea":{"steps":1}}')).toThrow(/unknown stage "vea"/);
+    expect(() => parsePlan('{"vae":{"step":1}}')).toThrow(/vae\.step is not a plan field/);
+    expect(() => parsePlan('{"vae":{"steps":-3}}')).toThrow(/vae\.steps must be a positive integer/);
+    expect(() => parsePlan('{"vae":{"batch":2.5}}')).toThrow(/vae\.batch must be a positive integer/);
+    expect(() => parsePlan('{"unet":{"lr":"0.1"}}')).toThrow(/unet\.lr must be a positive number/);
+    expect(() => parsePlan('{"unet":5}')).toThrow(/unet must be an object/);
+  });
+});

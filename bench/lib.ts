@@ -1,6 +1,7 @@
 // Shared pieces of the benchmark harness: the suite/case types, helpers that make a GPU case time its
 // completion, a vec4 copy kernel used as the bandwidth baseline, and loaders for peer libraries that run
 // on the same Dawn adapter (each loader returns null with a printed reason when the peer cannot run).
+import { createRequire } from 'node:module';
 import { rt, Uniforms, Tensor } from '../engine/index.js';
 import { grid, WG_INDEX } from '../kernels/util.js';
 
@@ -123,6 +124,9 @@ export function loadTfjs(): Promise<Tf | null> {
     try {
       const tf = await import('@tensorflow/tfjs-core');
       await import('@tensorflow/tfjs-backend-webgpu');
+      // tfjs-core's Node entry leaves the gradient functions unregistered (the umbrella package registers
+      // them): load its register_all_gradients module, through require so its extensionless imports resolve
+      createRequire(import.meta.url)('@tensorflow/tfjs-core/dist/register_all_gradients.js');
       if (!(await tf.setBackend('webgpu'))) throw new Error('setBackend("webgpu") returned false');
       await tf.ready();
       return tf;
@@ -134,7 +138,34 @@ export function loadTfjs(): Promise<Tf | null> {
   return tfPromise;
 }
 
+export type TfT = import('@tensorflow/tfjs-core').Tensor;
+
+/** Wait for tfjs results by reading one element of each, then free them. */
+export async function tfDone(tf: Tf, outs: TfT[]) {
+  for (const o of outs) {
+    const one = tf.tidy(() => tf.slice(tf.reshape(o, [-1]), 0, 1));
+    await one.data();
+    one.dispose();
+    o.dispose();
+  }
+}
+
 type Jax = typeof import('@jax-js/jax');
+type JaxArray = import('@jax-js/jax').Array;
+
+/** Wait for jax-js results, then free them. */
+export async function jaxDone(outs: JaxArray[]) {
+  for (const o of outs) {
+    await o.blockUntilReady();
+    o.dispose();
+  }
+}
+
+/** Dispose every item of a list and empty it (peer arrays and vjp closures kept between runs). */
+export function disposeAll(xs: { dispose(): void }[]) {
+  for (const x of xs.splice(0)) x.dispose();
+}
+
 let jaxPromise: Promise<Jax | null> | null = null;
 /** @jax-js/jax on its WebGPU backend, or null (reason printed once). */
 export function loadJax(): Promise<Jax | null> {

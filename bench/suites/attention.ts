@@ -8,10 +8,9 @@
 // backward on its own), @jax-js/jax with vjp (whose closure also runs the backward alone).
 // Nominal flops (the same for every library, so GFLOP/s compare times): forward 4*B*H*Sq*Sk*D,
 // backward 10*B*H*Sq*Sk*D (recomputing the scores, as a fused backward does), fwd+bwd the sum.
-import { createRequire } from 'node:module';
 import { Tensor, grad, tidy } from '../../engine/index.js';
 import { attention, attentionBackward, attentionForward } from '../../kernels/attention.js';
-import { gpuFn, loadJax, loadTfjs, randn, type BenchCase, type BenchSuite } from '../lib.js';
+import { gpuFn, loadJax, loadTfjs, randn, tfDone, jaxDone, disposeAll, type TfT, type BenchCase, type BenchSuite } from '../lib.js';
 
 interface Shape {
   label: string;
@@ -77,23 +76,6 @@ function oursCases(s: Shape): BenchCase[] {
 
 type Tf = typeof import('@tensorflow/tfjs-core');
 
-/**
- * tfjs-core's Node entry leaves the gradient functions unregistered (the umbrella package registers them):
- * load its register_all_gradients module once, through require so that its extensionless imports resolve.
- */
-function tfGradients() {
-  createRequire(import.meta.url)('@tensorflow/tfjs-core/dist/register_all_gradients.js');
-}
-type TfT = import('@tensorflow/tfjs-core').Tensor;
-
-async function tfDone(tf: Tf, outs: TfT[]) {
-  for (const o of outs) {
-    const one = tf.tidy(() => tf.slice(tf.reshape(o, [-1]), 0, 1));
-    await one.data();
-    one.dispose();
-    o.dispose();
-  }
-}
 
 function tfCases(s: Shape): BenchCase[] {
   const { B, H, Sq, Sk, D } = s;
@@ -111,7 +93,6 @@ function tfCases(s: Shape): BenchCase[] {
     async setup() {
       const tf = await loadTfjs();
       if (!tf) return null;
-      tfGradients();
       const q = tf.tensor3d(randn(B * H * Sq * D, 1), [B * H, Sq, D]);
       const k = tf.tensor3d(randn(B * H * Sk * D, 2), [B * H, Sk, D]);
       const v = tf.tensor3d(randn(B * H * Sk * D, 3), [B * H, Sk, D]);
@@ -140,12 +121,6 @@ function jaxCases(s: Shape): BenchCase[] {
     const np = jax.numpy;
     return np.matmul(jax.nn.softmax(np.multiply(np.matmul(q, k.transpose([0, 2, 1])), scale), -1), v);
   };
-  const wait = async (outs: Arr[]) => {
-    for (const o of outs) {
-      await o.blockUntilReady();
-      o.dispose();
-    }
-  };
   const mk = (pass: BenchCase['pass'], name: string, make: (jax: Jax, q: Arr, k: Arr, v: Arr, g: Arr) => () => Arr[]): BenchCase => ({
     name: `${s.label} ${name}`,
     shape: shapeStr(s),
@@ -162,13 +137,11 @@ function jaxCases(s: Shape): BenchCase[] {
       const g = np.array(randn(B * H * Sq * D, 4)).reshape([B * H, Sq, D]);
       arrs = [q, k, v, g];
       const run = make(jax, q, k, v, g);
-      return async () => wait(run());
+      return async () => jaxDone(run());
     },
     teardown() {
-      owned.forEach((f) => f.dispose());
-      owned = [];
-      arrs.forEach((a) => a.dispose());
-      arrs = [];
+      disposeAll(owned);
+      disposeAll(arrs);
     },
   });
   return [

@@ -4,10 +4,9 @@
 // gradient, the Conv2DBackpropFilter kernel for the weight gradient, tf.grads for the autodiff step) and
 // @jax-js/jax (NCHW: lax.conv, vjp for the gradients).
 // flops of one pass = 2 * N * O * Ho * Wo * C * kh * kw (all three passes do the same multiply-adds).
-import { createRequire } from 'node:module';
 import { Tensor, grad, tidy } from '../../engine/index.js';
 import { conv2d, conv2dRaw } from '../../kernels/conv2d.js';
-import { gpuFn, loadJax, loadTfjs, randn, type BenchCase, type BenchSuite } from '../lib.js';
+import { gpuFn, loadJax, loadTfjs, randn, tfDone, jaxDone, disposeAll, type TfT, type BenchCase, type BenchSuite } from '../lib.js';
 
 interface Shape {
   N: number;
@@ -63,24 +62,6 @@ function oursCases(s: Shape): BenchCase[] {
 
 type Tf = typeof import('@tensorflow/tfjs-core');
 
-/**
- * tfjs-core's Node entry leaves the gradient functions unregistered (the umbrella package registers them):
- * load its register_all_gradients module once, through require so that its extensionless imports resolve.
- */
-function tfGradients() {
-  createRequire(import.meta.url)('@tensorflow/tfjs-core/dist/register_all_gradients.js');
-}
-type TfT = import('@tensorflow/tfjs-core').Tensor;
-
-/** Wait for tfjs results by reading one element of each, then free them. */
-async function tfDone(tf: Tf, outs: TfT[]) {
-  for (const o of outs) {
-    const one = tf.tidy(() => tf.slice(tf.reshape(o, [-1]), 0, 1));
-    await one.data();
-    one.dispose();
-    o.dispose();
-  }
-}
 
 function tfCases(s: Shape): BenchCase[] {
   const { N, C, O, H, W } = s;
@@ -95,7 +76,6 @@ function tfCases(s: Shape): BenchCase[] {
     async setup() {
       const tf = await loadTfjs();
       if (!tf) return null;
-      tfGradients();
       const x = tf.tensor4d(randn(N * H * W * C, 1), [N, H, W, C]);
       const f = tf.tensor4d(randn(K * K * C * O, 2).map((v) => v * 0.05), [K, K, C, O]);
       const dy = tf.tensor4d(randn(N * H * W * O, 4), [N, H, W, O]);
@@ -139,12 +119,6 @@ function jaxCases(s: Shape): BenchCase[] {
     return { x, w, g };
   };
   const conv = (jax: Jax, x: Arr, w: Arr) => jax.lax.conv(x, w, [1, 1], pad);
-  const wait = async (outs: Arr[]) => {
-    for (const o of outs) {
-      await o.blockUntilReady();
-      o.dispose();
-    }
-  };
   const mk = (name: string, pass: BenchCase['pass'], mult: number, make: (jax: Jax, a: { x: Arr; w: Arr; g: Arr }) => () => Arr[]): BenchCase => ({
     name,
     shape: shapeStr(s),
@@ -155,13 +129,11 @@ function jaxCases(s: Shape): BenchCase[] {
       const jax = await loadJax();
       if (!jax) return null;
       const run = make(jax, inputs(jax));
-      return async () => wait(run());
+      return async () => jaxDone(run());
     },
     teardown() {
-      owned.forEach((f) => f.dispose());
-      owned = [];
-      arrs.forEach((a) => a.dispose());
-      arrs = [];
+      disposeAll(owned);
+      disposeAll(arrs);
     },
   });
   return [

@@ -7,10 +7,9 @@
 // used for the peers, which have no group-norm op: @tensorflow/tfjs-backend-webgpu composes reshape ->
 // tf.moments -> normalize -> affine, @jax-js/jax reshape -> nn.standardize -> affine; their backward is
 // their autodiff (tf.grads; jax vjp, whose closure can also run the backward alone).
-import { createRequire } from 'node:module';
 import { Tensor, grad, tidy } from '../../engine/index.js';
 import { groupNorm } from '../../kernels/groupnorm.js';
-import { copyCase, gpuFn, loadJax, loadTfjs, randn, type BenchCase, type BenchSuite } from '../lib.js';
+import { copyCase, gpuFn, loadJax, loadTfjs, randn, tfDone, jaxDone, disposeAll, type TfT, type BenchCase, type BenchSuite } from '../lib.js';
 
 interface Shape {
   N: number;
@@ -75,23 +74,6 @@ function oursCases(s: Shape): BenchCase[] {
 
 type Tf = typeof import('@tensorflow/tfjs-core');
 
-/**
- * tfjs-core's Node entry leaves the gradient functions unregistered (the umbrella package registers them):
- * load its register_all_gradients module once, through require so that its extensionless imports resolve.
- */
-function tfGradients() {
-  createRequire(import.meta.url)('@tensorflow/tfjs-core/dist/register_all_gradients.js');
-}
-type TfT = import('@tensorflow/tfjs-core').Tensor;
-
-async function tfDone(tf: Tf, outs: TfT[]) {
-  for (const o of outs) {
-    const one = tf.tidy(() => tf.slice(tf.reshape(o, [-1]), 0, 1));
-    await one.data();
-    one.dispose();
-    o.dispose();
-  }
-}
 
 function tfCases(s: Shape): BenchCase[] {
   const { N, C, H, W } = s;
@@ -114,7 +96,6 @@ function tfCases(s: Shape): BenchCase[] {
     async setup() {
       const tf = await loadTfjs();
       if (!tf) return null;
-      tfGradients();
       const x = tf.tensor4d(randn(n, 1).map((v) => 3 * v + 0.5), [N, C, H, W]);
       const w = tf.tensor1d(randn(C, 2).map((v) => 1 + 0.1 * v));
       const b = tf.tensor1d(randn(C, 3).map((v) => 0.1 * v));
@@ -144,12 +125,6 @@ function jaxCases(s: Shape): BenchCase[] {
     const xn = jax.nn.standardize(x.reshape([N, G, (C / G) * H * W]), -1, { epsilon: EPS }).reshape([N, C, H, W]);
     return np.add(np.multiply(xn, w.reshape([1, C, 1, 1])), b.reshape([1, C, 1, 1]));
   };
-  const wait = async (outs: Arr[]) => {
-    for (const o of outs) {
-      await o.blockUntilReady();
-      o.dispose();
-    }
-  };
   const mk = (pass: BenchCase['pass'], name: string, make: (jax: Jax, x: Arr, w: Arr, b: Arr, g: Arr) => () => Arr[]): BenchCase => ({
     name,
     shape: shapeStr(s),
@@ -166,13 +141,11 @@ function jaxCases(s: Shape): BenchCase[] {
       const g = np.array(randn(n, 4)).reshape([N, C, H, W]);
       arrs = [x, w, b, g];
       const run = make(jax, x, w, b, g);
-      return async () => wait(run());
+      return async () => jaxDone(run());
     },
     teardown() {
-      owned.forEach((f) => f.dispose());
-      owned = [];
-      arrs.forEach((a) => a.dispose());
-      arrs = [];
+      disposeAll(owned);
+      disposeAll(arrs);
     },
   });
   return [

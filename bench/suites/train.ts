@@ -16,7 +16,6 @@
 // update written with numpy ops, eagerly).
 import { readFileSync } from 'node:fs';
 import { cpus } from 'node:os';
-import { createRequire } from 'node:module';
 import { fileURLToPath } from 'node:url';
 import {
   AdamW,
@@ -331,10 +330,6 @@ type TfT = import('@tensorflow/tfjs-core').Tensor;
 type TfV = import('@tensorflow/tfjs-core').Variable;
 type T4 = import('@tensorflow/tfjs-core').Tensor4D;
 
-/** tfjs-core's Node entry leaves the gradient functions unregistered (see bench/suites/conv.ts). */
-function tfGradients() {
-  createRequire(import.meta.url)('@tensorflow/tfjs-core/dist/register_all_gradients.js');
-}
 
 let tfSetups = 0;
 function tfJudgeCase(): BenchCase {
@@ -350,7 +345,6 @@ function tfJudgeCase(): BenchCase {
     async setup() {
       const tf: Tf | null = await loadTfjs();
       if (!tf) return null;
-      tfGradients();
       const tag = `benchjudge${tfSetups++}`;
       // the same initial weights as ours, OIHW -> HWIO
       const init = judgeParams(5);

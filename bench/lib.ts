@@ -2,7 +2,7 @@
 // completion, a vec4 copy kernel used as the bandwidth baseline, and loaders for peer libraries that run
 // on the same Dawn adapter (each loader returns null with a printed reason when the peer cannot run).
 import { createRequire } from 'node:module';
-import { rt, Uniforms, Tensor } from '../engine/index.js';
+import { rt, Uniforms, Tensor, type KernelProfileRow } from '../engine/index.js';
 import { grid, WG_INDEX } from '../kernels/util.js';
 
 export type Pass = 'fwd' | 'bwd' | 'fwd+bwd';
@@ -46,6 +46,8 @@ export interface Row {
   gbps: number | null;
   /** process CPU time per call in ms (lavapipe runs kernels on CPU threads; robust to other load) */
   cpu_ms: number;
+  /** with --profile: GPU time per kernel of one call (ours only) */
+  profile?: KernelProfileRow[];
 }
 
 /** Wrap an engine call: run it, dispose what it returns, and wait for the GPU to finish. */

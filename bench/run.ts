@@ -17,10 +17,11 @@ interface Args {
   time: number;
   list: boolean;
   warmup: number;
+  profile: boolean;
 }
 
 function parseArgs(argv: string[]): Args {
-  const a: Args = { filter: null, shape: null, json: null, iterations: 5, time: 200, list: false, warmup: 1 };
+  const a: Args = { filter: null, shape: null, json: null, iterations: 5, time: 200, list: false, warmup: 1, profile: false };
   for (let i = 0; i < argv.length; i++) {
     const k = argv[i];
     const v = () => {
@@ -35,8 +36,9 @@ function parseArgs(argv: string[]): Args {
     else if (k === '--time') a.time = Math.max(0, Number(v()));
     else if (k === '--list') a.list = true;
     else if (k === '--warmup') a.warmup = Math.max(0, Number(v()));
+    else if (k === '--profile') a.profile = true;
     else if (k === '--help' || k === '-h') {
-      console.log('usage: npm run bench -- [--filter REGEX] [--shape REGEX] [--json FILE] [--iterations N] [--time MS] [--warmup N] [--list]');
+      console.log('usage: npm run bench -- [--filter REGEX] [--shape REGEX] [--json FILE] [--iterations N] [--time MS] [--warmup N] [--list] [--profile]');
       process.exit(0);
     } else throw new Error(`unknown argument ${k} (try --help)`);
   }
@@ -139,12 +141,22 @@ async function main() {
           cpu_ms: +(cpuUs / 1000 / Math.max(1, calls)).toFixed(3),
         };
         rows.push(row);
+        if (args.profile && library === 'ours') {
+          // one more call with every dispatch timed on the GPU: where the case's time goes, kernel by kernel
+          r.startProfile();
+          try {
+            await f();
+          } finally {
+            row.profile = (await r.stopProfile()).map((k) => ({ ...k, ms: +k.ms.toFixed(3) }));
+          }
+        }
         console.log(
           `  ${id.padEnd(36)} ${library.padEnd(32)} ${c.pass.padEnd(7)} ${fmt(ms, 2).padStart(9)} ms` +
             (row.gflops !== null ? `  ${fmt(row.gflops)} GFLOP/s` : '') +
             (row.gbps !== null ? `  ${fmt(row.gbps)} GB/s` : '') +
             `  cpu ${fmt(row.cpu_ms, 2)} ms`,
         );
+        for (const k of row.profile?.slice(0, 8) ?? []) console.log(`      ${k.name.padEnd(34)} ${String(k.calls).padStart(5)} calls ${fmt(k.ms, 2).padStart(9)} ms`);
       } catch (e) {
         notes.push(`${id} (${library}) failed: ${(e as Error).message.split('\n')[0]}`);
       } finally {

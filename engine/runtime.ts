@@ -25,7 +25,7 @@ export class DeviceLostError extends GpuError {
 const STORAGE_USAGE = GPUBufferUsageFlags();
 function GPUBufferUsageFlags() {
   // GPUBufferUsage is a global only after the webgpu module is loaded; use numeric constants.
-  return { STORAGE: 0x80, COPY_SRC: 0x4, COPY_DST: 0x8, UNIFORM: 0x40, MAP_READ: 0x1 };
+  return { STORAGE: 0x80, COPY_SRC: 0x4, COPY_DST: 0x8, UNIFORM: 0x40, MAP_READ: 0x1, QUERY_RESOLVE: 0x200 };
 }
 
 /** Round a byte size up to its pool bucket: powers of two up to 1 MiB, then multiples of 1/8 of the power of two. */
@@ -55,12 +55,33 @@ export interface DispatchSpec {
   workgroups: [number, number?, number?];
 }
 
+/** One kernel's share of a profile (`Runtime.startProfile` / `stopProfile`). */
+export interface KernelProfileRow {
+  /** the dispatch's op name (pipeline label) */
+  name: string;
+  calls: number;
+  /** GPU time summed over the calls, from timestamp queries around each dispatch */
+  ms: number;
+}
+
+interface ProfileState {
+  querySet: GPUQuerySet;
+  resolve: GPUBuffer;
+  /** dispatches of the current batch, in query order */
+  names: string[];
+  totals: Map<string, { calls: number; ns: number }>;
+  reads: Promise<void>[];
+}
+
 export interface MemoryStats {
   liveBytes: number;
   peakBytes: number;
   pooledBytes: number;
   liveBuffers: number;
 }
+
+/** Dispatches per batch while profiling (two timestamps each). */
+const PROFILE_BATCH = 64;
 
 export class Runtime {
   readonly device: GPUDevice;
@@ -95,6 +116,7 @@ export class Runtime {
   private lost: string | null = null;
   private stats: MemoryStats = { liveBytes: 0, peakBytes: 0, pooledBytes: 0, liveBuffers: 0 };
   dispatchCount = 0;
+  private prof: ProfileState | null = null;
 
   constructor(gpu: GpuContext) {
     this.gpu = gpu;
@@ -262,6 +284,10 @@ export class Runtime {
     if (x > this.maxWorkgroups || y > this.maxWorkgroups || z > this.maxWorkgroups)
       throw new GpuError(`${spec.name}: dispatch ${x}x${y}x${z} exceeds maxComputeWorkgroupsPerDimension ${this.maxWorkgroups}`, [spec.name]);
     const group = this.device.createBindGroup({ layout, entries, label: spec.name });
+    if (this.prof) {
+      this.profiledDispatch(spec.name, pipe, group, x, y, z);
+      return;
+    }
     // One pass for consecutive dispatches: WebGPU makes each dispatch's storage writes visible to the next
     // (every dispatch is its own usage scope), so the pass boundary bought nothing but overhead.
     const pass = (this.pass ??= this.encoder!.beginComputePass({ label: 'batch' }));
@@ -271,6 +297,88 @@ export class Runtime {
     this.batchOps.push(spec.name);
     this.dispatchCount++;
     if (this.batchOps.length >= this.maxBatch || this.pendingFreeBytes >= this.maxPendingFreeBytes) this.flush();
+  }
+
+  // ---- kernel profile ----
+  /**
+   * Time every dispatch from now on with GPU timestamp queries (each dispatch then gets a compute pass of its
+   * own, so a profiled run is somewhat slower than a plain one). Needs the adapter's 'timestamp-query'.
+   */
+  startProfile() {
+    if (this.prof) throw new GpuError('startProfile: a profile is already running; call stopProfile() first');
+    if (!this.features.has('timestamp-query'))
+      throw new GpuError("startProfile: this adapter has no 'timestamp-query' feature, so kernels cannot be timed on it");
+    this.flush();
+    const count = 2 * PROFILE_BATCH;
+    this.prof = {
+      querySet: this.device.createQuerySet({ type: 'timestamp', count, label: 'profile' }),
+      resolve: this.device.createBuffer({ size: 8 * count, usage: STORAGE_USAGE.QUERY_RESOLVE | STORAGE_USAGE.COPY_SRC, label: 'profile resolve' }),
+      names: [],
+      totals: new Map(),
+      reads: [],
+    };
+  }
+
+  /** End the profile: per-kernel GPU time, largest first. */
+  async stopProfile(): Promise<KernelProfileRow[]> {
+    const p = this.prof;
+    if (!p) throw new GpuError('stopProfile: no profile is running (call startProfile() first)');
+    this.flush();
+    this.prof = null;
+    await Promise.all(p.reads);
+    p.querySet.destroy();
+    p.resolve.destroy();
+    this.check();
+    return [...p.totals]
+      .map(([name, t]) => ({ name, calls: t.calls, ms: t.ns / 1e6 }))
+      .sort((a, b) => b.ms - a.ms);
+  }
+
+  private profiledDispatch(name: string, pipe: GPUComputePipeline, group: GPUBindGroup, x: number, y: number, z: number) {
+    const p = this.prof!;
+    this.endPass();
+    const i = p.names.length;
+    const pass = this.encoder!.beginComputePass({
+      label: name,
+      timestampWrites: { querySet: p.querySet, beginningOfPassWriteIndex: 2 * i, endOfPassWriteIndex: 2 * i + 1 },
+    });
+    pass.setPipeline(pipe);
+    pass.setBindGroup(0, group);
+    if (x > 0 && y > 0 && z > 0) pass.dispatchWorkgroups(x, y, z);
+    pass.end();
+    p.names.push(name);
+    this.batchOps.push(name);
+    this.dispatchCount++;
+    if (p.names.length >= PROFILE_BATCH || this.batchOps.length >= this.maxBatch || this.pendingFreeBytes >= this.maxPendingFreeBytes) this.flush();
+  }
+
+  /** Resolve the current batch's timestamps into a buffer read after the submit (called by flush). */
+  private resolveProfile(): (() => void) | null {
+    const p = this.prof;
+    if (!p || p.names.length === 0) return null;
+    const n = p.names.length;
+    const names = p.names;
+    p.names = [];
+    const staging = this.device.createBuffer({ size: 16 * n, usage: STORAGE_USAGE.MAP_READ | STORAGE_USAGE.COPY_DST, label: 'profile read' });
+    this.encoder!.resolveQuerySet(p.querySet, 0, 2 * n, p.resolve, 0);
+    this.encoder!.copyBufferToBuffer(p.resolve, 0, staging, 0, 16 * n);
+    return () => {
+      p.reads.push(
+        staging.mapAsync(0x1).then(() => {
+          const t = new BigInt64Array(staging.getMappedRange().slice(0));
+          staging.unmap();
+          staging.destroy();
+          for (let i = 0; i < n; i++) {
+            const ns = Number(t[2 * i + 1] - t[2 * i]);
+            const row = p.totals.get(names[i]) ?? { calls: 0, ns: 0 };
+            row.calls++;
+            // timestamps may be quantized or (rarely) out of order on some adapters: never count negative time
+            row.ns += Math.max(0, ns);
+            p.totals.set(names[i], row);
+          }
+        }),
+      );
+    };
   }
 
   /** Record a buffer-to-buffer copy in the current batch. */
@@ -293,8 +401,10 @@ export class Runtime {
   flush() {
     if (!this.encoder) return;
     this.endPass();
+    const afterSubmit = this.resolveProfile();
     if (this.uniformUsed > 0) this.device.queue.writeBuffer(this.uniformBuffer!, 0, this.uniformData, 0, this.uniformUsed);
     this.device.queue.submit([this.encoder.finish()]);
+    afterSubmit?.();
     const ops = this.batchOps;
     const pop = (e: GPUError | null) => e && this.recordError(e, ops);
     this.device.popErrorScope().then(pop);

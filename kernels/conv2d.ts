@@ -742,35 +742,49 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(subgroup_invocation_id) 
 }
 
 // GT[n, p, r] = G[n, r, p] for the rows of one window, padded with zero rows to a multiple of 4 (the last row
-// block of the weight kernel may read the next pixel's rows; those rows are never stored)
+// block of the weight kernel may read the next pixel's rows; those rows are never stored). One invocation per
+// (n, p) walks the rows: neighbouring lanes read neighbouring pixels and each writes whole vec4s, with a
+// single integer division per invocation (a division per element made this transpose cost as much as the
+// convolution that follows it on CPU adapters, where vector integer division is scalarized).
 const TRANSPOSE_ROWS = /* wgsl */ `
 ${WG_INDEX}
-struct P { n: u32, Rp: u32, rc: u32, P: u32, gBS: u32, shift: u32, _0: u32, _1: u32 }
+struct P { nP: u32, Rp4: u32, rc: u32, P: u32, gBS: u32, shift: u32, _0: u32, _1: u32 }
 @group(0) @binding(0) var<uniform> u: P;
 @group(0) @binding(1) var<storage, read> G: array<f32>;
-@group(0) @binding(2) var<storage, read_write> GT: array<f32>;
+@group(0) @binding(2) var<storage, read_write> GT: array<vec4<f32>>;
 @compute @workgroup_size(64)
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
-  let idx = wg_index(wid, nwg) * 64u + li;
-  if (idx >= u.n) { return; }
-  let r = idx % u.Rp;
-  let rest = idx / u.Rp;
-  let p = rest % u.P;
-  let n = rest / u.P;
-  GT[idx] = select(0.0, G[u.shift + n * u.gBS + min(r, u.rc - 1u) * u.P + p], r < u.rc);
+  let i = wg_index(wid, nwg) * 64u + li;
+  if (i >= u.nP) { return; }
+  let n = i / u.P;
+  let p = i - n * u.P;
+  let src = u.shift + n * u.gBS + p;
+  let dst = i * u.Rp4;
+  let full = u.rc / 4u;
+  for (var q = 0u; q < full; q++) {
+    let s = src + 4u * q * u.P;
+    GT[dst + q] = vec4<f32>(G[s], G[s + u.P], G[s + 2u * u.P], G[s + 3u * u.P]);
+  }
+  if (full < u.Rp4) {
+    let r0 = 4u * full;
+    var v = vec4<f32>(0.0);
+    for (var j = 0u; r0 + j < u.rc; j++) { v[j] = G[src + (r0 + j) * u.P]; }
+    GT[dst + full] = v;
+  }
 }`;
 
 function transposeRows(gw: { bind: Binding; shift: number }, nn: number, rc: number, P: number, gBS: number): { gt: Tensor; Rp: number } {
   const Rp = Math.ceil(rc / 4) * 4;
   const n = nn * P * Rp;
   const gt = Tensor.empty([n], 'f32', 'conv2d_gt');
+  const nP = nn * P;
   if (gt.byteLength > rt().maxBindingBytes) throw new ShapeError(`conv2d backward: transposed gradient of ${gt.byteLength} bytes exceeds the storage binding limit`);
   rt().dispatch({
     name: 'conv2d_transpose_rows',
     code: TRANSPOSE_ROWS,
-    uniforms: new Uniforms().u32(n, Rp, rc, P, gBS, gw.shift, 0, 0).done(),
+    uniforms: new Uniforms().u32(nP, Rp / 4, rc, P, gBS, gw.shift, 0, 0).done(),
     bindings: [gw.bind, { buffer: gt.buffer }],
-    workgroups: grid(Math.ceil(n / 64)),
+    workgroups: grid(Math.ceil(nP / 64)),
   });
   return { gt, Rp };
 }

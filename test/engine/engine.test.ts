@@ -211,3 +211,34 @@ describe('graph lifetime', () => {
     expect(rt().memory().liveBytes).toBe(before);
   });
 });
+
+describe('kernel profile', () => {
+  it('times every dispatch by kernel name and leaves results unchanged', async () => {
+    const r = rt();
+    if (!r.features.has('timestamp-query')) {
+      expect(() => r.startProfile()).toThrow(/timestamp-query/);
+      return;
+    }
+    const a = Tensor.from(rand(4096, 1), [64, 64]).keep();
+    const plain = await tidy(() => mul(add(a, a), a).keep()).data();
+    r.startProfile();
+    expect(() => r.startProfile()).toThrow(/already running/);
+    // more dispatches than one profiled batch holds
+    let y = a;
+    for (let i = 0; i < 70; i++) {
+      const next = tidy(() => add(y, a).keep());
+      if (y !== a) y.dispose();
+      y = next;
+    }
+    const profiled = tidy(() => mul(add(a, a), a).keep());
+    const rows = await r.stopProfile();
+    expect(await profiled.data()).toEqual(plain);
+    const byName = new Map(rows.map((x) => [x.name, x]));
+    expect(byName.get('add')?.calls).toBe(71);
+    expect(byName.get('mul')?.calls).toBe(1);
+    for (const x of rows) expect(x.ms).toBeGreaterThanOrEqual(0);
+    expect(rows.reduce((s, x) => s + x.ms, 0)).toBeGreaterThan(0);
+    for (let i = 1; i < rows.length; i++) expect(rows[i - 1].ms).toBeGreaterThanOrEqual(rows[i].ms);
+    await expect(r.stopProfile()).rejects.toThrow(/no profile is running/);
+  });
+});

@@ -79,8 +79,8 @@ export interface StagePlan {
 /** Defaults sized for about an hour on a 2-core CPU adapter. */
 export const DEFAULT_PLAN: Record<StageName, StagePlan> = {
   clip: { steps: 500, batch: 64, lr: 2e-3 },
-  vae: { steps: 350, batch: 32, lr: 2e-3 },
-  decoder: { steps: 330, batch: 32, lr: 2e-3 },
+  vae: { steps: 600, batch: 16, lr: 2e-3 },
+  decoder: { steps: 300, batch: 16, lr: 2e-3 },
   unet: { steps: 750, batch: 64, lr: 1.5e-3 },
   judge: { steps: 2000, batch: 32, lr: 5e-3 },
 };
@@ -812,6 +812,20 @@ export async function trainTiny(opts: TrainOptions): Promise<TrainResult> {
   return { out: o.out, stages, seconds };
 }
 
+/** The train-tiny command line that gives this run's options (only what differs from the defaults). */
+export function reproduceCommand(o: Pick<Ctx['o'], 'trainSize' | 'seed' | 'vaeKlWeight'>, plan: Record<StageName, StagePlan>): string {
+  const diff: Partial<Record<StageName, Partial<StagePlan>>> = {};
+  for (const s of STAGES)
+    for (const k of ['steps', 'batch', 'lr'] as const)
+      if (plan[s][k] !== DEFAULT_PLAN[s][k]) (diff[s] ??= {})[k] = plan[s][k];
+  const args = ['npx tsx cli/seedselect.ts train-tiny --out DIR'];
+  if (o.trainSize !== 20000) args.push(`--train-size ${o.trainSize}`);
+  if (o.seed !== 0) args.push(`--seed ${o.seed}`);
+  if (o.vaeKlWeight !== 1e-4) args.push(`--vae-kl ${o.vaeKlWeight}`);
+  if (Object.keys(diff).length) args.push(`--plan '${JSON.stringify(diff)}'`);
+  return args.join(' ');
+}
+
 function modelCard(o: Ctx['o'], plan: Record<StageName, StagePlan>, stages: StageSummary[], adapter: { description: string; vendor: string } | null): string {
   const split = splitFileJson(o.world ?? {});
   const table = conceptTable(o.world ?? {});
@@ -854,6 +868,6 @@ ${stages
 Total training time ${(total / 60).toFixed(0)} minutes on ${adapter ? adapter.description || adapter.vendor : "the engine's adapter"}.
 Configs: see each part's config.json (tiny/configs.ts). Plan: ${JSON.stringify(plan)}.
 
-Reproduce: \`npx tsx cli/seedselect.ts train-tiny --out DIR\` (resumable; checkpoints in DIR/checkpoints).
+Reproduce: \`${reproduceCommand(o, plan)}\` (resumable; checkpoints in DIR/checkpoints).
 `;
 }

@@ -3,6 +3,7 @@
 import { describe, expect, it } from 'vitest';
 import { parsePlan } from '../../cli/commands/train-tiny.js';
 import { UserError } from '../../cli/errors.js';
+import { DEFAULT_PLAN, reproduceCommand, type StageName, type StagePlan } from '../../tiny/train.js';
 
 describe('seedselect train-tiny --plan', () => {
   it('accepts per-stage overrides of steps, batch and lr', () => {
@@ -17,5 +18,22 @@ describe('seedselect train-tiny --plan', () => {
     expect(() => parsePlan('{"vae":{"batch":2.5}}')).toThrow(/vae\.batch must be a positive integer/);
     expect(() => parsePlan('{"unet":{"lr":"0.1"}}')).toThrow(/unet\.lr must be a positive number/);
     expect(() => parsePlan('{"unet":5}')).toThrow(/unet must be an object/);
+  });
+});
+
+describe('model card: the command that reproduces a run', () => {
+  const o = { trainSize: 20000, seed: 0, vaeKlWeight: 1e-4 };
+  it('is the plain command for the default options', () => {
+    expect(reproduceCommand(o, DEFAULT_PLAN)).toBe('npx tsx cli/seedselect.ts train-tiny --out DIR');
+  });
+  it('names only what differs, as flags that parse back to the same plan', () => {
+    const plan: Record<StageName, StagePlan> = structuredClone(DEFAULT_PLAN);
+    plan.unet.steps = 1600;
+    plan.unet.lr = 0.002;
+    const cmd = reproduceCommand({ ...o, seed: 3, vaeKlWeight: 1e-5 }, plan);
+    expect(cmd).toContain('--seed 3');
+    expect(cmd).toContain('--vae-kl 0.00001');
+    const json = /--plan '(.*)'/.exec(cmd)![1];
+    expect(parsePlan(json)).toEqual({ unet: { steps: 1600, lr: 0.002 } });
   });
 });

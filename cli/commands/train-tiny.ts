@@ -15,6 +15,7 @@ interface TrainTinyOptions {
   stages?: string;
   checkpointSeconds: number;
   vaeKl: number;
+  vaeData: string;
   plan?: string;
   f32?: boolean;
 }
@@ -57,13 +58,15 @@ export function register(program: Command) {
     .option('--seed <n>', 'seed of the initial weights and batches', (v) => Number(v), 0)
     .option('--stages <list>', `comma-separated subset of ${STAGES.join(',')} (earlier stages must be done)`)
     .option('--checkpoint-seconds <s>', 'seconds between checkpoints', num('checkpoint-seconds'), 120)
-    .option('--vae-kl <w>', "weight of the VAE's KL term beside its MSE", num('vae-kl'), 1e-4)
+    .option('--vae-kl <w>', "weight of the VAE's KL term beside its MSE", num('vae-kl'), 1e-3)
+    .option('--vae-data <stream>', "the autoencoder's data: train (long-tailed, as the UNet) or balanced (every concept equally often)", 'train')
     .option('--plan <json>', 'per-stage overrides of steps/batch/lr, e.g. \'{"unet":{"steps":3000}}\'')
     .option('--f32', 'export f32 weights instead of f16')
     .action(async (o: TrainTinyOptions) => {
       const stages = o.stages?.split(',').map((s) => s.trim()) as StageName[] | undefined;
       for (const s of stages ?? []) if (!STAGES.includes(s)) throw new UserError(`--stages: unknown stage "${s}" (stages: ${STAGES.join(', ')})`);
       const plan = o.plan === undefined ? undefined : parsePlan(o.plan);
+      if (o.vaeData !== 'train' && o.vaeData !== 'balanced') throw new UserError(`--vae-data must be train or balanced, got "${o.vaeData}"`);
       await init();
       process.stderr.write(`device: ${rt().gpu.adapterInfo.description || rt().gpu.adapterInfo.vendor} (${rt().gpu.adapterClass})\n`);
       const ctrl = new AbortController();
@@ -84,6 +87,7 @@ export function register(program: Command) {
           stages,
           checkpointSeconds: o.checkpointSeconds,
           vaeKlWeight: o.vaeKl,
+          vaeData: o.vaeData,
           plan,
           dtype: o.f32 ? 'F32' : 'F16',
           signal: ctrl.signal,

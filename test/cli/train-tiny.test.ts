@@ -22,7 +22,7 @@ describe('seedselect train-tiny --plan', () => {
 });
 
 describe('model card: the command that reproduces a run', () => {
-  const o = { trainSize: 20000, seed: 0, vaeKlWeight: 1e-4 };
+  const o = { trainSize: 20000, seed: 0, vaeKlWeight: 1e-3, vaeData: 'train' as const };
   it('is the plain command for the default options', () => {
     expect(reproduceCommand(o, DEFAULT_PLAN)).toBe('npx tsx cli/seedselect.ts train-tiny --out DIR');
   });
@@ -30,9 +30,10 @@ describe('model card: the command that reproduces a run', () => {
     const plan: Record<StageName, StagePlan> = structuredClone(DEFAULT_PLAN);
     plan.unet.steps = 1600;
     plan.unet.lr = 0.002;
-    const cmd = reproduceCommand({ ...o, seed: 3, vaeKlWeight: 1e-5 }, plan);
+    const cmd = reproduceCommand({ ...o, seed: 3, vaeKlWeight: 1e-4, vaeData: 'balanced' }, plan);
     expect(cmd).toContain('--seed 3');
-    expect(cmd).toContain('--vae-kl 0.00001');
+    expect(cmd).toContain('--vae-kl 0.0001');
+    expect(cmd).toContain('--vae-data balanced');
     const json = /--plan '(.*)'/.exec(cmd)![1];
     expect(parsePlan(json)).toEqual({ unet: { steps: 1600, lr: 0.002 } });
   });

@@ -284,19 +284,22 @@ export class Runtime {
     if (x > this.maxWorkgroups || y > this.maxWorkgroups || z > this.maxWorkgroups)
       throw new GpuError(`${spec.name}: dispatch ${x}x${y}x${z} exceeds maxComputeWorkgroupsPerDimension ${this.maxWorkgroups}`, [spec.name]);
     const group = this.device.createBindGroup({ layout, entries, label: spec.name });
-    if (this.prof) {
-      this.profiledDispatch(spec.name, pipe, group, x, y, z);
-      return;
-    }
     // One pass for consecutive dispatches: WebGPU makes each dispatch's storage writes visible to the next
-    // (every dispatch is its own usage scope), so the pass boundary bought nothing but overhead.
-    const pass = (this.pass ??= this.encoder!.beginComputePass({ label: 'batch' }));
+    // (every dispatch is its own usage scope), so the pass boundary bought nothing but overhead. A profiled
+    // dispatch gets a pass of its own, with timestamps at its start and end.
+    const pass = this.prof ? this.profiledPass(spec.name) : (this.pass ??= this.encoder!.beginComputePass({ label: 'batch' }));
     pass.setPipeline(pipe);
     pass.setBindGroup(0, group);
     if (x > 0 && y > 0 && z > 0) pass.dispatchWorkgroups(x, y, z);
+    if (this.prof) pass.end();
     this.batchOps.push(spec.name);
     this.dispatchCount++;
-    if (this.batchOps.length >= this.maxBatch || this.pendingFreeBytes >= this.maxPendingFreeBytes) this.flush();
+    if (
+      this.batchOps.length >= this.maxBatch ||
+      this.pendingFreeBytes >= this.maxPendingFreeBytes ||
+      (this.prof && this.prof.names.length >= PROFILE_BATCH)
+    )
+      this.flush();
   }
 
   // ---- kernel profile ----
@@ -334,22 +337,15 @@ export class Runtime {
       .sort((a, b) => b.ms - a.ms);
   }
 
-  private profiledDispatch(name: string, pipe: GPUComputePipeline, group: GPUBindGroup, x: number, y: number, z: number) {
+  private profiledPass(name: string): GPUComputePassEncoder {
     const p = this.prof!;
     this.endPass();
     const i = p.names.length;
-    const pass = this.encoder!.beginComputePass({
+    p.names.push(name);
+    return this.encoder!.beginComputePass({
       label: name,
       timestampWrites: { querySet: p.querySet, beginningOfPassWriteIndex: 2 * i, endOfPassWriteIndex: 2 * i + 1 },
     });
-    pass.setPipeline(pipe);
-    pass.setBindGroup(0, group);
-    if (x > 0 && y > 0 && z > 0) pass.dispatchWorkgroups(x, y, z);
-    pass.end();
-    p.names.push(name);
-    this.batchOps.push(name);
-    this.dispatchCount++;
-    if (p.names.length >= PROFILE_BATCH || this.batchOps.length >= this.maxBatch || this.pendingFreeBytes >= this.maxPendingFreeBytes) this.flush();
   }
 
   /** Resolve the current batch's timestamps into a buffer read after the submit (called by flush). */

@@ -747,6 +747,17 @@ function sliceCols(x: Tensor, a: number, b: number): Tensor {
 // ---------------------------------------------------------------------------------------------------
 // entry
 
+/** Defaults of the options that `trainTiny` fills in (the shipped model's recipe). */
+export const TRAIN_DEFAULTS = {
+  trainSize: 20000,
+  seed: 0,
+  checkpointSeconds: 120,
+  captionDropout: 0.1,
+  dtype: 'F16' as const,
+  vaeKlWeight: 1e-3,
+  vaeData: 'train' as const,
+};
+
 export interface TrainResult {
   out: string;
   stages: StageSummary[];
@@ -755,16 +766,7 @@ export interface TrainResult {
 
 /** Train (or resume) the whole tiny-world pipeline into `out` (a diffusers StableDiffusionPipeline folder). */
 export async function trainTiny(opts: TrainOptions): Promise<TrainResult> {
-  const o = {
-    trainSize: 20000,
-    seed: 0,
-    checkpointSeconds: 120,
-    captionDropout: 0.1,
-    dtype: 'F16' as const,
-    vaeKlWeight: 1e-3,
-    vaeData: 'train' as const,
-    ...opts,
-  };
+  const o = { ...TRAIN_DEFAULTS, ...opts };
   const plan = {} as Record<StageName, StagePlan>;
   for (const s of STAGES) {
     const base = { ...DEFAULT_PLAN[s], ...(opts.plan?.[s] ?? {}) };
@@ -820,10 +822,11 @@ export function reproduceCommand(o: Pick<Ctx['o'], 'trainSize' | 'seed' | 'vaeKl
     for (const k of ['steps', 'batch', 'lr'] as const)
       if (plan[s][k] !== DEFAULT_PLAN[s][k]) (diff[s] ??= {})[k] = plan[s][k];
   const args = ['npx tsx cli/seedselect.ts train-tiny --out DIR'];
-  if (o.trainSize !== 20000) args.push(`--train-size ${o.trainSize}`);
-  if (o.seed !== 0) args.push(`--seed ${o.seed}`);
-  if (o.vaeKlWeight !== 1e-3) args.push(`--vae-kl ${o.vaeKlWeight}`);
-  if (o.vaeData !== 'train') args.push(`--vae-data ${o.vaeData}`);
+  const d = TRAIN_DEFAULTS;
+  if (o.trainSize !== d.trainSize) args.push(`--train-size ${o.trainSize}`);
+  if (o.seed !== d.seed) args.push(`--seed ${o.seed}`);
+  if (o.vaeKlWeight !== d.vaeKlWeight) args.push(`--vae-kl ${o.vaeKlWeight}`);
+  if (o.vaeData !== d.vaeData) args.push(`--vae-data ${o.vaeData}`);
   if (Object.keys(diff).length) args.push(`--plan '${JSON.stringify(diff)}'`);
   return args.join(' ');
 }

@@ -4,7 +4,7 @@
 import type { Command } from 'commander';
 import { resolve } from 'node:path';
 import { init, rt } from '../../engine/index.js';
-import { STAGES, TrainAbortedError, trainTiny, type StageName, type TrainOptions } from '../../tiny/train.js';
+import { STAGES, TRAIN_DEFAULTS, TrainAbortedError, trainTiny, type StageName, type TrainOptions } from '../../tiny/train.js';
 import { UserError } from '../errors.js';
 
 interface TrainTinyOptions {
@@ -54,12 +54,12 @@ export function register(program: Command) {
     .description('train the tiny-world Stable Diffusion (CLIP text+image towers, VAE, UNet, judge) on the engine; resumable')
     .requiredOption('--out <dir>', 'output folder (a diffusers pipeline folder; checkpoints in <out>/checkpoints)')
     .option('--steps-scale <x>', 'multiply every stage\'s step count (e.g. 0.05 for a quick look)', num('steps-scale'), 1)
-    .option('--train-size <n>', 'training images (the first n of the long-tailed stream)', num('train-size'), 20000)
-    .option('--seed <n>', 'seed of the initial weights and batches', (v) => Number(v), 0)
+    .option('--train-size <n>', 'training images (the first n of the long-tailed stream)', num('train-size'), TRAIN_DEFAULTS.trainSize)
+    .option('--seed <n>', 'seed of the initial weights and batches', (v) => Number(v), TRAIN_DEFAULTS.seed)
     .option('--stages <list>', `comma-separated subset of ${STAGES.join(',')} (earlier stages must be done)`)
-    .option('--checkpoint-seconds <s>', 'seconds between checkpoints', num('checkpoint-seconds'), 120)
-    .option('--vae-kl <w>', "weight of the VAE's KL term beside its MSE", num('vae-kl'), 1e-3)
-    .option('--vae-data <stream>', "the autoencoder's data: train (long-tailed, as the UNet) or balanced (every concept equally often)", 'train')
+    .option('--checkpoint-seconds <s>', 'seconds between checkpoints', num('checkpoint-seconds'), TRAIN_DEFAULTS.checkpointSeconds)
+    .option('--vae-kl <w>', "weight of the VAE's KL term beside its MSE", num('vae-kl'), TRAIN_DEFAULTS.vaeKlWeight)
+    .option('--vae-data <stream>', "the autoencoder's data: train (long-tailed, as the UNet) or balanced (every concept equally often)", TRAIN_DEFAULTS.vaeData)
     .option('--plan <json>', 'per-stage overrides of steps/batch/lr, e.g. \'{"unet":{"steps":3000}}\'')
     .option('--f32', 'export f32 weights instead of f16')
     .action(async (o: TrainTinyOptions) => {

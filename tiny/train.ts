@@ -138,6 +138,8 @@ export interface StageSummary {
   finalLoss: number;
   /** mean loss per 1/20 of the run */
   curve: number[];
+  /** the adapter that trained this stage (a stage can be trained, or reused, on another machine) */
+  adapter?: string;
 }
 
 export class TrainAbortedError extends Error {
@@ -357,6 +359,7 @@ async function runStage(run: StageRun, o: Required<Pick<TrainOptions, 'out' | 'c
     firstLoss: curve[0] ?? NaN,
     finalLoss: curve.at(-1) ?? NaN,
     curve,
+    adapter: adapterName(),
   };
 }
 
@@ -811,7 +814,7 @@ export async function trainTiny(opts: TrainOptions): Promise<TrainResult> {
   const seconds = (performance.now() - t0) / 1000;
   const info = { adapter: rt().gpu.adapterInfo, trainSize: o.trainSize, seed: o.seed, vaeKlWeight: o.vaeKlWeight, vaeData: o.vaeData, captionDropout: o.captionDropout, plan, stages };
   await writeFile(join(o.out, 'training.json'), JSON.stringify(info, null, 2) + '\n');
-  await writeFile(join(o.out, 'README.md'), modelCard(o, plan, stages, info.adapter));
+  await writeFile(join(o.out, 'README.md'), modelCard(o, plan, stages));
   return { out: o.out, stages, seconds };
 }
 
@@ -831,11 +834,22 @@ export function reproduceCommand(o: Pick<Ctx['o'], 'trainSize' | 'seed' | 'vaeKl
   return args.join(' ');
 }
 
-function modelCard(o: Ctx['o'], plan: Record<StageName, StagePlan>, stages: StageSummary[], adapter: { description: string; vendor: string } | null): string {
+function adapterName(): string {
+  const a = rt().gpu.adapterInfo;
+  return a.description || a.device || a.vendor || 'unknown adapter';
+}
+
+/** "12 minutes on X" or, when stages ran on several adapters, "9 minutes on X + 17 minutes on Y". */
+export function trainingTime(stages: Pick<StageSummary, 'seconds' | 'adapter'>[], fallback: string): string {
+  const by = new Map<string, number>();
+  for (const s of stages) by.set(s.adapter ?? fallback, (by.get(s.adapter ?? fallback) ?? 0) + s.seconds);
+  return [...by].map(([a, sec]) => `${(sec / 60).toFixed(0)} minutes on ${a}`).join(' + ');
+}
+
+function modelCard(o: Ctx['o'], plan: Record<StageName, StagePlan>, stages: StageSummary[]): string {
   const split = splitFileJson(o.world ?? {});
   const table = conceptTable(o.world ?? {});
   const pct = (x: number) => `${(x * 100).toFixed(2)}%`;
-  const total = stages.reduce((a, s) => a + s.seconds, 0);
   return `# tiny-world Stable Diffusion
 
 A miniature Stable Diffusion trained from scratch by this project's WebGPU engine (\`seedselect train-tiny\`),
@@ -870,7 +884,7 @@ ${stages
   })
   .join('\n')}
 
-Total training time ${(total / 60).toFixed(0)} minutes on ${adapter ? adapter.description || adapter.vendor : "the engine's adapter"}.
+Training time: ${trainingTime(stages, 'an unrecorded adapter')}.
 Configs: see each part's config.json (tiny/configs.ts). Plan: ${JSON.stringify(plan)}.
 
 Reproduce: \`${reproduceCommand(o, plan)}\` (resumable; checkpoints in DIR/checkpoints).

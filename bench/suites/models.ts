@@ -92,16 +92,21 @@ async function vaeWithoutMidAttention(): Promise<string> {
 /** the real decoder (its 512-wide attention head takes the unfused path); BENCH_VAE_MID_ATTN=0 drops that block */
 const VAE_MID_ATTN = process.env.BENCH_VAE_MID_ATTN !== '0';
 const VAE_NOTE = VAE_MID_ATTN ? '' : ' (decoder without mid-block attention)';
+/** BENCH_F16=1: keep matmul/conv weights in f16 on the GPU (when the adapter has shader-f16), as `--f16` does */
+const F16 = process.env.BENCH_F16 === '1';
+const W = { f16: F16 };
+/** what BENCH_F16 did on this adapter, for the row's shape */
+const weightsNote = () => (!F16 ? '' : rt().features.has('shader-f16') ? ', f16 weights' : ', f32 weights (BENCH_F16=1 but the adapter has no shader-f16)');
 
 // ---------------- loaded models, shared between cases ----------------
 type Loaded = UNet2DConditionModel | AutoencoderKL | ClipVisionModel | StableDiffusionPipeline;
 const loaded = new Map<string, Loaded>();
 const LOADERS: Record<string, () => Promise<Loaded>> = {
-  'unet-sd-1.5': async () => loadUNet(nodeFolder(await built('sd-1.5-unet', join(presetsDir(), 'sd-1.5', 'unet')))),
-  'unet-sd-2.1-base': async () => loadUNet(nodeFolder(await built('sd-2.1-base-unet', join(presetsDir(), 'sd-2.1-base', 'unet')))),
+  'unet-sd-1.5': async () => loadUNet(nodeFolder(await built('sd-1.5-unet', join(presetsDir(), 'sd-1.5', 'unet'))), W),
+  'unet-sd-2.1-base': async () => loadUNet(nodeFolder(await built('sd-2.1-base-unet', join(presetsDir(), 'sd-2.1-base', 'unet'))), W),
   vae: async () =>
-    loadVae(nodeFolder(VAE_MID_ATTN ? await built('sd-2.1-base-vae', join(presetsDir(), 'sd-2.1-base', 'vae')) : await vaeWithoutMidAttention())),
-  'clip-vit-h-14': async () => loadClipVisionModelFromDir(await built('clip-vit-h-14', 'clip-vit-h-14')),
+    loadVae(nodeFolder(VAE_MID_ATTN ? await built('sd-2.1-base-vae', join(presetsDir(), 'sd-2.1-base', 'vae')) : await vaeWithoutMidAttention()), W),
+  'clip-vit-h-14': async () => loadClipVisionModelFromDir(await built('clip-vit-h-14', 'clip-vit-h-14'), W),
   'tiny-sd': async () =>
     StableDiffusionPipeline.load(nodeFolder(await built('tiny-sd', 'tiny-sd', { tokenizerDir: join(presetsDir(), 'clip-tokenizer') }))),
 };
@@ -151,7 +156,7 @@ function modelCase(name: string, shape: string, pass: BenchCase['pass'], prepare
         await rt().sync();
         const peak = rt().memory().peakBytes;
         peaks.set(name, { peak, weights });
-        c.shape = `${shape}; peak ${gib(peak)} GiB (weights+inputs ${gib(weights)})`;
+        c.shape = `${shape}${weightsNote()}; peak ${gib(peak)} GiB (weights+inputs ${gib(weights)})`;
         console.log(`    ${name}: peak ${gib(peak)} GiB of live GPU buffers, ${gib(weights)} GiB live before the call`);
       };
     },
@@ -312,8 +317,19 @@ const tinyCase = modelCase(
   },
 );
 
-const SD_STEPS = 5;
-const SD_SIZE = 256;
+/** A positive integer from the environment (a multiple of `multiple`), or the default. */
+function envInt(name: string, def: number, multiple = 1): number {
+  const raw = process.env[name];
+  if (raw === undefined || raw === '') return def;
+  const v = Number(raw);
+  if (!Number.isInteger(v) || v <= 0 || v % multiple !== 0) {
+    throw new Error(`${name}=${raw}: expected a positive integer${multiple > 1 ? ` that is a multiple of ${multiple}` : ''}`);
+  }
+  return v;
+}
+/** BENCH_SD_SIZE / BENCH_SD_STEPS: the SD 2.1-base iteration's image size and DDIM steps (default 256, 5) */
+const SD_STEPS = envInt('BENCH_SD_STEPS', 5);
+const SD_SIZE = envInt('BENCH_SD_SIZE', 256, 8);
 const sdCase = modelCase(
   'seedselect sd-2.1-base iteration',
   `${SD_SIZE}x${SD_SIZE} image, ${SD_STEPS} DDIM steps, CFG 7.5, CLIP ViT-H/14${VAE_NOTE}`,
@@ -353,18 +369,23 @@ const sdCase = modelCase(
 );
 
 /**
- * Peak at 512x512 / 20 steps from the 256x256 / 5-step run: weights stay, activations (everything above
- * the live bytes before the call, minus the 5 kept latents) scale with the pixel count (x4), plus one
- * 64x64 latent per step.
+ * Peak at 512x512 / 20 steps from a smaller run (default 256x256 / 5 steps): weights stay, activations
+ * (everything above the live bytes before the call, minus the kept latents) scale with the pixel count,
+ * plus one 64x64 latent per step. At 512x512 / 20 steps the peak is the measured one.
  */
 function extrapolate(peak: number, weights: number) {
+  if (SD_SIZE === 512 && SD_STEPS === 20) {
+    console.log(`    seedselect sd-2.1-base: peak ${gib(peak)} GiB measured at 512x512/20 steps (weights+inputs ${gib(weights)} GiB)`);
+    return;
+  }
   const h = SD_SIZE / 8;
   const latentBytes = 4 * 4 * h * h;
   const act = peak - weights - SD_STEPS * latentBytes;
-  const est = weights + 4 * act + 20 * 4 * latentBytes;
+  const scale = (512 / SD_SIZE) ** 2;
+  const est = weights + scale * act + 20 * 4 * 64 * 64 * 4;
   console.log(
     `    seedselect sd-2.1-base: peak ${gib(peak)} GiB at ${SD_SIZE}x${SD_SIZE}/${SD_STEPS} steps (weights+inputs ${gib(weights)} GiB, activations ${gib(act)} GiB); ` +
-      `extrapolated to 512x512/20 steps: ${gib(weights)} + 4 x ${gib(act)} + 20 latents = ${gib(est)} GiB`,
+      `extrapolated to 512x512/20 steps: ${gib(weights)} + ${scale.toFixed(2)} x ${gib(act)} + 20 latents = ${gib(est)} GiB`,
   );
 }
 

@@ -3,7 +3,7 @@
 import { describe, expect, it } from 'vitest';
 import { parsePlan } from '../../cli/commands/train-tiny.js';
 import { UserError } from '../../cli/errors.js';
-import { DEFAULT_PLAN, reproduceCommand, type StageName, type StagePlan } from '../../tiny/train.js';
+import { DEFAULT_PLAN, reproduceCommand, trainingTime, type StageName, type StagePlan } from '../../tiny/train.js';
 
 describe('seedselect train-tiny --plan', () => {
   it('accepts per-stage overrides of steps, batch and lr', () => {
@@ -36,5 +36,17 @@ describe('model card: the command that reproduces a run', () => {
     expect(cmd).toContain('--vae-data balanced');
     const json = /--plan '(.*)'/.exec(cmd)![1];
     expect(parsePlan(json)).toEqual({ unet: { steps: 1600, lr: 0.002 } });
+  });
+});
+
+describe('model card: training time per adapter', () => {
+  it('sums the stages per adapter, naming stages without a recorded one', () => {
+    const stages = [
+      { seconds: 120, adapter: 'NVIDIA H200' },
+      { seconds: 60, adapter: 'NVIDIA H200' },
+      { seconds: 1074 },
+    ];
+    expect(trainingTime(stages, 'an unrecorded adapter')).toBe('3 minutes on NVIDIA H200 + 18 minutes on an unrecorded adapter');
+    expect(trainingTime([{ seconds: 3600, adapter: 'llvmpipe' }], 'x')).toBe('60 minutes on llvmpipe');
   });
 });

@@ -20,7 +20,9 @@ export function defaultTinyModel(): string {
 }
 
 /** The demo's default rare concept (a tail concept of the shipped model's split). */
-export const DEMO_CONCEPT = 'yellow triangle';
+export const DEMO_CONCEPT = 'blue ring';
+/** The demo's default seed: a start where the random image misses the default concept (README experiment). */
+export const DEMO_SEED = 0;
 
 interface DemoOptions {
   out: string;
@@ -31,6 +33,8 @@ interface DemoOptions {
   iterations: number;
   steps: number;
   seed: number;
+  /** no progress bar or per-iteration lines (tests) */
+  quiet?: boolean;
 }
 
 /** A 64x64 reference: a five-pointed star of the given colour on white, varied in size and position. */
@@ -48,6 +52,69 @@ async function drawStar(path: string, i: number, color: string) {
   await sharp(Buffer.from(svg)).png().toFile(path);
 }
 
+/** The demo itself (the CLI's action): returns the output folder's main files. */
+export async function demo(o: DemoOptions): Promise<{ out: string; grid: string | null; run: Awaited<ReturnType<typeof generate>> }> {
+  const out = resolve(o.out);
+  await mkdir(join(out, 'refs'), { recursive: true });
+  const tiny = !o.model;
+  const model = o.model ? resolve(o.model) : defaultTinyModel();
+  if (tiny && !(await exists(join(model, 'model_index.json'))))
+    throw new UserError(`the shipped tiny-world model is missing at ${model}; train one with \`seedselect train-tiny --out DIR\` and pass --model DIR`);
+  const refs: string[] = [];
+  let prompt = o.prompt ?? 'a purple star on a white background';
+  let scale = 1;
+  if (tiny) {
+    const row = conceptTable().find((r) => r.name === o.concept);
+    if (!row) throw new UserError(`--concept: unknown concept "${o.concept}" (known: ${conceptTable().map((r) => r.name).join(', ')})`);
+    const [colour, shape] = o.concept.split(' ');
+    prompt = o.prompt ?? caption({ colour: colour as never, shape: shape as never, background: 'white' });
+    process.stderr.write(`concept "${o.concept}": ${row.split} (${(row.frequency * 100).toFixed(2)}% of the training images)\n`);
+    for (const [i, spec] of referenceSpecs(o.concept, 3, 0).entries()) {
+      const p = join(out, 'refs', `${o.concept.replace(' ', '-')}-${i}.png`);
+      await sharp(Buffer.from(toRgb8(render({ ...spec, background: 'white' }))), { raw: { width: 32, height: 32, channels: 3 } }).png().toFile(p);
+      refs.push(p);
+    }
+    scale = 4;
+  } else {
+    for (let i = 0; i < 3; i++) {
+      const p = join(out, 'refs', `star-${i}.png`);
+      await drawStar(p, i, '#8a2be2');
+      refs.push(p);
+    }
+  }
+  const run = await generate({
+    model,
+    clip: o.clip,
+    prompt,
+    negative: '',
+    refs,
+    out,
+    seed: o.seed,
+    steps: o.steps,
+    guidance: 7.5,
+    iterations: o.iterations,
+    weightDecay: 0.01,
+    numImages: 1,
+    resume: true,
+  });
+  // before | after | references
+  const w = run.options.width as number;
+  const h = run.options.height as number;
+  const S = Math.min(w, h) * scale;
+  const read = async (f: string) => clipInput(await loadImage(join(out, f)), S);
+  const refImgs = await Promise.all(refs.map(async (r) => clipInput(await loadImage(r), S)));
+  if (run.images[0]?.file) {
+    await saveGrid([[await read('before.png')], [await read(run.images[0].file)], refImgs], S, S, join(out, 'grid.png'), [
+      'random seed',
+      'SeedSelect',
+      'references',
+    ]);
+  }
+  process.stderr.write(`demo done: ${join(out, 'grid.png')}, ${join(out, 'loss.png')}, ${join(out, 'run.json')}\n`);
+  if (tiny) process.stderr.write('this is the tiny-world model (32x32 shapes); point --model/--clip at real SD 2.1-base and CLIP ViT-H/14 folders for real images\n');
+  return { out, grid: run.images[0]?.file ? join(out, 'grid.png') : null, run };
+}
+
 export function register(program: Command) {
   program
     .command('demo')
@@ -59,65 +126,8 @@ export function register(program: Command) {
     .option('--prompt <text>', 'prompt (default: "a <concept> on a white background")')
     .option('--iterations <n>', 'optimization iterations', (v) => Number(v), 10)
     .option('--steps <n>', 'DDIM steps', (v) => Number(v), 10)
-    .option('--seed <n>', 'seed of the starting noise (2: one where SeedSelect succeeds on the default concept in the README experiment)', (v) => Number(v), 2)
+    .option('--seed <n>', `seed of the starting noise (${DEMO_SEED}: one where the random image misses the default concept and SeedSelect draws it, in the README experiment)`, (v) => Number(v), DEMO_SEED)
     .action(async (o: DemoOptions) => {
-      const out = resolve(o.out);
-      await mkdir(join(out, 'refs'), { recursive: true });
-      const tiny = !o.model;
-      const model = o.model ? resolve(o.model) : defaultTinyModel();
-      if (tiny && !(await exists(join(model, 'model_index.json'))))
-        throw new UserError(`the shipped tiny-world model is missing at ${model}; train one with \`seedselect train-tiny --out DIR\` and pass --model DIR`);
-      const refs: string[] = [];
-      let prompt = o.prompt ?? 'a purple star on a white background';
-      let scale = 1;
-      if (tiny) {
-        const row = conceptTable().find((r) => r.name === o.concept);
-        if (!row) throw new UserError(`--concept: unknown concept "${o.concept}" (known: ${conceptTable().map((r) => r.name).join(', ')})`);
-        const [colour, shape] = o.concept.split(' ');
-        prompt = o.prompt ?? caption({ colour: colour as never, shape: shape as never, background: 'white' });
-        process.stderr.write(`concept "${o.concept}": ${row.split} (${(row.frequency * 100).toFixed(2)}% of the training images)\n`);
-        for (const [i, spec] of referenceSpecs(o.concept, 3, 0).entries()) {
-          const p = join(out, 'refs', `${o.concept.replace(' ', '-')}-${i}.png`);
-          await sharp(Buffer.from(toRgb8(render({ ...spec, background: 'white' }))), { raw: { width: 32, height: 32, channels: 3 } }).png().toFile(p);
-          refs.push(p);
-        }
-        scale = 4;
-      } else {
-        for (let i = 0; i < 3; i++) {
-          const p = join(out, 'refs', `star-${i}.png`);
-          await drawStar(p, i, '#8a2be2');
-          refs.push(p);
-        }
-      }
-      const run = await generate({
-        model,
-        clip: o.clip,
-        prompt,
-        negative: '',
-        refs,
-        out,
-        seed: o.seed,
-        steps: o.steps,
-        guidance: 7.5,
-        iterations: o.iterations,
-        weightDecay: 0.01,
-        numImages: 1,
-        resume: true,
-      });
-      // before | after | references
-      const w = run.options.width as number;
-      const h = run.options.height as number;
-      const S = Math.min(w, h) * scale;
-      const read = async (f: string) => clipInput(await loadImage(join(out, f)), S);
-      const refImgs = await Promise.all(refs.map(async (r) => clipInput(await loadImage(r), S)));
-      if (run.images[0]?.file) {
-        await saveGrid([[await read('before.png')], [await read(run.images[0].file)], refImgs], S, S, join(out, 'grid.png'), [
-          'random seed',
-          'SeedSelect',
-          'references',
-        ]);
-      }
-      process.stderr.write(`demo done: ${join(out, 'grid.png')}, ${join(out, 'loss.png')}, ${join(out, 'run.json')}\n`);
-      if (tiny) process.stderr.write('this is the tiny-world model (32x32 shapes); point --model/--clip at real SD 2.1-base and CLIP ViT-H/14 folders for real images\n');
+      await demo(o);
     });
 }

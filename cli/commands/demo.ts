@@ -55,6 +55,7 @@ async function drawStar(path: string, i: number, color: string) {
 /** The demo itself (the CLI's action): returns the output folder's main files. */
 export async function demo(o: DemoOptions): Promise<{ out: string; grid: string | null; run: Awaited<ReturnType<typeof generate>> }> {
   const out = resolve(o.out);
+  const say = (m: string) => !o.quiet && process.stderr.write(m);
   await mkdir(join(out, 'refs'), { recursive: true });
   const tiny = !o.model;
   const model = o.model ? resolve(o.model) : defaultTinyModel();
@@ -68,7 +69,7 @@ export async function demo(o: DemoOptions): Promise<{ out: string; grid: string 
     if (!row) throw new UserError(`--concept: unknown concept "${o.concept}" (known: ${conceptTable().map((r) => r.name).join(', ')})`);
     const [colour, shape] = o.concept.split(' ');
     prompt = o.prompt ?? caption({ colour: colour as never, shape: shape as never, background: 'white' });
-    process.stderr.write(`concept "${o.concept}": ${row.split} (${(row.frequency * 100).toFixed(2)}% of the training images)\n`);
+    say(`concept "${o.concept}": ${row.split} (${(row.frequency * 100).toFixed(2)}% of the training images)\n`);
     for (const [i, spec] of referenceSpecs(o.concept, 3, 0).entries()) {
       const p = join(out, 'refs', `${o.concept.replace(' ', '-')}-${i}.png`);
       await sharp(Buffer.from(toRgb8(render({ ...spec, background: 'white' }))), { raw: { width: 32, height: 32, channels: 3 } }).png().toFile(p);
@@ -96,6 +97,7 @@ export async function demo(o: DemoOptions): Promise<{ out: string; grid: string 
     weightDecay: 0.01,
     numImages: 1,
     resume: true,
+    quiet: o.quiet,
   });
   // before | after | references
   const w = run.options.width as number;
@@ -110,8 +112,8 @@ export async function demo(o: DemoOptions): Promise<{ out: string; grid: string 
       'references',
     ]);
   }
-  process.stderr.write(`demo done: ${join(out, 'grid.png')}, ${join(out, 'loss.png')}, ${join(out, 'run.json')}\n`);
-  if (tiny) process.stderr.write('this is the tiny-world model (32x32 shapes); point --model/--clip at real SD 2.1-base and CLIP ViT-H/14 folders for real images\n');
+  say(`demo done: ${join(out, 'grid.png')}, ${join(out, 'loss.png')}, ${join(out, 'run.json')}\n`);
+  if (tiny) say('this is the tiny-world model (32x32 shapes); point --model/--clip at real SD 2.1-base and CLIP ViT-H/14 folders for real images\n');
   return { out, grid: run.images[0]?.file ? join(out, 'grid.png') : null, run };
 }
 

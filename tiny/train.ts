@@ -842,7 +842,10 @@ function adapterName(): string {
 /** "12 minutes on X" or, when stages ran on several adapters, "9 minutes on X + 17 minutes on Y". */
 export function trainingTime(stages: Pick<StageSummary, 'seconds' | 'adapter'>[], fallback: string): string {
   const by = new Map<string, number>();
-  for (const s of stages) by.set(s.adapter ?? fallback, (by.get(s.adapter ?? fallback) ?? 0) + s.seconds);
+  for (const s of stages) {
+    const a = s.adapter ?? fallback;
+    by.set(a, (by.get(a) ?? 0) + s.seconds);
+  }
   return [...by].map(([a, sec]) => `${(sec / 60).toFixed(0)} minutes on ${a}`).join(' + ');
 }
 

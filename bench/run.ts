@@ -6,7 +6,7 @@ import { dirname, join } from 'node:path';
 import { fileURLToPath, pathToFileURL } from 'node:url';
 import { cpus } from 'node:os';
 import { Bench } from 'tinybench';
-import { init } from '../engine/index.js';
+import { adapterName, init } from '../engine/index.js';
 import { peerNotes, type BenchSuite, type Row } from './lib.js';
 
 interface Args {
@@ -81,8 +81,7 @@ async function main() {
   const args = parseArgs(process.argv.slice(2));
   await installNavigatorGpu();
   const r = await init();
-  const info = r.gpu.adapterInfo;
-  console.log(`adapter: ${info.description || info.device || info.vendor} (${r.gpu.adapterClass}), ${cpus().length} CPU cores`);
+  console.log(`adapter: ${adapterName(r.gpu.adapterInfo)} (${r.gpu.adapterClass}), ${cpus().length} CPU cores`);
   const suites = await loadSuites();
   const rows: Row[] = [];
   const notes: string[] = [];

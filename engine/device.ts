@@ -29,6 +29,11 @@ export interface GpuContext {
   adapterClass: 'cpu' | 'gpu';
 }
 
+/** The adapter's name for logs and records: its description, else its device id, else its vendor. */
+export function adapterName(info: GpuContext['adapterInfo']): string {
+  return info.description || info.device || info.vendor || 'unknown adapter';
+}
+
 export interface DeviceOptions {
   powerPreference?: GPUPowerPreference;
   /** ask for a compatibility-mode adapter (needed for Chromium's OpenGL ES WebGPU backend) */

@@ -11,6 +11,7 @@ import { copyFile, mkdir, readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import {
+  adapterName,
   AdamW,
   Tensor,
   add,
@@ -104,10 +105,10 @@ export interface TrainOptions {
   vaeKlWeight?: number;
   /**
    * what the autoencoder (and its decoder fine-tune) learns from: 'train', the long-tailed training stream
-   * (default, the shipped model's recipe), or 'balanced', every concept equally often, as Stable Diffusion's
+   * (default, the hour-long CPU recipe), or 'balanced', every concept equally often, as Stable Diffusion's
    * VAE saw broader data than its UNet. With 'balanced' and a 1e-4 KL weight the reconstructions keep rare
-   * colours far better (the judge recognizes 81% of reconstructed balanced renders, against 24%), but a UNet
-   * trained 1600 steps on those latents did not do better in the experiment (see the README).
+   * colours far better (the judge recognizes 77-81% of reconstructed balanced renders, against 24%); the
+   * shipped model uses it, with a longer plan (its model card has the command; see the README).
    */
   vaeData?: 'train' | 'balanced';
   /** safetensors dtype of the exported weights (default F16) */
@@ -359,7 +360,7 @@ async function runStage(run: StageRun, o: Required<Pick<TrainOptions, 'out' | 'c
     firstLoss: curve[0] ?? NaN,
     finalLoss: curve.at(-1) ?? NaN,
     curve,
-    adapter: adapterName(),
+    adapter: adapterName(rt().gpu.adapterInfo),
   };
 }
 
@@ -750,7 +751,7 @@ function sliceCols(x: Tensor, a: number, b: number): Tensor {
 // ---------------------------------------------------------------------------------------------------
 // entry
 
-/** Defaults of the options that `trainTiny` fills in (the shipped model's recipe). */
+/** Defaults of the options that `trainTiny` fills in (with DEFAULT_PLAN: the hour-long CPU recipe). */
 export const TRAIN_DEFAULTS = {
   trainSize: 20000,
   seed: 0,
@@ -832,11 +833,6 @@ export function reproduceCommand(o: Pick<Ctx['o'], 'trainSize' | 'seed' | 'vaeKl
   if (o.vaeData !== d.vaeData) args.push(`--vae-data ${o.vaeData}`);
   if (Object.keys(diff).length) args.push(`--plan '${JSON.stringify(diff)}'`);
   return args.join(' ');
-}
-
-function adapterName(): string {
-  const a = rt().gpu.adapterInfo;
-  return a.description || a.device || a.vendor || 'unknown adapter';
 }
 
 /** "12 minutes on X" or, when stages ran on several adapters, "9 minutes on X + 17 minutes on Y". */

@@ -7,7 +7,7 @@ import { mkdir } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
 import { createRequire } from 'node:module';
 import cliProgress from 'cli-progress';
-import { init, rt } from '../../engine/index.js';
+import { adapterName, init, rt } from '../../engine/index.js';
 import { nodeFolder, openSafetensorsFile } from '../../weights-tools/node-source.js';
 import { StableDiffusionPipeline } from '../../models/pipeline.js';
 import { seedSelect, type ReferenceImage, type SeedSelectProgress } from '../../models/api.js';
@@ -126,7 +126,7 @@ export async function generate(o: GenerateOptions): Promise<RunJson> {
   const log = (m: string) => !o.quiet && process.stderr.write(`${m}\n`);
 
   await init();
-  log(`device: ${rt().gpu.adapterInfo.description || rt().gpu.adapterInfo.vendor} (${rt().gpu.adapterClass})`);
+  log(`device: ${adapterName(rt().gpu.adapterInfo)} (${rt().gpu.adapterClass})`);
   const pipe = o.pipeline ?? (await loadForGenerate(modelDir, o.clip, o.f16, log));
   const owned = !o.pipeline;
   if (!pipe.clipVision) throw new UserError(`no CLIP image tower: pass --clip DIR (a CLIPVisionModelWithProjection or CLIPModel folder), or put one in ${modelDir}/image_encoder`);

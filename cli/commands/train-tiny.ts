@@ -3,7 +3,7 @@
 // command again resumes. See tiny/train.ts.
 import type { Command } from 'commander';
 import { resolve } from 'node:path';
-import { init, rt } from '../../engine/index.js';
+import { adapterName, init, rt } from '../../engine/index.js';
 import { STAGES, TRAIN_DEFAULTS, TrainAbortedError, trainTiny, type StageName, type TrainOptions } from '../../tiny/train.js';
 import { UserError } from '../errors.js';
 
@@ -68,7 +68,7 @@ export function register(program: Command) {
       const plan = o.plan === undefined ? undefined : parsePlan(o.plan);
       if (o.vaeData !== 'train' && o.vaeData !== 'balanced') throw new UserError(`--vae-data must be train or balanced, got "${o.vaeData}"`);
       await init();
-      process.stderr.write(`device: ${rt().gpu.adapterInfo.description || rt().gpu.adapterInfo.vendor} (${rt().gpu.adapterClass})\n`);
+      process.stderr.write(`device: ${adapterName(rt().gpu.adapterInfo)} (${rt().gpu.adapterClass})\n`);
       const ctrl = new AbortController();
       const onSig = () => {
         process.stderr.write('\nstopping after this step (checkpointing)...\n');

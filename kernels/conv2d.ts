@@ -408,10 +408,13 @@ function backwardWeightRaw(gy: Tensor, x: Tensor, g: Geom): Tensor {
 // ---------------- subgroup-broadcast variant (CPU adapters) ----------------
 // On lavapipe every storage load is executed lane by lane (a bounds check and a scalar load per lane), while
 // arithmetic runs 8 lanes wide, so a kernel is fast when each loaded value feeds many FMAs. Here a
-// workgroup is one subgroup of SG lanes computing a 32-row x (SG*4)-position tile: each lane loads one vec4
-// of 4 consecutive rows of a repacked weight matrix and every row's weight reaches all lanes through
-// subgroupBroadcast; each lane loads its own 4 input values per reduction step. That is 32x4 FMAs per lane
-// for 1 vec4 + 4 scalar loads. Shapes, kernel size, stride and padding are uniforms (one pipeline per mode).
+// workgroup is one subgroup of SG lanes computing a 32-row x (SG*4)-position tile: each lane loads the weights
+// of 4 consecutive rows, straight from the [O, C, kh, kw] weight tensor, and every row's weight reaches all
+// lanes through subgroupBroadcast; each lane loads its own 4 input values per reduction step. That is 32x4
+// FMAs per lane for 8 scalar loads. (The weights used to be repacked first into [tap][k][row] so that a lane's
+// 4 rows were one vec4 load; on llvmpipe a vec4 costs as much as 4 scalar loads, and the repack, at ~20 ns a
+// weight, took longer than the convolution itself wherever the image is small, e.g. 1280 channels at 8x8.)
+// Shapes, kernel size, stride and padding are uniforms (one pipeline per mode, weight dtype and bias).
 //  - mode 'fwd': rows = output channels, positions = output pixels, reduction = input channels x taps.
 //  - mode 'bwd': rows = input channels, positions = input pixels of one stride phase (py, px) per workgroup
 //    (the phase is part of workgroup_id.z), so the taps that reach them are uniform: ky = (py + pt) mod sh
@@ -447,28 +450,48 @@ function subgroupsUsable() {
   return rt().features.has('subgroups') && g.subgroupMinSize === SG && g.subgroupMaxSize === SG;
 }
 
-/** WR[(tap * K + k) * Rp + r] = W[o, c, tap] (fwd: o = rStart + r, c = k; bwd: o = k, c = rStart + r), zero rows past rCount; then bias. */
+// Weight packing. Where the image is large, the weights are first repacked to WR[(tap * K + k) * Rp + r]
+// (rows padded to a multiple of 32) so that a lane's 4 rows are one contiguous vec4 and a reduction step
+// reads 128 contiguous bytes; where it is small, the repack would cost more than it saves and the kernel reads
+// the [O, C, kh, kw] tensor directly (4 scalar loads a lane, 32 cache lines a step).
+export type WeightPacking = 'auto' | 'always' | 'never';
+let packing: WeightPacking = 'auto';
+/** Repack the weights before the 'subgroup' tiling's forward and backward-data passes: 'auto' (by size), 'always', 'never' (tests, benchmarks). */
+export function setConv2dWeightPacking(p: WeightPacking) {
+  packing = p;
+}
+/** positions per dispatch (batch items x output pixels) from which the repack pays off (measured on lavapipe) */
+const PACK_MIN_POSITIONS = 1024;
+const packWeights = (positions: number) => packing === 'always' || (packing === 'auto' && positions >= PACK_MIN_POSITIONS);
+
+// One invocation per (k, r) walks the taps: reads KK contiguous weights, writes KK vec4 lanes; a single integer
+// division per invocation (CPU adapters scalarize vector integer division, which made a per-element version of
+// this kernel cost ~20 ns a weight). Invocations past K * Rp write the bias block (zero past rCount).
 const repackKernel = memoKernel(repackKernelSource);
 function repackKernelSource(f16: boolean, mode: 'fwd' | 'bwd', bias: boolean) {
   return /* wgsl */ `${f16 ? 'enable f16;' : ''}
 ${WG_INDEX}
-struct P { n: u32, rCount: u32, rStart: u32, Rp: u32, K: u32, C: u32, KK: u32, _0: u32 }
+struct P { KRp: u32, rCount: u32, rStart: u32, Rp: u32, K: u32, C: u32, KK: u32, _0: u32 }
 @group(0) @binding(0) var<uniform> u: P;
 @group(0) @binding(1) var<storage, read> W: array<${f16 ? 'f16' : 'f32'}>;
 ${bias ? '@group(0) @binding(2) var<storage, read> BIAS: array<f32>;' : ''}
 @group(0) @binding(${bias ? 3 : 2}) var<storage, read_write> WR: array<f32>;
 @compute @workgroup_size(64)
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
-  let idx = wg_index(wid, nwg) * 64u + li;
-  if (idx >= u.n + u.Rp) { return; }
-  let r = idx % u.Rp;
+  let i = wg_index(wid, nwg) * 64u + li;
+  if (i >= u.KRp + u.Rp) { return; }
+  let k = i / u.Rp;
+  let r = i - k * u.Rp;
+  let ok = r < u.rCount;
   let rg = u.rStart + min(r, u.rCount - 1u);
-  if (idx >= u.n) { WR[idx] = ${bias ? 'select(0.0, BIAS[rg], r < u.rCount)' : '0.0'}; return; }
-  let rest = idx / u.Rp;
-  let k = rest % u.K;
-  let tap = rest / u.K;
+  if (i >= u.KRp) { WR[u.KK * u.KRp + r] = ${bias ? 'select(0.0, BIAS[rg], ok)' : '0.0'}; return; }
   ${mode === 'fwd' ? 'let o = rg; let c = k;' : 'let o = k; let c = rg;'}
-  WR[idx] = select(0.0, f32(W[(o * u.C + c) * u.KK + tap]), r < u.rCount);
+  let src = (o * u.C + c) * u.KK;
+  var dst = i;
+  for (var tap = 0u; tap < u.KK; tap++) {
+    WR[dst] = select(0.0, f32(W[src + tap]), ok);
+    dst += u.KRp;
+  }
 }`;
 }
 
@@ -479,25 +502,29 @@ function repack(w: Tensor, bias: Tensor | undefined, mode: 'fwd' | 'bwd', rStart
   const KK = g.KH * g.KW;
   const n = KK * K * Rp;
   const wr = Tensor.empty([n + Rp], 'f32', 'conv2d_wrepack');
+  if (wr.byteLength > rt().maxBindingBytes) {
+    wr.dispose();
+    throw new ShapeError(`conv2d: repacked weight of ${(n + Rp) * 4} bytes exceeds the storage binding limit`);
+  }
   rt().dispatch({
     name: 'conv2d_repack',
     code: repackKernel(w.dtype === 'f16', mode, !!bias),
-    uniforms: new Uniforms().u32(n, rCount, rStart, Rp, K, g.C, KK, 0).done(),
+    uniforms: new Uniforms().u32(K * Rp, rCount, rStart, Rp, K, g.C, KK, 0).done(),
     bindings: [{ buffer: w.buffer }, ...(bias ? [{ buffer: bias.buffer }] : []), { buffer: wr.buffer }],
-    workgroups: grid(Math.ceil((n + Rp) / 64)),
+    workgroups: grid(Math.ceil((K * Rp + Rp) / 64)),
   });
-  if (wr.byteLength > rt().maxBindingBytes) throw new ShapeError(`conv2d: repacked weight of ${wr.byteLength} bytes exceeds the storage binding limit`);
   return { wr, Rp, biasOff: n };
 }
 
 const sgGemmKernel = memoKernel(sgGemmKernelSource);
-function sgGemmKernelSource(mode: 'fwd' | 'bwd'): string {
+function sgGemmKernelSource(mode: 'fwd' | 'bwd', f16: boolean, bias: boolean, packed: boolean): string {
+  if (SG_R !== 4 * SG) throw new Error('conv2d: the subgroup kernel assumes 4 rows per lane');
   const R = [...Array(SG_R).keys()];
   const T = [...Array(SG_T).keys()];
   const Q = [...Array(SG_T / 4).keys()];
-  const V = [...Array(SG_R / (4 * SG)).keys()];
-  // row r lives in component r % 4 of lane (r / 4) % SG's vec4 number r / (4 SG)
-  const bc = (name: string, r: number) => `subgroupBroadcast(${name}${Math.floor(r / (4 * SG))}[${r % 4}], ${(r >> 2) % SG}u)`;
+  const J = [0, 1, 2, 3];
+  // row r lives in component r % 4 of lane r / 4
+  const bc = (name: string, r: number) => `subgroupBroadcast(${name}[${r % 4}], ${r >> 2}u)`;
   // one flat loop over the taps that reach this workgroup's pixels
   const taps =
     mode === 'fwd'
@@ -519,18 +546,26 @@ function sgGemmKernelSource(mode: 'fwd' | 'bwd'): string {
       let dy = (py + u.PT - ky) / u.SH;
       let dx = (px + u.PL - kx) / u.SW;
       ${T.map((t) => `let sy${t} = ya${t} + dy; let sx${t} = xb${t} + dx;`).join(' ')}`;
-  return /* wgsl */ `enable subgroups;
+  return /* wgsl */ `enable subgroups;${f16 ? '\nenable f16;' : ''}
 struct P {
-  K: u32, kOff: u32, Ktot: u32, Rc: u32,
-  Rp4: u32, srcH: u32, srcW: u32, sBS: u32,
-  sShift: u32, outH: u32, outW: u32, oBS: u32,
-  oShift: u32, accum: u32, biasOff4: u32, _0: u32,
+  K: u32, kOff: u32, rStart: u32, Rc: u32,
+  rowStride: u32, kStride: u32, srcH: u32, srcW: u32,
+  sBS: u32, sShift: u32, outH: u32, outW: u32,
+  oBS: u32, oShift: u32, accum: u32, biasOff4: u32,
   KH: i32, KW: i32, SH: i32, SW: i32,
   PT: i32, PL: i32, _1: i32, _2: i32 }
 @group(0) @binding(0) var<uniform> u: P;
 @group(0) @binding(1) var<storage, read> SRC: array<f32>;
-@group(0) @binding(2) var<storage, read> WR: array<vec4<f32>>;
-@group(0) @binding(3) var<storage, read_write> Y: array<f32>;
+${
+  packed
+    ? `// repacked weights: vec4 (tap * kStride + kOff + k) * rowStride + r / 4 holds rows r .. r + 3, bias at biasOff4
+@group(0) @binding(2) var<storage, read> WR: array<vec4<f32>>;`
+    : `// weight element of row r (output channel in 'fwd', input channel in 'bwd'), reduction channel k and tap:
+// WT[(rStart + r) * rowStride + (kOff + k) * kStride + tap]
+@group(0) @binding(2) var<storage, read> WT: array<${f16 ? 'f16' : 'f32'}>;
+${bias ? '@group(0) @binding(3) var<storage, read> BIAS: array<f32>;' : ''}`
+}
+@group(0) @binding(${bias && !packed ? 4 : 3}) var<storage, read_write> Y: array<f32>;
 @compute @workgroup_size(${SG})
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(subgroup_invocation_id) lane: u32) {
   ${
@@ -562,7 +597,9 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(subgroup_invocation_id) 
   }`,
   ).join('\n  ')}
   ${R.map((r) => T.map((t) => `var c${r}_${t} = 0.0;`).join(' ')).join('\n  ')}
-  let wRow = wid.y * ${SG_R / 4}u + lane;
+  // this lane's 4 weight rows (clamped: rows past Rc are computed but never stored)
+  let rl = wid.y * ${SG_R}u + lane * 4u;
+  ${J.map((j) => `let rr${j} = u.rStart + min(rl + ${j}u, u.Rc - 1u);`).join(' ')}
   let Hs = i32(u.srcH);
   let Ws = i32(u.srcW);
   ${taps}
@@ -572,9 +609,19 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(subgroup_invocation_id) 
       let m${t} = select(0.0, 1.0, ok${t});
       let s${t} = sBase + u32(select(0, sy${t} * Ws + sx${t}, ok${t}));`,
       ).join('\n      ')}
-      let wi0 = (tap * u.Ktot + u.kOff) * u.Rp4 + wRow;
+      ${
+        packed
+          ? `let wi0 = (tap * u.kStride + u.kOff) * u.rowStride + wid.y * ${SG_R / 4}u + lane;`
+          : `let wt = u.kOff * u.kStride + tap;
+      ${J.map((j) => `let wb${j} = rr${j} * u.rowStride + wt;`).join(' ')}`
+      }
       for (var k = 0u; k < u.K; k++) {
-        ${V.map((v) => `let wv${v} = WR[wi0 + k * u.Rp4 + ${v * SG}u];`).join(' ')}
+        ${
+          packed
+            ? 'let wv = WR[wi0 + k * u.rowStride];'
+            : `let ko = k * u.kStride;
+        let wv = vec4<f32>(${J.map((j) => `f32(WT[wb${j} + ko])`).join(', ')});`
+        }
         let so = k * srcPlane;
         ${T.map((t) => `let x${t} = SRC[s${t} + so] * m${t};`).join(' ')}
         ${R.map(
@@ -585,7 +632,13 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(subgroup_invocation_id) 
     }
   }
   // the epilogue runs as a loop over rows (small code); the accumulators are staged in a private array
-  ${V.map((v) => `let bv${v} = select(vec4<f32>(0.0), WR[u.biasOff4 + wRow + ${v * SG}u], u.accum == 0u);`).join(' ')}
+  let bv = ${
+    !bias
+      ? 'vec4<f32>(0.0)'
+      : packed
+        ? `select(vec4<f32>(0.0), WR[u.biasOff4 + wid.y * ${SG_R / 4}u + lane], u.accum == 0u)`
+        : `select(vec4<f32>(0.0), vec4<f32>(${J.map((j) => `BIAS[rr${j}]`).join(', ')}), u.accum == 0u)`
+  };
   var acc: array<vec4<f32>, ${(SG_R * SG_T) / 4}>;
   ${R.map((r) => `{ let bb = ${bc('bv', r)}; ${Q.map((q) => `acc[${(r * SG_T) / 4 + q}] = vec4<f32>(${[0, 1, 2, 3].map((j) => `c${r}_${4 * q + j}`).join(', ')}) + bb;`).join(' ')} }`).join('\n  ')}
   let rb = wid.y * ${SG_R}u;
@@ -601,72 +654,82 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(subgroup_invocation_id) 
 }
 
 function sgUniforms(o: {
-  K: number; kOff: number; Ktot: number; Rc: number; Rp: number; srcH: number; srcW: number; sBS: number; sShift: number;
-  outH: number; outW: number; oBS: number; oShift: number; accum: boolean; biasOff: number; g: Geom;
+  K: number; kOff: number; rStart: number; Rc: number; rowStride: number; kStride: number; srcH: number; srcW: number; sBS: number;
+  sShift: number; outH: number; outW: number; oBS: number; oShift: number; accum: boolean; g: Geom; biasOff4?: number;
 }) {
   const g = o.g;
   return new Uniforms()
-    .u32(o.K, o.kOff, o.Ktot, o.Rc, o.Rp / 4, o.srcH, o.srcW, o.sBS, o.sShift, o.outH, o.outW, o.oBS, o.oShift, o.accum ? 1 : 0, o.biasOff / 4, 0)
+    .u32(o.K, o.kOff, o.rStart, o.Rc, o.rowStride, o.kStride, o.srcH, o.srcW, o.sBS, o.sShift, o.outH, o.outW, o.oBS, o.oShift, o.accum ? 1 : 0, o.biasOff4 ?? 0)
     .i32(g.KH, g.KW, g.SH, g.SW, g.PT, g.PL, 0, 0)
     .done();
 }
 
 function forwardSg(x: Tensor, w: Tensor, bias: Tensor | undefined, g: Geom, y: Tensor) {
-  const { N, C, H, W, O, Ho, Wo } = g;
+  const { N, C, H, W, O, Ho, Wo, KH, KW } = g;
   const r = rt();
-  const code = sgGemmKernel('fwd');
+  const KK = KH * KW;
   const { nb, ca: cb, cb: ob } = plan('conv2d', N, C, H * W, O, Ho * Wo);
+  const packed = packWeights(Math.min(nb, N) * Ho * Wo);
+  const code = sgGemmKernel('fwd', w.dtype === 'f16', !!bias, packed);
   for (let o0 = 0; o0 < O; o0 += ob) {
     const oc = Math.min(ob, O - o0);
-    const { wr, Rp, biasOff } = repack(w, bias, 'fwd', o0, oc, g);
+    const wr = packed ? repack(w, bias, 'fwd', o0, oc, g) : null;
     for (let n0 = 0; n0 < N; n0 += nb) {
       const nn = Math.min(nb, N - n0);
       const yw = window(y, n0 * O * Ho * Wo + o0 * Ho * Wo, (nn - 1) * O * Ho * Wo + oc * Ho * Wo);
       for (let c0 = 0; c0 < C; c0 += cb) {
         const cc = Math.min(cb, C - c0);
         const xw = window(x, n0 * C * H * W + c0 * H * W, (nn - 1) * C * H * W + cc * H * W);
-        const wg: [number, number, number] = [Math.ceil((Ho * Wo) / (SG * SG_T)), Rp / SG_R, nn];
+        const wg: [number, number, number] = [Math.ceil((Ho * Wo) / (SG * SG_T)), Math.ceil(oc / SG_R), nn];
         checkGrid('conv2d', wg);
         r.dispatch({
           name: 'conv2d_sg',
           code,
-          uniforms: sgUniforms({ K: cc, kOff: c0, Ktot: C, Rc: oc, Rp, srcH: H, srcW: W, sBS: C * H * W, sShift: xw.shift, outH: Ho, outW: Wo, oBS: O * Ho * Wo, oShift: yw.shift, accum: c0 > 0, biasOff, g }),
-          bindings: [xw.bind, { buffer: wr.buffer }, yw.bind],
+          uniforms: sgUniforms({
+            K: cc, kOff: c0, rStart: o0, Rc: oc, rowStride: wr ? wr.Rp / 4 : C * KK, kStride: wr ? C : KK, srcH: H, srcW: W, sBS: C * H * W,
+            sShift: xw.shift, outH: Ho, outW: Wo, oBS: O * Ho * Wo, oShift: yw.shift, accum: c0 > 0, g, biasOff4: wr ? wr.biasOff / 4 : 0,
+          }),
+          bindings: [xw.bind, ...(wr ? [{ buffer: wr.wr.buffer }] : [{ buffer: w.buffer }, ...(bias ? [{ buffer: bias.buffer }] : [])]), yw.bind],
           workgroups: wg,
         });
       }
     }
-    wr.dispose();
+    wr?.wr.dispose();
   }
 }
 
 function backwardDataSg(gy: Tensor, w: Tensor, g: Geom, dx: Tensor) {
-  const { N, C, H, W, O, Ho, Wo, SH, SW } = g;
+  const { N, C, H, W, O, Ho, Wo, SH, SW, KH, KW } = g;
   const r = rt();
-  const code = sgGemmKernel('bwd');
+  const KK = KH * KW;
   const { nb, ca: cb, cb: ob } = plan('conv2d backward', N, C, H * W, O, Ho * Wo);
   const phasePlane = Math.ceil(H / SH) * Math.ceil(W / SW);
+  const packed = packWeights(Math.min(nb, N) * H * W);
+  const code = sgGemmKernel('bwd', w.dtype === 'f16', false, packed);
   for (let c0 = 0; c0 < C; c0 += cb) {
     const cc = Math.min(cb, C - c0);
-    const { wr, Rp, biasOff } = repack(w, undefined, 'bwd', c0, cc, g);
+    const wr = packed ? repack(w, undefined, 'bwd', c0, cc, g) : null;
     for (let n0 = 0; n0 < N; n0 += nb) {
       const nn = Math.min(nb, N - n0);
       const xw = window(dx, n0 * C * H * W + c0 * H * W, (nn - 1) * C * H * W + cc * H * W);
       for (let o0 = 0; o0 < O; o0 += ob) {
         const oc = Math.min(ob, O - o0);
         const gw = window(gy, n0 * O * Ho * Wo + o0 * Ho * Wo, (nn - 1) * O * Ho * Wo + oc * Ho * Wo);
-        const wg: [number, number, number] = [Math.ceil(phasePlane / (SG * SG_T)), Rp / SG_R, nn * SH * SW];
+        const wg: [number, number, number] = [Math.ceil(phasePlane / (SG * SG_T)), Math.ceil(cc / SG_R), nn * SH * SW];
         checkGrid('conv2d backward', wg);
         r.dispatch({
           name: 'conv2d_sg_bwd_data',
           code,
-          uniforms: sgUniforms({ K: oc, kOff: o0, Ktot: O, Rc: cc, Rp, srcH: Ho, srcW: Wo, sBS: O * Ho * Wo, sShift: gw.shift, outH: H, outW: W, oBS: C * H * W, oShift: xw.shift, accum: o0 > 0, biasOff, g }),
-          bindings: [gw.bind, { buffer: wr.buffer }, xw.bind],
+          uniforms: sgUniforms({
+            K: oc, kOff: o0, rStart: c0, Rc: cc, rowStride: wr ? wr.Rp / 4 : KK, kStride: wr ? O : C * KK, srcH: Ho, srcW: Wo, sBS: O * Ho * Wo,
+            sShift: gw.shift, outH: H, outW: W, oBS: C * H * W, oShift: xw.shift, accum: o0 > 0, g,
+          }),
+          bindings: [gw.bind, { buffer: wr ? wr.wr.buffer : w.buffer }, xw.bind],
           workgroups: wg,
         });
       }
     }
-    wr.dispose();
+    wr?.wr.dispose();
   }
 }
 

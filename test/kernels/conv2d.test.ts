@@ -3,7 +3,7 @@
 // than one storage binding.
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { Tensor, grad, rt, tidy } from '../../engine/index.js';
-import { conv2d, conv2dRaw, conv2dVariants, setConv2dVariant, type Conv2dOptions, type ConvVariant } from '../../kernels/conv2d.js';
+import { conv2d, conv2dRaw, conv2dVariants, setConv2dVariant, setConv2dWeightPacking, type Conv2dOptions, type ConvVariant, type WeightPacking } from '../../kernels/conv2d.js';
 import { rconv2d } from '../../kernels/conv2d.ref.js';
 import { rprod, rt64 } from '../../kernels/core.ref.js';
 import { checkGrad, expectClose, gpu, rand } from '../helpers/check.js';
@@ -53,16 +53,23 @@ async function forwardCheck(c: Case, wDtype: 'f32' | 'f16' = 'f32', tol = 1e-5) 
   return ref.shape;
 }
 
-// every suite runs with both tilings: 'subgroup' (CPU adapters with 8-wide subgroups) and 'register' (the rest)
-const VARIANTS: ConvVariant[] = ['subgroup', 'register'];
-for (const variant of VARIANTS)
-  describe(`conv2d [${variant}]`, () => {
+// every suite runs with both tilings: 'subgroup' (CPU adapters with 8-wide subgroups) and 'register' (the rest);
+// 'subgroup' twice: weights read in place, and repacked first (the kernels pick by size, tests force each)
+const VARIANTS: [ConvVariant, WeightPacking][] = [
+  ['subgroup', 'never'],
+  ['subgroup', 'always'],
+  ['register', 'auto'],
+];
+for (const [variant, packing] of VARIANTS)
+  describe(`conv2d [${variant}${variant === 'subgroup' ? `, weights ${packing === 'always' ? 'repacked' : 'in place'}` : ''}]`, () => {
     beforeAll(() => {
+      setConv2dWeightPacking(packing);
       // an adapter without 8-wide subgroups runs the 'register' tiling in both passes
       setConv2dVariant(conv2dVariants().includes(variant) ? variant : null);
     });
     afterAll(() => {
       setConv2dVariant(null);
+      setConv2dWeightPacking('auto');
     });
     it('variant is available on this adapter', (ctx) => {
       if (!conv2dVariants().includes(variant)) ctx.skip();

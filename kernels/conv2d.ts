@@ -553,7 +553,7 @@ struct P {
   sBS: u32, sShift: u32, outH: u32, outW: u32,
   oBS: u32, oShift: u32, accum: u32, biasOff4: u32,
   KH: i32, KW: i32, SH: i32, SW: i32,
-  PT: i32, PL: i32, _1: i32, _2: i32 }
+  PT: i32, PL: i32, nItems: u32, _2: i32 }
 @group(0) @binding(0) var<uniform> u: P;
 @group(0) @binding(1) var<storage, read> SRC: array<f32>;
 ${
@@ -570,30 +570,31 @@ ${bias ? '@group(0) @binding(3) var<storage, read> BIAS: array<f32>;' : ''}`
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(subgroup_invocation_id) lane: u32) {
   ${
     mode === 'fwd'
-      ? `let n = wid.z;
-  let PA = u.outH;
+      ? `let PA = u.outH;
   let PB = u.outW;`
-      : `let nph = u32(u.SH * u.SW);
-  let n = wid.z / nph;
-  let ph = i32(wid.z % nph);
+      : `let ph = i32(wid.z);
   let py = ph / u.SW;
   let px = ph % u.SW;
   let PA = (u.outH + u32(u.SH - 1 - py)) / u32(u.SH);
   let PB = (u.outW + u32(u.SW - 1 - px)) / u32(u.SW);`
   }
+  // positions run over (batch item, pixel) together, so that small images still fill the 32-position tiles
   let NP = PA * PB;
+  let NT = u.nItems * NP;
   let p0 = wid.x * ${SG * SG_T}u;
   let srcPlane = u.srcH * u.srcW;
-  let sBase = u.sShift + n * u.sBS;
   ${T.map(
     (t) => `let pi${t} = p0 + ${t * SG}u + lane;
-  let pc${t} = min(pi${t}, max(NP, 1u) - 1u);
+  let gc${t} = min(pi${t}, max(NT, 1u) - 1u);
+  let n${t} = gc${t} / max(NP, 1u);
+  let pc${t} = gc${t} - n${t} * NP;
+  let sBase${t} = u.sShift + n${t} * u.sBS;
   let a${t} = pc${t} / PB;
   let b${t} = pc${t} % PB;
   ${
     mode === 'fwd'
-      ? `let ya${t} = i32(a${t}) * u.SH - u.PT; let xb${t} = i32(b${t}) * u.SW - u.PL; let oa${t} = a${t} * u.outW + b${t};`
-      : `let ya${t} = i32(a${t}); let xb${t} = i32(b${t}); let oa${t} = (u32(py) + u32(u.SH) * a${t}) * u.outW + u32(px) + u32(u.SW) * b${t};`
+      ? `let ya${t} = i32(a${t}) * u.SH - u.PT; let xb${t} = i32(b${t}) * u.SW - u.PL; let oa${t} = n${t} * u.oBS + a${t} * u.outW + b${t};`
+      : `let ya${t} = i32(a${t}); let xb${t} = i32(b${t}); let oa${t} = n${t} * u.oBS + (u32(py) + u32(u.SH) * a${t}) * u.outW + u32(px) + u32(u.SW) * b${t};`
   }`,
   ).join('\n  ')}
   ${R.map((r) => T.map((t) => `var c${r}_${t} = 0.0;`).join(' ')).join('\n  ')}
@@ -607,7 +608,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(subgroup_invocation_id) 
       ${T.map(
         (t) => `let ok${t} = sy${t} >= 0 && sy${t} < Hs && sx${t} >= 0 && sx${t} < Ws;
       let m${t} = select(0.0, 1.0, ok${t});
-      let s${t} = sBase + u32(select(0, sy${t} * Ws + sx${t}, ok${t}));`,
+      let s${t} = sBase${t} + u32(select(0, sy${t} * Ws + sx${t}, ok${t}));`,
       ).join('\n      ')}
       ${
         packed
@@ -643,24 +644,25 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(subgroup_invocation_id) 
   ${R.map((r) => `{ let bb = ${bc('bv', r)}; ${Q.map((q) => `acc[${(r * SG_T) / 4 + q}] = vec4<f32>(${[0, 1, 2, 3].map((j) => `c${r}_${4 * q + j}`).join(', ')}) + bb;`).join(' ')} }`).join('\n  ')}
   let rb = wid.y * ${SG_R}u;
   let outPlane = u.outH * u.outW;
-  let oBase = u.oShift + n * u.oBS + rb * outPlane;
+  let oBase = u.oShift + rb * outPlane;
   let rn = min(${SG_R}u, u.Rc - rb);
   for (var r = 0u; r < rn; r++) {
     ${Q.map((q) => `let v${q} = acc[r * ${SG_T / 4}u + ${q}u];`).join(' ')}
     let ro = oBase + r * outPlane;
-    ${T.map((t) => `if (pi${t} < NP) { let q = ro + oa${t}; Y[q] = select(v${t >> 2}[${t % 4}], v${t >> 2}[${t % 4}] + Y[q], u.accum != 0u); }`).join('\n    ')}
+    ${T.map((t) => `if (pi${t} < NT) { let q = ro + oa${t}; Y[q] = select(v${t >> 2}[${t % 4}], v${t >> 2}[${t % 4}] + Y[q], u.accum != 0u); }`).join('\n    ')}
   }
 }`;
 }
 
 function sgUniforms(o: {
   K: number; kOff: number; rStart: number; Rc: number; rowStride: number; kStride: number; srcH: number; srcW: number; sBS: number;
-  sShift: number; outH: number; outW: number; oBS: number; oShift: number; accum: boolean; g: Geom; biasOff4?: number;
+  sShift: number; outH: number; outW: number; oBS: number; oShift: number; accum: boolean; g: Geom; biasOff4?: number; nItems: number;
 }) {
   const g = o.g;
   return new Uniforms()
     .u32(o.K, o.kOff, o.rStart, o.Rc, o.rowStride, o.kStride, o.srcH, o.srcW, o.sBS, o.sShift, o.outH, o.outW, o.oBS, o.oShift, o.accum ? 1 : 0, o.biasOff4 ?? 0)
-    .i32(g.KH, g.KW, g.SH, g.SW, g.PT, g.PL, 0, 0)
+    .i32(g.KH, g.KW, g.SH, g.SW, g.PT, g.PL)
+    .u32(o.nItems, 0)
     .done();
 }
 
@@ -680,14 +682,14 @@ function forwardSg(x: Tensor, w: Tensor, bias: Tensor | undefined, g: Geom, y: T
       for (let c0 = 0; c0 < C; c0 += cb) {
         const cc = Math.min(cb, C - c0);
         const xw = window(x, n0 * C * H * W + c0 * H * W, (nn - 1) * C * H * W + cc * H * W);
-        const wg: [number, number, number] = [Math.ceil((Ho * Wo) / (SG * SG_T)), Math.ceil(oc / SG_R), nn];
+        const wg: [number, number, number] = [Math.ceil((nn * Ho * Wo) / (SG * SG_T)), Math.ceil(oc / SG_R), 1];
         checkGrid('conv2d', wg);
         r.dispatch({
           name: 'conv2d_sg',
           code,
           uniforms: sgUniforms({
             K: cc, kOff: c0, rStart: o0, Rc: oc, rowStride: wr ? wr.Rp / 4 : C * KK, kStride: wr ? C : KK, srcH: H, srcW: W, sBS: C * H * W,
-            sShift: xw.shift, outH: Ho, outW: Wo, oBS: O * Ho * Wo, oShift: yw.shift, accum: c0 > 0, g, biasOff4: wr ? wr.biasOff / 4 : 0,
+            sShift: xw.shift, outH: Ho, outW: Wo, oBS: O * Ho * Wo, oShift: yw.shift, accum: c0 > 0, g, biasOff4: wr ? wr.biasOff / 4 : 0, nItems: nn,
           }),
           bindings: [xw.bind, ...(wr ? [{ buffer: wr.wr.buffer }] : [{ buffer: w.buffer }, ...(bias ? [{ buffer: bias.buffer }] : [])]), yw.bind],
           workgroups: wg,
@@ -715,14 +717,14 @@ function backwardDataSg(gy: Tensor, w: Tensor, g: Geom, dx: Tensor) {
       for (let o0 = 0; o0 < O; o0 += ob) {
         const oc = Math.min(ob, O - o0);
         const gw = window(gy, n0 * O * Ho * Wo + o0 * Ho * Wo, (nn - 1) * O * Ho * Wo + oc * Ho * Wo);
-        const wg: [number, number, number] = [Math.ceil(phasePlane / (SG * SG_T)), Math.ceil(cc / SG_R), nn * SH * SW];
+        const wg: [number, number, number] = [Math.ceil((nn * phasePlane) / (SG * SG_T)), Math.ceil(cc / SG_R), SH * SW];
         checkGrid('conv2d backward', wg);
         r.dispatch({
           name: 'conv2d_sg_bwd_data',
           code,
           uniforms: sgUniforms({
             K: oc, kOff: o0, rStart: c0, Rc: cc, rowStride: wr ? wr.Rp / 4 : KK, kStride: wr ? O : C * KK, srcH: Ho, srcW: Wo, sBS: O * Ho * Wo,
-            sShift: gw.shift, outH: H, outW: W, oBS: C * H * W, oShift: xw.shift, accum: o0 > 0, g,
+            sShift: gw.shift, outH: H, outW: W, oBS: C * H * W, oShift: xw.shift, accum: o0 > 0, g, nItems: nn,
           }),
           bindings: [gw.bind, { buffer: wr ? wr.wr.buffer : w.buffer }, xw.bind],
           workgroups: wg,

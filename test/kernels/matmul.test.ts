@@ -33,7 +33,7 @@ async function dispatchedBy(fn: () => Promise<void>): Promise<string[]> {
 type Case = [a: number[], b: number[], transA: boolean, transB: boolean];
 const tag = ([a, b, ta, tb]: Case) => `[${a}]${ta ? 'ᵀ' : ''} @ [${b}]${tb ? 'ᵀ' : ''}`;
 
-// odd sizes everywhere; some are vec4-aligned in K/N (and M for Aᵀ) so that the subgroup tiling takes them
+// odd sizes everywhere (every tiling takes any shape), batches and broadcast batches
 const FORWARD: Record<string, Case[]> = {
   'A @ B': [
     [[1, 1], [1, 1], false, false],
@@ -81,13 +81,18 @@ describe('matmul forward vs float64 reference', () => {
         for (const c of cases) await checkForward(c);
       });
 
-  it('subgroup tiling takes vec4-aligned shapes and falls back for odd ones', async () => {
+  it('subgroup tiling takes odd shapes (no vec4 alignment needed)', async () => {
     setMatmulVariant('subgroup');
-    const aligned = await dispatchedBy(() => checkForward([[77, 36], [36, 20], false, false]));
-    const odd = await dispatchedBy(() => checkForward([[7, 33], [33, 77], false, false]));
-    expect(odd).toContain('matmul_register');
     const g = rt().gpu;
-    if (g.features.has('subgroups') && g.subgroupMinSize === g.subgroupMaxSize) expect(aligned).toContain('matmul_subgroup');
+    const fixed = g.features.has('subgroups') && g.subgroupMinSize === g.subgroupMaxSize;
+    for (const c of [
+      [[77, 36], [36, 20], false, false],
+      [[7, 33], [33, 77], false, false],
+      [[3, 33, 7], [5, 33], true, true],
+    ] as Parameters<typeof checkForward>[0][]) {
+      const used = await dispatchedBy(() => checkForward(c));
+      expect(used).toContain(fixed ? 'matmul_subgroup' : 'matmul_register');
+    }
   });
 
   it('default tiling per adapter: subgroup or register on CPU adapters, shared on GPUs', () => {

@@ -1,4 +1,4 @@
-// Benchmark runner: `npm run bench [-- --filter REGEX] [--json FILE] [--iterations N] [--time MS] [--warmup N] [--list]`.
+// Benchmark runner: `npm run bench [-- --filter REGEX] [--shape REGEX] [--library REGEX] [--json FILE] [--iterations N] [--time MS] [--warmup N] [--list]`.
 // Loads every suite in bench/suites/*.ts, times each case with tinybench (every iteration waits for the GPU),
 // prints a table and optionally writes the rows as JSON. See bench/README.md.
 import { readdirSync, writeFileSync } from 'node:fs';
@@ -12,6 +12,7 @@ import { peerNotes, type BenchSuite, type Row } from './lib.js';
 interface Args {
   filter: RegExp | null;
   shape: RegExp | null;
+  library: RegExp | null;
   json: string | null;
   iterations: number;
   time: number;
@@ -21,7 +22,7 @@ interface Args {
 }
 
 function parseArgs(argv: string[]): Args {
-  const a: Args = { filter: null, shape: null, json: null, iterations: 5, time: 200, list: false, warmup: 1, profile: false };
+  const a: Args = { filter: null, shape: null, library: null, json: null, iterations: 5, time: 200, list: false, warmup: 1, profile: false };
   for (let i = 0; i < argv.length; i++) {
     const k = argv[i];
     const v = () => {
@@ -31,6 +32,7 @@ function parseArgs(argv: string[]): Args {
     };
     if (k === '--filter') a.filter = new RegExp(v(), 'i');
     else if (k === '--shape') a.shape = new RegExp(v(), 'i');
+    else if (k === '--library') a.library = new RegExp(v(), 'i');
     else if (k === '--json') a.json = v();
     else if (k === '--iterations') a.iterations = Math.max(1, Number(v()));
     else if (k === '--time') a.time = Math.max(0, Number(v()));
@@ -38,7 +40,7 @@ function parseArgs(argv: string[]): Args {
     else if (k === '--warmup') a.warmup = Math.max(0, Number(v()));
     else if (k === '--profile') a.profile = true;
     else if (k === '--help' || k === '-h') {
-      console.log('usage: npm run bench -- [--filter REGEX] [--shape REGEX] [--json FILE] [--iterations N] [--time MS] [--warmup N] [--list] [--profile]');
+      console.log('usage: npm run bench -- [--filter REGEX] [--shape REGEX] [--library REGEX] [--json FILE] [--iterations N] [--time MS] [--warmup N] [--list] [--profile]');
       process.exit(0);
     } else throw new Error(`unknown argument ${k} (try --help)`);
   }
@@ -91,6 +93,7 @@ async function main() {
       if (args.filter && !args.filter.test(id)) continue;
       if (args.shape && !args.shape.test(c.shape)) continue;
       const library = c.library ?? 'ours';
+      if (args.library && !args.library.test(library)) continue;
       if (args.list) {
         console.log(`${id}  [${c.shape}] ${c.pass} ${library}`);
         continue;

@@ -409,12 +409,12 @@ function backwardWeightRaw(gy: Tensor, x: Tensor, g: Geom): Tensor {
 // On lavapipe every storage load is executed lane by lane (a bounds check and a scalar load per lane), while
 // arithmetic runs 8 lanes wide, so a kernel is fast when each loaded value feeds many FMAs. Here a
 // workgroup is one subgroup of SG lanes computing a 32-row x (SG*4)-position tile: each lane loads the weights
-// of 4 consecutive rows, straight from the [O, C, kh, kw] weight tensor, and every row's weight reaches all
+// of 4 consecutive rows (one vec4 of a repacked copy, or 4 scalars of the weight tensor itself where the
+// image is too small for the repack to pay off: see "Weight packing") and every row's weight reaches all
 // lanes through subgroupBroadcast; each lane loads its own 4 input values per reduction step. That is 32x4
-// FMAs per lane for 8 scalar loads. (The weights used to be repacked first into [tap][k][row] so that a lane's
-// 4 rows were one vec4 load; on llvmpipe a vec4 costs as much as 4 scalar loads, and the repack, at ~20 ns a
-// weight, took longer than the convolution itself wherever the image is small, e.g. 1280 channels at 8x8.)
-// Shapes, kernel size, stride and padding are uniforms (one pipeline per mode, weight dtype and bias).
+// FMAs per lane for 8 loaded components. The positions of a tile run over (batch item, pixel), so small
+// images still fill it. Shapes, kernel size, stride and padding are uniforms (one pipeline per mode, weight
+// dtype, bias and packing).
 //  - mode 'fwd': rows = output channels, positions = output pixels, reduction = input channels x taps.
 //  - mode 'bwd': rows = input channels, positions = input pixels of one stride phase (py, px) per workgroup
 //    (the phase is part of workgroup_id.z), so the taps that reach them are uniform: ky = (py + pt) mod sh

@@ -5,8 +5,9 @@
 //    op(B) through subgroupBroadcast, one k per step (see `subgroupKernelSource`). On lavapipe every memory
 //    access that differs between lanes becomes a per-lane loop with bounds checks (~25 instructions per
 //    lane and component), so the kernel is built to minimise such loads per FMA; see bench/README.md.
-//  - 'register' (CPU adapters without fixed-size subgroups): each invocation computes a 4x4 block straight from global
-//    memory with scalar loads; no workgroup memory and no barriers (barriers serialize lavapipe's lanes).
+//  - 'register' (CPU adapters without fixed-size subgroups): each invocation computes a 4x4 block straight
+//    from global memory with scalar loads; no workgroup memory and no barriers (barriers serialize lavapipe's
+//    lanes).
 //  - 'shared' (GPUs): 64x64 workgroup tiles staged in workgroup memory, 4x4 outputs per invocation.
 // All are tested; the runtime picks by adapter class unless told otherwise (`setMatmulVariant`).
 import { rt, Uniforms } from '../engine/runtime.js';
@@ -160,7 +161,7 @@ interface SubgroupCfg {
 // op(A)[m0 + t S + L, k] for its SG_T rows (scalar loads) and op(B)[k, n0 + 4 j .. 4 j + 3] for its share of
 // the 32 columns; every column's value reaches all lanes through subgroupBroadcast, so a step is 4 x 32 FMAs
 // per lane for 8 scalar loads (S = 8). This is the tiling of conv2d's subgroup kernel; the previous one read A
-// and B as vec4 along K (2 rows x 32 columns per lane, 24 scalars per 256 FMAs) and ran 1.2-1.6x slower on
+// and B as vec4 along K (2 rows x 32 columns per lane, 24 scalars per 256 FMAs) and ran 1.1-1.6x slower on
 // lavapipe. Scalar loads with clamped indices take any shape and either transpose.
 const subgroupKernel = memoKernel(subgroupKernelSource);
 function subgroupKernelSource(c: SubgroupCfg): string {

@@ -3,7 +3,18 @@
 // than one storage binding.
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { Tensor, grad, rt, tidy } from '../../engine/index.js';
-import { conv2d, conv2dRaw, conv2dVariants, setConv2dVariant, setConv2dWeightPacking, type Conv2dOptions, type ConvVariant, type WeightPacking } from '../../kernels/conv2d.js';
+import {
+  conv2d,
+  conv2dRaw,
+  conv2dVariants,
+  setConv2dVariant,
+  setConv2dWeightPacking,
+  setConv2dWinograd,
+  type Conv2dOptions,
+  type ConvVariant,
+  type WeightPacking,
+} from '../../kernels/conv2d.js';
+import { WINOGRAD_F43 } from '../../kernels/winograd.js';
 import { rconv2d } from '../../kernels/conv2d.ref.js';
 import { rprod, rt64 } from '../../kernels/core.ref.js';
 import { checkGrad, expectClose, gpu, rand } from '../helpers/check.js';
@@ -28,6 +39,8 @@ const CASES: Case[] = [
   { name: '3x3 s2 pad [0,1,0,1] odd', x: [1, 4, 7, 9], w: [5, 4, 3, 3], bias: true, opts: { stride: 2, padding: [0, 1, 0, 1] } },
   { name: '1x1', x: [3, 77, 7, 9], w: [33, 77, 1, 1], bias: true, opts: {} },
   { name: '3x3 s1 p0', x: [2, 4, 7, 9], w: [6, 4, 3, 3], bias: false, opts: {} },
+  { name: '3x3 s1 p0 width 8', x: [2, 4, 8, 8], w: [5, 4, 3, 3], bias: true, opts: {} },
+  { name: '3x3 s1 p3', x: [1, 8, 8, 8], w: [6, 8, 3, 3], bias: true, opts: { padding: 3 } },
   { name: 'patch 4x4 s4', x: [2, 3, 16, 20], w: [33, 3, 4, 4], bias: false, opts: { stride: 4 } },
   { name: 'patch 14x14 s14', x: [1, 3, 28, 42], w: [8, 3, 14, 14], bias: false, opts: { stride: 14 } },
   { name: 'asymmetric stride/pad', x: [2, 5, 11, 13], w: [7, 5, 3, 5], bias: true, opts: { stride: [2, 3], padding: [1, 2] } },
@@ -53,26 +66,30 @@ async function forwardCheck(c: Case, wDtype: 'f32' | 'f16' = 'f32', tol = 1e-5) 
   return ref.shape;
 }
 
-// every suite runs with both tilings: 'subgroup' (CPU adapters with 8-wide subgroups) and 'register' (the rest);
-// 'subgroup' twice: weights read in place, and repacked first (the kernels pick by size, tests force each)
-const VARIANTS: [ConvVariant, WeightPacking][] = [
+// every suite runs with both direct tilings: 'subgroup' (CPU adapters with 8-wide subgroups) and 'register'
+// (the rest); 'subgroup' twice: weights read in place, and repacked first (the kernels pick by size, tests force
+// each); and once more with every 3x3 stride-1 convolution through Winograd F(4x4, 3x3) (the rest direct).
+const VARIANTS: [ConvVariant | 'winograd', WeightPacking][] = [
   ['subgroup', 'never'],
   ['subgroup', 'always'],
   ['register', 'auto'],
+  ['winograd', 'auto'],
 ];
 for (const [variant, packing] of VARIANTS)
   describe(`conv2d [${variant}${variant === 'subgroup' ? `, weights ${packing === 'always' ? 'repacked' : 'in place'}` : ''}]`, () => {
     beforeAll(() => {
       setConv2dWeightPacking(packing);
+      setConv2dWinograd(variant === 'winograd' ? 'always' : 'never');
       // an adapter without 8-wide subgroups runs the 'register' tiling in both passes
-      setConv2dVariant(conv2dVariants().includes(variant) ? variant : null);
+      setConv2dVariant(variant !== 'winograd' && conv2dVariants().includes(variant) ? variant : null);
     });
     afterAll(() => {
       setConv2dVariant(null);
       setConv2dWeightPacking('auto');
+      setConv2dWinograd('auto');
     });
     it('variant is available on this adapter', (ctx) => {
-      if (!conv2dVariants().includes(variant)) ctx.skip();
+      if (variant !== 'winograd' && !conv2dVariants().includes(variant)) ctx.skip();
     });
     describe('conv2d forward', () => {
       for (const c of CASES) it(`${c.name}: x[${c.x}] w[${c.w}]`, () => forwardCheck(c));
@@ -220,6 +237,72 @@ for (const [variant, packing] of VARIANTS)
       });
     });
   });
+
+describe('conv2d Winograd F(4x4, 3x3)', () => {
+  /** float64 reference of the 1D algorithm: Aᵀ [(G g) ⊙ (Bᵀ d)] against the direct correlation */
+  it('transform matrices compute a 3-tap correlation exactly (float64)', () => {
+    const { BT, G, AT } = WINOGRAD_F43;
+    const mv = (m: number[][], v: number[]) => m.map((row) => row.reduce((s, c, k) => s + c * v[k], 0));
+    for (let trial = 0; trial < 20; trial++) {
+      const d = Array.from(rand(6, 100 + trial));
+      const g = Array.from(rand(3, 200 + trial));
+      const u = mv(G, g);
+      const v = mv(BT, d);
+      const y = mv(AT, u.map((x, i) => x * v[i]));
+      for (let i = 0; i < 4; i++) expect(Math.abs(y[i] - (d[i] * g[0] + d[i + 1] * g[1] + d[i + 2] * g[2]))).toBeLessThan(1e-12);
+    }
+  });
+
+  it('chunks of weight rows and of tiles (lowered binding limit), all three passes', async () => {
+    const r = rt();
+    const saved = r.maxBindingBytes;
+    // x, y fit one binding; U needs 2 row chunks (48 rows, 32 per chunk) and V 2 tile chunks (50 tiles)
+    const c: Case = { name: 'chunks', x: [2, 40, 20, 20], w: [48, 40, 3, 3], bias: true, opts: { padding: 1 } };
+    setConv2dWinograd('always');
+    try {
+      const d = data(c);
+      const yref = rconv2d(rt64(d.x, c.x), rt64(d.w, c.w), rt64(d.b, [c.w[0]]), c.opts);
+      const gy = rand(yref.data.length, 5);
+      const ref = { dx: new Float64Array(0), dw: new Float64Array(0) };
+      // reference gradients through the direct kernels (themselves checked against float64 above)
+      setConv2dWinograd('never');
+      const [rdx, rdw] = tidy(() => {
+        const x = Tensor.from(d.x, c.x).requireGrad();
+        const w = Tensor.from(d.w, c.w).requireGrad();
+        return grad(conv2d(x, w, undefined, c.opts), [x, w], Tensor.from(gy, yref.shape));
+      });
+      ref.dx = Float64Array.from(await rdx.data());
+      ref.dw = Float64Array.from(await rdw.data());
+      [rdx, rdw].forEach((t) => t.dispose());
+      setConv2dWinograd('always');
+      r.maxBindingBytes = 200 * 1024;
+      const [y, gx, gw] = tidy(() => {
+        const x = Tensor.from(d.x, c.x).requireGrad();
+        const w = Tensor.from(d.w, c.w).requireGrad();
+        const y = conv2d(x, w, Tensor.from(d.b, [c.w[0]]), c.opts);
+        return [y, ...grad(y, [x, w], Tensor.from(gy, yref.shape))];
+      });
+      r.maxBindingBytes = saved;
+      expectClose(await y.data(), yref.data, 1e-5, 'winograd chunks forward');
+      expectClose(await gx.data(), ref.dx, 1e-5, 'winograd chunks dx');
+      expectClose(await gw.data(), ref.dw, 1e-5, 'winograd chunks dw');
+      [y, gx, gw].forEach((t) => t.dispose());
+    } finally {
+      r.maxBindingBytes = saved;
+      setConv2dWinograd('auto');
+    }
+  });
+
+  it('stays within 1e-4 of the float64 reference at 1280 input channels', async () => {
+    const c: Case = { name: 'deep', x: [1, 1280, 8, 8], w: [16, 1280, 3, 3], bias: true, opts: { padding: 1 } };
+    setConv2dWinograd('always');
+    try {
+      await forwardCheck(c, 'f32', 1e-4);
+    } finally {
+      setConv2dWinograd('auto');
+    }
+  });
+});
 
 describe('conv2dRaw entry points', () => {
   it('match the autodiff path', async () => {

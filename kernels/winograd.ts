@@ -1,0 +1,498 @@
+// Winograd F(4x4, 3x3) for 3x3 stride-1 convolutions (forward, backward-data and backward-weight), used by
+// conv2d on CPU adapters, where multiply-adds are what a convolution costs (Lavin & Gray, "Fast Algorithms for
+// Convolutional Neural Networks", 2016). The output is cut into 4x4 tiles; each tile needs a 6x6 input patch.
+//   U = G g Gᵀ (6x6 per weight pair, 3x3 g),  V = Bᵀ d B (6x6 per input patch d),  Y = Aᵀ (U ⊙ V) A (4x4).
+// Summed over input channels, the elementwise products become 36 independent GEMMs, one per point ξ of the
+// 6x6 grid: M[ξ] (O x tiles) = Uᵀ[ξ] (O x C) @ V[ξ] (C x tiles), which is 36 / 16 = 2.25 multiply-adds per
+// output pixel and channel pair instead of 9 (4x fewer), run by matmul's batched kernel. The transforms are
+// separate, memory-bound kernels, one invocation per (channel, tile), generated from the matrices below.
+//  - backward-data is the same forward applied to dY with the kernel rotated by 180 degrees and the roles of
+//    the channel axes swapped (stride 1): dX[c] = sum_o rot180(W[o, c]) * dY[o], padding 2 - p.
+//  - backward-weight differentiates the forward formula: dM = A dY Aᵀ per output tile (4x4 -> 6x6),
+//    dU[ξ] (O x C) = dM[ξ] (O x tiles) @ V[ξ]ᵀ, dW = Gᵀ dU G (6x6 -> 3x3), again 36 GEMMs.
+// fp32 error: the points 0, ±1, ±2, ±1/2 keep the transforms' coefficients small; measured against the float64
+// reference the error is a few times the direct convolution's (tests bound it at the engine's usual 1e-4 of
+// the output's largest magnitude). The transformed tensors are 36/16 = 2.25x the activations; they are built
+// in chunks of tiles that stay within `CHUNK_BYTES` (and the binding limit), so memory stays bounded.
+import { rt, Uniforms } from '../engine/runtime.js';
+import { Tensor } from '../engine/tensor.js';
+import { grid, WG_INDEX, memoKernel } from './util.js';
+import { matmulRaw } from './matmul.js';
+
+const TILE = 4; // output tile side (m)
+const ALPHA = 6; // input patch side (m + r - 1)
+const XI = ALPHA * ALPHA; // points per tile
+
+/** Bᵀ (6x6), G (6x3) and Aᵀ (4x6) for F(4, 3) with the points 0, 1, -1, 2, -2 and infinity. */
+export const WINOGRAD_F43 = {
+  BT: [
+    [4, 0, -5, 0, 1, 0],
+    [0, -4, -4, 1, 1, 0],
+    [0, 4, -4, -1, 1, 0],
+    [0, -2, -1, 2, 1, 0],
+    [0, 2, -1, -2, 1, 0],
+    [0, 4, 0, -5, 0, 1],
+  ],
+  G: [
+    [1 / 4, 0, 0],
+    [-1 / 6, -1 / 6, -1 / 6],
+    [-1 / 6, 1 / 6, -1 / 6],
+    [1 / 24, 1 / 12, 1 / 6],
+    [1 / 24, -1 / 12, 1 / 6],
+    [0, 0, 1],
+  ],
+  AT: [
+    [1, 1, 1, 1, 1, 0],
+    [0, 1, -1, 2, -2, 0],
+    [0, 1, 1, 4, 4, 0],
+    [0, 1, -1, 8, -8, 1],
+  ],
+};
+const { BT, G, AT } = WINOGRAD_F43;
+const transpose = (m: number[][]) => m[0].map((_, j) => m.map((row) => row[j]));
+
+/** bytes of one transformed operand (per chunk of tiles) */
+const CHUNK_BYTES = 48 * 1024 * 1024;
+
+// ---------------- transform code generation ----------------
+
+function lit(c: number): string {
+  const s = String(Math.abs(c));
+  return /[.e]/.test(s) ? s : `${s}.0`;
+}
+
+/** WGSL sum of coef * term over the nonzero coefficients (±1 without a multiply). */
+function lin(coefs: number[], term: (k: number) => string): string {
+  const parts: string[] = [];
+  coefs.forEach((c, k) => {
+    if (c === 0) return;
+    const sign = c < 0 ? '-' : '+';
+    const t = Math.abs(c) === 1 ? term(k) : `${lit(c)} * ${term(k)}`;
+    parts.push(parts.length ? ` ${sign} ${t}` : sign === '-' ? `-${t}` : t);
+  });
+  return parts.length ? parts.join('') : '0.0';
+}
+
+/**
+ * Lets computing out = L X Rᵀ (L: p x q, X: q x s given by `src(k, l)`, R: t x s), naming element (i, j) of the
+ * result `${name}_${i}_${j}`; the product is taken as two passes of linear combinations through `${name}t`.
+ */
+function sandwich(L: number[][], R: number[][], src: (k: number, l: number) => string, name: string): string {
+  const s = R[0].length;
+  const out: string[] = [];
+  for (let i = 0; i < L.length; i++)
+    for (let l = 0; l < s; l++) out.push(`let ${name}t_${i}_${l} = ${lin(L[i], (k) => src(k, l))};`);
+  for (let i = 0; i < L.length; i++)
+    for (let j = 0; j < R.length; j++) out.push(`let ${name}_${i}_${j} = ${lin(R[j], (l) => `${name}t_${i}_${l}`)};`);
+  return out.join('\n  ');
+}
+
+const range = (n: number) => [...Array(n).keys()];
+const J4 = range(4);
+const vec = (parts: string[]) => `vec4<f32>(${parts.join(', ')})`;
+
+// Every transform kernel handles 4 consecutive columns of its GEMM operand per invocation (4 tiles, or 4
+// channels), does its arithmetic on vec4s (one component per column) and writes whole vec4s: on CPU adapters a
+// memory access costs about the same for a vec4 as for a scalar, so this is 4x fewer stores than one column per
+// invocation. Tiles are numbered t = (n * th + ty) * tw + tx; a chunk holds tiles [t0, tEnd), padded to a
+// multiple of 4 ("phantom" tiles read and write zeros, so the GEMMs never see uninitialized memory).
+const STRUCT = /* wgsl */ `struct P {
+  nInv: u32, Tq: u32, t0: u32, tEnd: u32,
+  tpi: u32, tw: u32, C: u32, rows: u32,
+  H: u32, W: u32, PT: i32, PL: i32,
+  r0: u32, accum: u32, _0: u32, _1: u32 }
+@group(0) @binding(0) var<uniform> u: P;`;
+
+// tile j of quad q: validity and position (clamped to tile t0 when invalid)
+const tileLets = (j: number) => `let t${j} = u.t0 + 4u * q + ${j}u;
+  let ok${j} = t${j} < u.tEnd;
+  let tc${j} = select(u.t0, t${j}, ok${j});
+  let n${j} = tc${j} / u.tpi;
+  let tr${j} = tc${j} - n${j} * u.tpi;
+  let ty${j} = tr${j} / u.tw;
+  let tx${j} = tr${j} - ty${j} * u.tw;`;
+
+const MAIN = /* wgsl */ `@compute @workgroup_size(64)
+fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
+  let i = wg_index(wid, nwg) * 64u + li;
+  if (i >= u.nInv) { return; }`;
+
+/**
+ * V[ξ, c, t] = (Bᵀ d B)[ξ] of the 6x6 patch of S[n, c] at (4 ty - PT, 4 tx - PL), zero outside the image and for
+ * c >= C (rows padded to a multiple of 4). `off` >= 0: the image width is a multiple of 4 and a patch row starts
+ * at component `off` of an aligned vec4 (off = -PL mod 4), so a row is 2-3 vec4 loads; -1: scalar loads.
+ */
+const inputKernel = memoKernel((off: number) => {
+  const A = range(ALPHA);
+  const nv = off < 0 ? 0 : Math.ceil((off + ALPHA) / 4);
+  const loads =
+    off < 0
+      ? A.map((k) =>
+          A.map(
+            (l) => `let d_${k}_${l} = ${vec(J4.map((j) => `select(0.0, S[base${j} + u32(select(0, yy${j}_${k} * Ws + xx${j}_${l}, ry${j}_${k} && rx${j}_${l}))], ry${j}_${k} && rx${j}_${l})`))};`,
+          ).join('\n  '),
+        ).join('\n  ')
+      : A.map((k) =>
+          [
+            ...J4.map((j) =>
+              range(nv)
+                .map((v) => `let s${j}_${k}_${v} = select(vec4<f32>(0.0), S[base${j} + u32(select(0, yy${j}_${k} * W4 + a${j} + ${v}, ry${j}_${k} && rx${j}_${v}))], ry${j}_${k} && rx${j}_${v});`)
+                .join(' '),
+            ),
+            ...A.map((l) => `let d_${k}_${l} = ${vec(J4.map((j) => `s${j}_${k}_${(off + l) >> 2}[${(off + l) & 3}]`))};`),
+          ].join('\n  '),
+        ).join('\n  ');
+  return /* wgsl */ `
+${WG_INDEX}
+${STRUCT}
+@group(0) @binding(1) var<storage, read> S: array<${off < 0 ? 'f32' : 'vec4<f32>'}>;
+@group(0) @binding(2) var<storage, read_write> V: array<vec4<f32>>;
+${MAIN}
+  let c = i / u.Tq;
+  let q = i - c * u.Tq;
+  let cok = c < u.C;
+  let Hs = i32(u.H);
+  let Ws = i32(u.W);
+  let W4 = Ws / 4;
+  ${J4.map((j) => tileLets(j)).join('\n  ')}
+  ${J4.map(
+    (j) => `let base${j} = (n${j} * u.C + min(c, u.C - 1u)) * u.H * u.W${off < 0 ? '' : ' / 4u'};
+  let y0${j} = i32(ty${j}) * ${TILE} - u.PT;
+  ${A.map((k) => `let yy${j}_${k} = y0${j} + ${k}; let ry${j}_${k} = ok${j} && cok && yy${j}_${k} >= 0 && yy${j}_${k} < Hs;`).join('\n  ')}
+  ${
+    off < 0
+      ? `let x0${j} = i32(tx${j}) * ${TILE} - u.PL;
+  ${A.map((l) => `let xx${j}_${l} = x0${j} + ${l}; let rx${j}_${l} = xx${j}_${l} >= 0 && xx${j}_${l} < Ws;`).join(' ')}`
+      : `let a${j} = i32(tx${j}) - (u.PL + ${off}) / 4;
+  ${range(nv).map((v) => `let rx${j}_${v} = a${j} + ${v} >= 0 && a${j} + ${v} < W4;`).join(' ')}`
+  }`,
+  ).join('\n  ')}
+  ${loads}
+  ${sandwich(BT, BT, (k, l) => `d_${k}_${l}`, 'v')}
+  let plane = u.rows * u.Tq;
+  var o = i;
+  ${A.map((a) => A.map((b) => `V[o] = v_${a}_${b}; o += plane;`).join(' ')).join('\n  ')}
+}`;
+});
+
+/**
+ * Y[n, r0 + r, 4 ty + i, 4 tx + j] = (Aᵀ M A)[i, j] + bias for the pixels inside the image (H x W here);
+ * `aligned`: W is a multiple of 4, so each row of a tile is one vec4 store.
+ */
+const outputKernel = memoKernel((bias: boolean, aligned: boolean) => {
+  const T = range(TILE);
+  return /* wgsl */ `
+${WG_INDEX}
+${STRUCT}
+@group(0) @binding(1) var<storage, read> M: array<vec4<f32>>;
+${bias ? '@group(0) @binding(2) var<storage, read> BIAS: array<f32>;' : ''}
+@group(0) @binding(${bias ? 3 : 2}) var<storage, read_write> Y: array<${aligned ? 'vec4<f32>' : 'f32'}>;
+${MAIN}
+  let r = i / u.Tq;
+  let q = i - r * u.Tq;
+  let plane = u.rows * u.Tq;
+  var o = i;
+  ${range(ALPHA)
+    .map((a) => range(ALPHA).map((b) => `let m_${a}_${b} = M[o]; o += plane;`).join(' '))
+    .join('\n  ')}
+  ${sandwich(AT, AT, (k, l) => `m_${k}_${l}`, 'y')}
+  let bv = ${bias ? 'BIAS[u.r0 + r]' : '0.0'};
+  ${J4.map(
+    (j) => `{
+    ${tileLets(j)}
+    if (ok${j}) {
+      let y0 = ty${j} * ${TILE}u;
+      let x0 = tx${j} * ${TILE}u;
+      let base = ((n${j} * u.C + u.r0 + r) * u.H + y0) * u.W + x0;
+      ${T.map((a) =>
+        aligned
+          ? `if (y0 + ${a}u < u.H) { Y[(base + ${a}u * u.W) / 4u] = ${vec(T.map((b) => `y_${a}_${b}[${j}]`))} + bv; }`
+          : T.map((b) => `if (y0 + ${a}u < u.H && x0 + ${b}u < u.W) { Y[base + ${a}u * u.W + ${b}u] = y_${a}_${b}[${j}] + bv; }`).join('\n      '),
+      ).join('\n      ')}
+    }
+  }`,
+  ).join('\n  ')}
+}`;
+});
+
+/** dM[ξ, o, t] = (A dY Aᵀ)[ξ] of output tile t of channel r0 + o (zero outside the output); `aligned` as above. */
+const gradOutputKernel = memoKernel((aligned: boolean) => {
+  const T = range(TILE);
+  const A = transpose(AT);
+  return /* wgsl */ `
+${WG_INDEX}
+${STRUCT}
+@group(0) @binding(1) var<storage, read> GY: array<${aligned ? 'vec4<f32>' : 'f32'}>;
+@group(0) @binding(2) var<storage, read_write> DM: array<vec4<f32>>;
+${MAIN}
+  let o = i / u.Tq;
+  let q = i - o * u.Tq;
+  ${J4.map(
+    (j) => `${tileLets(j)}
+  let y0${j} = ty${j} * ${TILE}u;
+  let x0${j} = tx${j} * ${TILE}u;
+  let base${j} = ((n${j} * u.C + u.r0 + o) * u.H + y0${j}) * u.W + x0${j};
+  ${T.map((a) =>
+    aligned
+      ? `let g${j}_${a} = select(vec4<f32>(0.0), GY[select(0u, (base${j} + ${a}u * u.W) / 4u, ok${j} && y0${j} + ${a}u < u.H)], ok${j} && y0${j} + ${a}u < u.H);`
+      : `let g${j}_${a} = ${vec(
+          T.map((b) => `select(0.0, GY[select(0u, base${j} + ${a}u * u.W + ${b}u, ok${j} && y0${j} + ${a}u < u.H && x0${j} + ${b}u < u.W)], ok${j} && y0${j} + ${a}u < u.H && x0${j} + ${b}u < u.W)`),
+        )};`,
+  ).join('\n  ')}`,
+  ).join('\n  ')}
+  ${T.map((a) => T.map((b) => `let g_${a}_${b} = ${vec(J4.map((j) => `g${j}_${a}[${b}]`))};`).join(' ')).join('\n  ')}
+  ${sandwich(A, A, (k, l) => `g_${k}_${l}`, 'm')}
+  let plane = u.rows * u.Tq;
+  var p = i;
+  ${range(ALPHA)
+    .map((a) => range(ALPHA).map((b) => `DM[p] = m_${a}_${b}; p += plane;`).join(' '))
+    .join('\n  ')}
+}`;
+});
+
+// U[ξ, r, k] for GEMM rows r (a chunk starting at r0) and reduction k padded to K4 (zero past K); one invocation
+// per (r, 4 consecutive k). 'fwd': r = output channel o, k = input channel c, g = W[o, c]: the 4 kernels are 36
+// consecutive weights (9 vec4 loads when C is a multiple of 4). 'bwd': r = c, k = o, g = W[o, c] rotated by 180
+// degrees (scalar loads).
+const weightKernel = memoKernel((mode: 'fwd' | 'bwd', f16: boolean, aligned: boolean) => {
+  const K3 = range(3);
+  const tap = (ky: number, kx: number) => (mode === 'fwd' ? ky * 3 + kx : (2 - ky) * 3 + (2 - kx));
+  const ty = f16 ? 'f16' : 'f32';
+  const loads =
+    mode === 'fwd' && aligned
+      ? `let src = ((u.r0 + r) * u.C + 4u * kq) * 9u / 4u;
+  ${range(9).map((v) => `let w${v} = vec4<f32>(W[src + ${v}u]);`).join(' ')}
+  ${K3.map((a) => K3.map((b) => `let g_${a}_${b} = ${vec(J4.map((j) => `w${(9 * j + tap(a, b)) >> 2}[${(9 * j + tap(a, b)) & 3}]`))};`).join(' ')).join('\n  ')}`
+      : `${J4.map((j) =>
+          mode === 'fwd'
+            ? `let ok${j} = 4u * kq + ${j}u < u.C; let src${j} = ((u.r0 + r) * u.C + min(4u * kq + ${j}u, u.C - 1u)) * 9u;`
+            : `let ok${j} = 4u * kq + ${j}u < u.rows; let src${j} = (min(4u * kq + ${j}u, u.rows - 1u) * u.C + u.r0 + r) * 9u;`,
+        ).join('\n  ')}
+  ${K3.map((a) => K3.map((b) => `let g_${a}_${b} = ${vec(J4.map((j) => `select(0.0, f32(W[src${j} + ${tap(a, b)}u]), ok${j})`))};`).join('\n  ')).join('\n  ')}`;
+  return /* wgsl */ `${f16 ? 'enable f16;' : ''}
+${WG_INDEX}
+${STRUCT}
+@group(0) @binding(1) var<storage, read> W: array<${mode === 'fwd' && aligned ? `vec4<${ty}>` : ty}>;
+@group(0) @binding(2) var<storage, read_write> U: array<vec4<f32>>;
+${MAIN}
+  let r = i / u.Tq;
+  let kq = i - r * u.Tq;
+  ${loads}
+  ${sandwich(G, G, (k, l) => `g_${k}_${l}`, 'w')}
+  let plane = u.nInv;
+  var o = i;
+  ${range(ALPHA)
+    .map((a) => range(ALPHA).map((b) => `U[o] = w_${a}_${b}; o += plane;`).join(' '))
+    .join('\n  ')}
+}`;
+});
+
+/**
+ * dW[r0 + o, c] (+)= Gᵀ dU[·, o, c] G, one invocation per (o, 4 consecutive c): dU [36, rows, C4] read as
+ * vec4s; `aligned` (C a multiple of 4): the 4 kernels are 36 consecutive weights, 9 vec4 stores.
+ */
+const weightGradKernel = memoKernel((aligned: boolean) => {
+  const GT = transpose(G);
+  const K3 = range(3);
+  const stores = aligned
+    ? `let q = ((u.r0 + o) * u.C + 4u * cq) * 9u / 4u;
+  ${range(9)
+    .map((v) => {
+      const comps = J4.map((e) => {
+        const idx = 4 * v + e;
+        const j = Math.floor(idx / 9);
+        const t = idx % 9;
+        return `w_${Math.floor(t / 3)}_${t % 3}[${j}]`;
+      });
+      return `DW[q + ${v}u] = select(${vec(comps)}, ${vec(comps)} + DW[q + ${v}u], u.accum != 0u);`;
+    })
+    .join('\n  ')}`
+    : J4.map(
+        (j) => `if (4u * cq + ${j}u < u.C) {
+    let q = ((u.r0 + o) * u.C + 4u * cq + ${j}u) * 9u;
+    ${K3.map((a) => K3.map((b) => `DW[q + ${a * 3 + b}u] = select(w_${a}_${b}[${j}], w_${a}_${b}[${j}] + DW[q + ${a * 3 + b}u], u.accum != 0u);`).join(' ')).join('\n    ')}
+  }`,
+      ).join('\n  ');
+  return /* wgsl */ `
+${WG_INDEX}
+${STRUCT}
+@group(0) @binding(1) var<storage, read> DU: array<vec4<f32>>;
+@group(0) @binding(2) var<storage, read_write> DW: array<${aligned ? 'vec4<f32>' : 'f32'}>;
+${MAIN}
+  let o = i / u.Tq;
+  let cq = i - o * u.Tq;
+  let plane = u.nInv;
+  var p = i;
+  ${range(ALPHA)
+    .map((a) => range(ALPHA).map((b) => `let d_${a}_${b} = DU[p]; p += plane;`).join(' '))
+    .join('\n  ')}
+  ${sandwich(GT, GT, (k, l) => `d_${k}_${l}`, 'w')}
+  ${stores}
+}`;
+});
+
+// ---------------- drivers ----------------
+
+export interface WinogradGeom {
+  N: number;
+  C: number;
+  H: number;
+  W: number;
+  O: number;
+  Ho: number;
+  Wo: number;
+  PT: number;
+  PL: number;
+}
+
+const ceil4 = (n: number) => Math.ceil(n / 4) * 4;
+const budget = () => Math.min(CHUNK_BYTES, rt().maxBindingBytes);
+
+/** Whether the activations fit single storage bindings (the Winograd path binds them whole) and one row of U fits a chunk. */
+export function winogradFits(g: WinogradGeom): boolean {
+  const lim = rt().maxBindingBytes;
+  const row = XI * 4 * ceil4(Math.max(g.C, g.O));
+  return 4 * g.N * g.C * g.H * g.W <= lim && 4 * g.N * g.O * g.Ho * g.Wo <= lim && 32 * row <= budget();
+}
+
+function uniforms(o: { nInv: number; Tq?: number; t0?: number; tEnd?: number; tpi?: number; tw?: number; C: number; rows: number; H?: number; W?: number; PT?: number; PL?: number; r0?: number; accum?: boolean }) {
+  return new Uniforms()
+    .u32(o.nInv, o.Tq ?? 0, o.t0 ?? 0, o.tEnd ?? 0, o.tpi ?? 0, o.tw ?? 0, o.C, o.rows, o.H ?? 0, o.W ?? 0)
+    .i32(o.PT ?? 0, o.PL ?? 0)
+    .u32(o.r0 ?? 0, o.accum ? 1 : 0, 0, 0)
+    .done();
+}
+
+function dispatchFlat(name: string, code: string, uniforms: ArrayBuffer, bindings: { buffer: GPUBuffer }[], nInv: number) {
+  rt().dispatch({ name, code, uniforms, bindings, workgroups: grid(Math.ceil(nInv / 64)) });
+}
+
+/** Chunks of GEMM rows (multiples of 32, the GEMM's row tile) and of tiles (multiples of 4) within the budget. */
+function chunks(rows: number, K4: number, T: number) {
+  const row = XI * 4 * K4; // bytes of one row of U (one column of V)
+  const Rc = Math.min(rows, Math.max(32, Math.floor(budget() / row / 32) * 32));
+  // one tile column of V and of the GEMM's output
+  const Tc = Math.min(ceil4(T), Math.max(4, Math.floor(budget() / (XI * 4 * Math.max(K4, Rc)) / 4) * 4));
+  return { Rc, Tc };
+}
+
+interface Pass {
+  /** the tensor the patches are read from, [N, K, Hs, Ws] */
+  src: Tensor;
+  K: number;
+  Hs: number;
+  Ws: number;
+  PT: number;
+  PL: number;
+  /** the output, [N, R, Ho, Wo] */
+  y: Tensor;
+  R: number;
+  Ho: number;
+  Wo: number;
+  N: number;
+  mode: 'fwd' | 'bwd';
+}
+
+function inputPass(src: Tensor, K: number, K4: number, Hs: number, Ws: number, PT: number, PL: number, t0: number, tEnd: number, tpi: number, tw: number) {
+  const Tq = ceil4(tEnd - t0) / 4;
+  const v = Tensor.empty([XI, K4, 4 * Tq], 'f32', 'winograd_v');
+  const off = Ws % 4 === 0 ? (((-PL % 4) + 4) % 4) : -1;
+  dispatchFlat(
+    'winograd_input',
+    inputKernel(off),
+    uniforms({ nInv: K4 * Tq, Tq, t0, tEnd, tpi, tw, C: K, rows: K4, H: Hs, W: Ws, PT, PL }),
+    [{ buffer: src.buffer }, { buffer: v.buffer }],
+    K4 * Tq,
+  );
+  return v;
+}
+
+function convolve(p: Pass, w: Tensor, bias: Tensor | undefined) {
+  const { N, K, R, Ho, Wo } = p;
+  const K4 = ceil4(K);
+  const th = Math.ceil(Ho / TILE);
+  const tw = Math.ceil(Wo / TILE);
+  const tpi = th * tw;
+  const T = N * tpi;
+  const { Rc, Tc } = chunks(R, K4, T);
+  const [O, C] = w.shape;
+  const aligned = Wo % 4 === 0;
+  for (let r0 = 0; r0 < R; r0 += Rc) {
+    const rc = Math.min(Rc, R - r0);
+    const u = Tensor.empty([XI, rc, K4], 'f32', 'winograd_u');
+    dispatchFlat(
+      'winograd_weights',
+      weightKernel(p.mode, w.dtype === 'f16', C % 4 === 0),
+      uniforms({ nInv: rc * (K4 / 4), Tq: K4 / 4, C, rows: O, r0 }),
+      [{ buffer: w.buffer }, { buffer: u.buffer }],
+      rc * (K4 / 4),
+    );
+    for (let t0 = 0; t0 < T; t0 += Tc) {
+      const tEnd = Math.min(T, t0 + Tc);
+      const v = inputPass(p.src, K, K4, p.Hs, p.Ws, p.PT, p.PL, t0, tEnd, tpi, tw);
+      const m = matmulRaw(u, v);
+      v.dispose();
+      const Tq = ceil4(tEnd - t0) / 4;
+      dispatchFlat(
+        'winograd_output',
+        outputKernel(!!bias, aligned),
+        uniforms({ nInv: rc * Tq, Tq, t0, tEnd, tpi, tw, C: R, rows: rc, H: Ho, W: Wo, r0 }),
+        [{ buffer: m.buffer }, ...(bias ? [{ buffer: bias.buffer }] : []), { buffer: p.y.buffer }],
+        rc * Tq,
+      );
+      m.dispose();
+    }
+    u.dispose();
+  }
+}
+
+/** y = conv2d(x, w) + bias for a 3x3 kernel at stride 1 (y preallocated [N, O, Ho, Wo]). */
+export function winogradForward(x: Tensor, w: Tensor, bias: Tensor | undefined, g: WinogradGeom, y: Tensor) {
+  convolve({ src: x, K: g.C, Hs: g.H, Ws: g.W, PT: g.PT, PL: g.PL, y, R: g.O, Ho: g.Ho, Wo: g.Wo, N: g.N, mode: 'fwd' }, w, bias);
+}
+
+/** dx = conv2d's input gradient for a 3x3 kernel at stride 1 (dx preallocated [N, C, H, W]): dY convolved with the rotated kernel. */
+export function winogradBackwardData(gy: Tensor, w: Tensor, g: WinogradGeom, dx: Tensor) {
+  convolve({ src: gy, K: g.O, Hs: g.Ho, Ws: g.Wo, PT: 2 - g.PT, PL: 2 - g.PL, y: dx, R: g.C, Ho: g.H, Wo: g.W, N: g.N, mode: 'bwd' }, w, undefined);
+}
+
+/** dw = conv2d's weight gradient for a 3x3 kernel at stride 1 (dw preallocated [O, C, 3, 3]). */
+export function winogradBackwardWeight(gy: Tensor, x: Tensor, g: WinogradGeom, dw: Tensor) {
+  const { N, C, H, W, O, Ho, Wo, PT, PL } = g;
+  const C4 = ceil4(C);
+  const th = Math.ceil(Ho / TILE);
+  const tw = Math.ceil(Wo / TILE);
+  const tpi = th * tw;
+  const T = N * tpi;
+  // rows of dU [36, Oc, C4] per chunk, and tiles per chunk for V [36, C4, tiles] and dM [36, Oc, tiles]
+  const { Rc, Tc } = chunks(O, Math.max(C4, ceil4(O)), T);
+  const aligned = Wo % 4 === 0;
+  for (let o0 = 0; o0 < O; o0 += Rc) {
+    const oc = Math.min(Rc, O - o0);
+    for (let t0 = 0; t0 < T; t0 += Tc) {
+      const tEnd = Math.min(T, t0 + Tc);
+      const Tq = ceil4(tEnd - t0) / 4;
+      const dm = Tensor.empty([XI, oc, 4 * Tq], 'f32', 'winograd_dm');
+      dispatchFlat(
+        'winograd_grad_output',
+        gradOutputKernel(aligned),
+        uniforms({ nInv: oc * Tq, Tq, t0, tEnd, tpi, tw, C: O, rows: oc, H: Ho, W: Wo, r0: o0 }),
+        [{ buffer: gy.buffer }, { buffer: dm.buffer }],
+        oc * Tq,
+      );
+      const v = inputPass(x, C, C4, H, W, PT, PL, t0, tEnd, tpi, tw);
+      const du = matmulRaw(dm, v, { transB: true });
+      dm.dispose();
+      v.dispose();
+      dispatchFlat(
+        'winograd_weight_grad',
+        weightGradKernel(C % 4 === 0),
+        uniforms({ nInv: oc * (C4 / 4), Tq: C4 / 4, C, rows: oc, r0: o0, accum: t0 > 0 }),
+        [{ buffer: du.buffer }, { buffer: dw.buffer }],
+        oc * (C4 / 4),
+      );
+      du.dispose();
+    }
+  }
+}
+

@@ -91,26 +91,18 @@ const range = (n: number) => [...Array(n).keys()];
 const J4 = range(4);
 const vec = (parts: string[]) => `vec4<f32>(${parts.join(', ')})`;
 
-// Every transform kernel handles 4 consecutive columns of its GEMM operand per invocation (4 tiles, or 4
-// channels), does its arithmetic on vec4s (one component per column) and writes whole vec4s: on CPU adapters a
-// memory access costs about the same for a vec4 as for a scalar, so this is 4x fewer stores than one column per
-// invocation. Tiles are numbered t = (n * th + ty) * tw + tx; a chunk holds tiles [t0, tEnd), padded to a
-// multiple of 4 ("phantom" tiles read and write zeros, so the GEMMs never see uninitialized memory).
+// Every transform kernel handles 4 consecutive columns of a GEMM operand per invocation (4 tiles of one
+// channel, or 4 channels of one tile), does its arithmetic on vec4s (one component per column) and writes whole
+// vec4s: on CPU adapters a memory access costs about the same for a vec4 as for a scalar, so this is 4x fewer
+// stores than one column per invocation. Tiles are numbered t = (n * th + ty) * tw + tx; a chunk holds tiles
+// [t0, tEnd), padded to a multiple of 4, and GEMM rows are padded to a multiple of 32: padding ("phantom" tiles,
+// channels and rows) is written as zeros, so the GEMMs never read uninitialized memory.
 const STRUCT = /* wgsl */ `struct P {
   nInv: u32, Tq: u32, t0: u32, tEnd: u32,
   tpi: u32, tw: u32, C: u32, rows: u32,
   H: u32, W: u32, PT: i32, PL: i32,
-  r0: u32, accum: u32, _0: u32, _1: u32 }
+  r0: u32, accum: u32, nc: u32, _1: u32 }
 @group(0) @binding(0) var<uniform> u: P;`;
-
-// tile j of quad q: validity and position (clamped to tile t0 when invalid)
-const tileLets = (j: number) => `let t${j} = u.t0 + 4u * q + ${j}u;
-  let ok${j} = t${j} < u.tEnd;
-  let tc${j} = select(u.t0, t${j}, ok${j});
-  let n${j} = tc${j} / u.tpi;
-  let tr${j} = tc${j} - n${j} * u.tpi;
-  let ty${j} = tr${j} / u.tw;
-  let tx${j} = tr${j} - ty${j} * u.tw;`;
 
 const MAIN = /* wgsl */ `@compute @workgroup_size(64)
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
@@ -118,11 +110,35 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
   if (i >= u.nInv) { return; }`;
 
 /**
- * V[ξ, c, t] = (Bᵀ d B)[ξ] of the 6x6 patch of S[n, c] at (4 ty - PT, 4 tx - PL), zero outside the image and for
- * c >= C (rows padded to a multiple of 4). `off` >= 0: the image width is a multiple of 4 and a patch row starts
- * at component `off` of an aligned vec4 (off = -PL mod 4), so a row is 2-3 vec4 loads; -1: scalar loads.
+ * Per component j: channel c${j} (< u.nc valid) and tile t${j} (< u.tEnd valid), ok${j} both, and the tile's
+ * batch item / row / column. 'tiles': invocation i = channel * Tq + quad of tiles; 'chans': i = tile * Tq + quad
+ * of channels (Tq = quads per row of the operand).
  */
-const inputKernel = memoKernel((off: number) => {
+function columns(layout: 'tiles' | 'chans'): string {
+  const head =
+    layout === 'tiles'
+      ? `let cI = i / u.Tq; let qI = i - cI * u.Tq;`
+      : `let tI = i / u.Tq; let qI = i - tI * u.Tq;`;
+  return `${head}
+  ${J4.map(
+    (j) => `let c${j} = ${layout === 'tiles' ? 'cI' : `4u * qI + ${j}u`};
+  let t${j} = u.t0 + ${layout === 'tiles' ? `4u * qI + ${j}u` : 'tI'};
+  let ok${j} = t${j} < u.tEnd && c${j} < u.nc;
+  let tc${j} = select(u.t0, t${j}, ok${j});
+  let n${j} = tc${j} / u.tpi;
+  let tr${j} = tc${j} - n${j} * u.tpi;
+  let ty${j} = tr${j} / u.tw;
+  let tx${j} = tr${j} - ty${j} * u.tw;
+  let ch${j} = u.r0 + min(c${j}, u.nc - 1u);`,
+  ).join('\n  ')}`;
+}
+
+/**
+ * V = (Bᵀ d B)[ξ] of the 6x6 patch of S[n, r0 + c] at (4 ty - PT, 4 tx - PL), zero outside the image and for
+ * padding; 'tiles': V[ξ, c, t], 'chans': V[ξ, t, c]. `off` >= 0: the image width is a multiple of 4 and a patch
+ * row starts at component `off` of an aligned vec4 (off = -PL mod 4), so a row is 2-3 vec4 loads; -1: scalars.
+ */
+const inputKernel = memoKernel((off: number, layout: 'tiles' | 'chans') => {
   const A = range(ALPHA);
   const nv = off < 0 ? 0 : Math.ceil((off + ALPHA) / 4);
   const loads =
@@ -148,17 +164,14 @@ ${STRUCT}
 @group(0) @binding(1) var<storage, read> S: array<${off < 0 ? 'f32' : 'vec4<f32>'}>;
 @group(0) @binding(2) var<storage, read_write> V: array<vec4<f32>>;
 ${MAIN}
-  let c = i / u.Tq;
-  let q = i - c * u.Tq;
-  let cok = c < u.C;
+  ${columns(layout)}
   let Hs = i32(u.H);
   let Ws = i32(u.W);
   let W4 = Ws / 4;
-  ${J4.map((j) => tileLets(j)).join('\n  ')}
   ${J4.map(
-    (j) => `let base${j} = (n${j} * u.C + min(c, u.C - 1u)) * u.H * u.W${off < 0 ? '' : ' / 4u'};
+    (j) => `let base${j} = (n${j} * u.C + ch${j}) * u.H * u.W${off < 0 ? '' : ' / 4u'};
   let y0${j} = i32(ty${j}) * ${TILE} - u.PT;
-  ${A.map((k) => `let yy${j}_${k} = y0${j} + ${k}; let ry${j}_${k} = ok${j} && cok && yy${j}_${k} >= 0 && yy${j}_${k} < Hs;`).join('\n  ')}
+  ${A.map((k) => `let yy${j}_${k} = y0${j} + ${k}; let ry${j}_${k} = ok${j} && yy${j}_${k} >= 0 && yy${j}_${k} < Hs;`).join('\n  ')}
   ${
     off < 0
       ? `let x0${j} = i32(tx${j}) * ${TILE} - u.PL;
@@ -169,15 +182,14 @@ ${MAIN}
   ).join('\n  ')}
   ${loads}
   ${sandwich(BT, BT, (k, l) => `d_${k}_${l}`, 'v')}
-  let plane = u.rows * u.Tq;
   var o = i;
-  ${A.map((a) => A.map((b) => `V[o] = v_${a}_${b}; o += plane;`).join(' ')).join('\n  ')}
+  ${A.map((a) => A.map((b) => `V[o] = v_${a}_${b}; o += u.nInv;`).join(' ')).join('\n  ')}
 }`;
 });
 
 /**
- * Y[n, r0 + r, 4 ty + i, 4 tx + j] = (Aᵀ M A)[i, j] + bias for the pixels inside the image (H x W here);
- * `aligned`: W is a multiple of 4, so each row of a tile is one vec4 store.
+ * Y[n, r0 + r, 4 ty + i, 4 tx + j] = (Aᵀ M A)[i, j] + bias for the pixels inside the image (H x W here), M[ξ, r, t]
+ * with `rows` rows; `aligned`: W is a multiple of 4, so each row of a tile is one vec4 store.
  */
 const outputKernel = memoKernel((bias: boolean, aligned: boolean) => {
   const T = range(TILE);
@@ -188,34 +200,30 @@ ${STRUCT}
 ${bias ? '@group(0) @binding(2) var<storage, read> BIAS: array<f32>;' : ''}
 @group(0) @binding(${bias ? 3 : 2}) var<storage, read_write> Y: array<${aligned ? 'vec4<f32>' : 'f32'}>;
 ${MAIN}
-  let r = i / u.Tq;
-  let q = i - r * u.Tq;
+  ${columns('tiles')}
   let plane = u.rows * u.Tq;
   var o = i;
   ${range(ALPHA)
     .map((a) => range(ALPHA).map((b) => `let m_${a}_${b} = M[o]; o += plane;`).join(' '))
     .join('\n  ')}
   ${sandwich(AT, AT, (k, l) => `m_${k}_${l}`, 'y')}
-  let bv = ${bias ? 'BIAS[u.r0 + r]' : '0.0'};
+  let bv = ${bias ? 'BIAS[ch0]' : '0.0'};
   ${J4.map(
-    (j) => `{
-    ${tileLets(j)}
-    if (ok${j}) {
-      let y0 = ty${j} * ${TILE}u;
-      let x0 = tx${j} * ${TILE}u;
-      let base = ((n${j} * u.C + u.r0 + r) * u.H + y0) * u.W + x0;
-      ${T.map((a) =>
-        aligned
-          ? `if (y0 + ${a}u < u.H) { Y[(base + ${a}u * u.W) / 4u] = ${vec(T.map((b) => `y_${a}_${b}[${j}]`))} + bv; }`
-          : T.map((b) => `if (y0 + ${a}u < u.H && x0 + ${b}u < u.W) { Y[base + ${a}u * u.W + ${b}u] = y_${a}_${b}[${j}] + bv; }`).join('\n      '),
-      ).join('\n      ')}
-    }
+    (j) => `if (ok${j}) {
+    let y0 = ty${j} * ${TILE}u;
+    let x0 = tx${j} * ${TILE}u;
+    let base = ((n${j} * u.C + ch${j}) * u.H + y0) * u.W + x0;
+    ${T.map((a) =>
+      aligned
+        ? `if (y0 + ${a}u < u.H) { Y[(base + ${a}u * u.W) / 4u] = ${vec(T.map((b) => `y_${a}_${b}[${j}]`))} + bv; }`
+        : T.map((b) => `if (y0 + ${a}u < u.H && x0 + ${b}u < u.W) { Y[base + ${a}u * u.W + ${b}u] = y_${a}_${b}[${j}] + bv; }`).join('\n    '),
+    ).join('\n    ')}
   }`,
   ).join('\n  ')}
 }`;
 });
 
-/** dM[ξ, o, t] = (A dY Aᵀ)[ξ] of output tile t of channel r0 + o (zero outside the output); `aligned` as above. */
+/** dM[ξ, t, o] = (A dY Aᵀ)[ξ] of output tile t of channel r0 + o (zero outside the output and for padding). */
 const gradOutputKernel = memoKernel((aligned: boolean) => {
   const T = range(TILE);
   const A = transpose(AT);
@@ -225,13 +233,11 @@ ${STRUCT}
 @group(0) @binding(1) var<storage, read> GY: array<${aligned ? 'vec4<f32>' : 'f32'}>;
 @group(0) @binding(2) var<storage, read_write> DM: array<vec4<f32>>;
 ${MAIN}
-  let o = i / u.Tq;
-  let q = i - o * u.Tq;
+  ${columns('chans')}
   ${J4.map(
-    (j) => `${tileLets(j)}
-  let y0${j} = ty${j} * ${TILE}u;
+    (j) => `let y0${j} = ty${j} * ${TILE}u;
   let x0${j} = tx${j} * ${TILE}u;
-  let base${j} = ((n${j} * u.C + u.r0 + o) * u.H + y0${j}) * u.W + x0${j};
+  let base${j} = ((n${j} * u.C + ch${j}) * u.H + y0${j}) * u.W + x0${j};
   ${T.map((a) =>
     aligned
       ? `let g${j}_${a} = select(vec4<f32>(0.0), GY[select(0u, (base${j} + ${a}u * u.W) / 4u, ok${j} && y0${j} + ${a}u < u.H)], ok${j} && y0${j} + ${a}u < u.H);`
@@ -242,47 +248,48 @@ ${MAIN}
   ).join('\n  ')}
   ${T.map((a) => T.map((b) => `let g_${a}_${b} = ${vec(J4.map((j) => `g${j}_${a}[${b}]`))};`).join(' ')).join('\n  ')}
   ${sandwich(A, A, (k, l) => `g_${k}_${l}`, 'm')}
-  let plane = u.rows * u.Tq;
   var p = i;
   ${range(ALPHA)
-    .map((a) => range(ALPHA).map((b) => `DM[p] = m_${a}_${b}; p += plane;`).join(' '))
+    .map((a) => range(ALPHA).map((b) => `DM[p] = m_${a}_${b}; p += u.nInv;`).join(' '))
     .join('\n  ')}
 }`;
 });
 
-// U[ξ, r, k] for GEMM rows r (a chunk starting at r0) and reduction k padded to K4 (zero past K); one invocation
-// per (r, 4 consecutive k). 'fwd': r = output channel o, k = input channel c, g = W[o, c]: the 4 kernels are 36
-// consecutive weights (9 vec4 loads when C is a multiple of 4). 'bwd': r = c, k = o, g = W[o, c] rotated by 180
-// degrees (scalar loads).
+// U[ξ, k, r] for the GEMM's reduction k (padded to K4) and rows r (a chunk of `nc` rows from r0, padded to a
+// multiple of 32); one invocation per (k, 4 consecutive r). 'fwd': r = output channel o, k = input channel c,
+// g = W[o, c] (scalar loads). 'bwd': r = c, k = o, g = W[o, c] rotated by 180 degrees; the 4 kernels are 36
+// consecutive weights (9 vec4 loads when C is a multiple of 4).
 const weightKernel = memoKernel((mode: 'fwd' | 'bwd', f16: boolean, aligned: boolean) => {
   const K3 = range(3);
   const tap = (ky: number, kx: number) => (mode === 'fwd' ? ky * 3 + kx : (2 - ky) * 3 + (2 - kx));
   const ty = f16 ? 'f16' : 'f32';
-  const loads =
-    mode === 'fwd' && aligned
-      ? `let src = ((u.r0 + r) * u.C + 4u * kq) * 9u / 4u;
-  ${range(9).map((v) => `let w${v} = vec4<f32>(W[src + ${v}u]);`).join(' ')}
+  const vecLoads = mode === 'bwd' && aligned;
+  const loads = vecLoads
+    ? `let okv = k < u.C0 && 4u * rq < u.nc;
+  let src = select(0u, (k * u.C + u.r0 + 4u * rq) * 9u / 4u, okv);
+  ${range(9).map((v) => `let w${v} = select(vec4<f32>(0.0), vec4<f32>(W[src + ${v}u]), okv);`).join(' ')}
   ${K3.map((a) => K3.map((b) => `let g_${a}_${b} = ${vec(J4.map((j) => `w${(9 * j + tap(a, b)) >> 2}[${(9 * j + tap(a, b)) & 3}]`))};`).join(' ')).join('\n  ')}`
-      : `${J4.map((j) =>
-          mode === 'fwd'
-            ? `let ok${j} = 4u * kq + ${j}u < u.C; let src${j} = ((u.r0 + r) * u.C + min(4u * kq + ${j}u, u.C - 1u)) * 9u;`
-            : `let ok${j} = 4u * kq + ${j}u < u.rows; let src${j} = (min(4u * kq + ${j}u, u.rows - 1u) * u.C + u.r0 + r) * 9u;`,
-        ).join('\n  ')}
+    : `${J4.map((j) => {
+        const r = `u.r0 + min(4u * rq + ${j}u, u.nc - 1u)`;
+        const kk = 'min(k, u.C0 - 1u)';
+        return `let ok${j} = k < u.C0 && 4u * rq + ${j}u < u.nc; let src${j} = (${mode === 'fwd' ? `(${r}) * u.C + ${kk}` : `${kk} * u.C + ${r}`}) * 9u;`;
+      }).join('\n  ')}
   ${K3.map((a) => K3.map((b) => `let g_${a}_${b} = ${vec(J4.map((j) => `select(0.0, f32(W[src${j} + ${tap(a, b)}u]), ok${j})`))};`).join('\n  ')).join('\n  ')}`;
   return /* wgsl */ `${f16 ? 'enable f16;' : ''}
 ${WG_INDEX}
-${STRUCT}
-@group(0) @binding(1) var<storage, read> W: array<${mode === 'fwd' && aligned ? `vec4<${ty}>` : ty}>;
+// C: input channels of W; C0: the reduction's true length (C in 'fwd', O in 'bwd')
+struct P { nInv: u32, Tq: u32, C: u32, C0: u32, r0: u32, nc: u32, _0: u32, _1: u32 }
+@group(0) @binding(0) var<uniform> u: P;
+@group(0) @binding(1) var<storage, read> W: array<${vecLoads ? `vec4<${ty}>` : ty}>;
 @group(0) @binding(2) var<storage, read_write> U: array<vec4<f32>>;
 ${MAIN}
-  let r = i / u.Tq;
-  let kq = i - r * u.Tq;
+  let k = i / u.Tq;
+  let rq = i - k * u.Tq;
   ${loads}
   ${sandwich(G, G, (k, l) => `g_${k}_${l}`, 'w')}
-  let plane = u.nInv;
   var o = i;
   ${range(ALPHA)
-    .map((a) => range(ALPHA).map((b) => `U[o] = w_${a}_${b}; o += plane;`).join(' '))
+    .map((a) => range(ALPHA).map((b) => `U[o] = w_${a}_${b}; o += u.nInv;`).join(' '))
     .join('\n  ')}
 }`;
 });
@@ -300,9 +307,8 @@ const weightGradKernel = memoKernel((aligned: boolean) => {
     .map((v) => {
       const comps = J4.map((e) => {
         const idx = 4 * v + e;
-        const j = Math.floor(idx / 9);
         const t = idx % 9;
-        return `w_${Math.floor(t / 3)}_${t % 3}[${j}]`;
+        return `w_${Math.floor(t / 3)}_${t % 3}[${Math.floor(idx / 9)}]`;
       });
       return `DW[q + ${v}u] = select(${vec(comps)}, ${vec(comps)} + DW[q + ${v}u], u.accum != 0u);`;
     })
@@ -321,7 +327,7 @@ ${STRUCT}
 ${MAIN}
   let o = i / u.Tq;
   let cq = i - o * u.Tq;
-  let plane = u.nInv;
+  let plane = u.rows * u.Tq;
   var p = i;
   ${range(ALPHA)
     .map((a) => range(ALPHA).map((b) => `let d_${a}_${b} = DU[p]; p += plane;`).join(' '))
@@ -330,6 +336,62 @@ ${MAIN}
   ${stores}
 }`;
 });
+
+// The 36 GEMMs: out[ξ, r, n] = sum_k A[ξ, k, r] B[ξ, k, n], rows padded to a multiple of 32 and columns to a
+// multiple of 4. On adapters with 8-wide subgroups one workgroup is one subgroup computing 32 rows x 32
+// columns: per k, each lane loads one vec4 of A (its 4 rows) and one vec4 of B (its 4 columns) and receives every
+// row's value through constant-lane subgroupBroadcast: 128 FMAs a lane for two loads (matmul's general kernel,
+// which takes any shape and layout, needs eight scalar loads for the same work and measured 1.1-1.7x slower on
+// these GEMMs). Elsewhere matmul's batched kernel runs them (A read transposed).
+const GEMM_ROWS = 32;
+const gemmKernel = memoKernel(() => {
+  const R = range(GEMM_ROWS);
+  return /* wgsl */ `enable subgroups;
+struct P { R4: u32, N4: u32, K: u32, aS: u32, bS: u32, cS: u32, _0: u32, _1: u32 }
+@group(0) @binding(0) var<uniform> u: P;
+@group(0) @binding(1) var<storage, read> A: array<vec4<f32>>;
+@group(0) @binding(2) var<storage, read> B: array<vec4<f32>>;
+@group(0) @binding(3) var<storage, read_write> C: array<vec4<f32>>;
+@compute @workgroup_size(8)
+fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(subgroup_invocation_id) lane: u32) {
+  let n4 = wid.x * 8u + lane;
+  let aB = wid.z * u.aS + wid.y * 8u + lane;
+  let bB = wid.z * u.bS + min(n4, u.N4 - 1u);
+  ${R.map((r) => `var a${r} = vec4<f32>(0.0);`).join(' ')}
+  for (var k = 0u; k < u.K; k++) {
+    let av = A[aB + k * u.R4];
+    let bv = B[bB + k * u.N4];
+    ${R.map((r) => `a${r} = fma(vec4<f32>(subgroupBroadcast(av[${r % 4}], ${r >> 2}u)), bv, a${r});`).join('\n    ')}
+  }
+  if (n4 < u.N4) {
+    let cB = wid.z * u.cS + wid.y * ${GEMM_ROWS}u * u.N4 + n4;
+    ${R.map((r) => `C[cB + ${r}u * u.N4] = a${r};`).join('\n    ')}
+  }
+}`;
+});
+
+let gemmViaMatmul = false;
+/** Run the 36 GEMMs through matmul's batched kernel even where the subgroup kernel could (tests). */
+export function setWinogradGemmViaMatmul(on: boolean) {
+  gemmViaMatmul = on;
+}
+
+/** [36, rows, cols] = A[ξ]ᵀ @ B[ξ] for A [36, K, rows] (rows a multiple of 32) and B [36, K, cols] (cols a multiple of 4). */
+function gemm(a: Tensor, b: Tensor): Tensor {
+  const [, K, rows] = a.shape;
+  const cols = b.shape[2];
+  const g = rt().gpu;
+  if (gemmViaMatmul || !(g.features.has('subgroups') && g.subgroupMinSize === 8 && g.subgroupMaxSize === 8)) return matmulRaw(a, b, { transA: true });
+  const out = Tensor.empty([XI, rows, cols], 'f32', 'winograd_gemm');
+  rt().dispatch({
+    name: 'winograd_gemm',
+    code: gemmKernel(),
+    uniforms: new Uniforms().u32(rows / 4, cols / 4, K, (K * rows) / 4, (K * cols) / 4, (rows * cols) / 4, 0, 0).done(),
+    bindings: [{ buffer: a.buffer }, { buffer: b.buffer }, { buffer: out.buffer }],
+    workgroups: [Math.ceil(cols / 32), rows / GEMM_ROWS, XI],
+  });
+  return out;
+}
 
 // ---------------- drivers ----------------
 
@@ -346,20 +408,21 @@ export interface WinogradGeom {
 }
 
 const ceil4 = (n: number) => Math.ceil(n / 4) * 4;
+const ceil32 = (n: number) => Math.ceil(n / 32) * 32;
 const budget = () => Math.min(CHUNK_BYTES, rt().maxBindingBytes);
 
-/** Whether the activations fit single storage bindings (the Winograd path binds them whole) and one row of U fits a chunk. */
+/** Whether the activations fit single storage bindings (the Winograd path binds them whole) and 32 rows of U fit a chunk. */
 export function winogradFits(g: WinogradGeom): boolean {
   const lim = rt().maxBindingBytes;
   const row = XI * 4 * ceil4(Math.max(g.C, g.O));
-  return 4 * g.N * g.C * g.H * g.W <= lim && 4 * g.N * g.O * g.Ho * g.Wo <= lim && 32 * row <= budget();
+  return 4 * g.N * g.C * g.H * g.W <= lim && 4 * g.N * g.O * g.Ho * g.Wo <= lim && GEMM_ROWS * row <= budget();
 }
 
-function uniforms(o: { nInv: number; Tq?: number; t0?: number; tEnd?: number; tpi?: number; tw?: number; C: number; rows: number; H?: number; W?: number; PT?: number; PL?: number; r0?: number; accum?: boolean }) {
+function uniforms(o: { nInv: number; Tq?: number; t0?: number; tEnd?: number; tpi?: number; tw?: number; C: number; rows?: number; H?: number; W?: number; PT?: number; PL?: number; r0?: number; accum?: boolean; nc?: number }) {
   return new Uniforms()
-    .u32(o.nInv, o.Tq ?? 0, o.t0 ?? 0, o.tEnd ?? 0, o.tpi ?? 0, o.tw ?? 0, o.C, o.rows, o.H ?? 0, o.W ?? 0)
+    .u32(o.nInv, o.Tq ?? 0, o.t0 ?? 0, o.tEnd ?? 0, o.tpi ?? 0, o.tw ?? 0, o.C, o.rows ?? 0, o.H ?? 0, o.W ?? 0)
     .i32(o.PT ?? 0, o.PL ?? 0)
-    .u32(o.r0 ?? 0, o.accum ? 1 : 0, 0, 0)
+    .u32(o.r0 ?? 0, o.accum ? 1 : 0, o.nc ?? 0, 0)
     .done();
 }
 
@@ -367,77 +430,76 @@ function dispatchFlat(name: string, code: string, uniforms: ArrayBuffer, binding
   rt().dispatch({ name, code, uniforms, bindings, workgroups: grid(Math.ceil(nInv / 64)) });
 }
 
-/** Chunks of GEMM rows (multiples of 32, the GEMM's row tile) and of tiles (multiples of 4) within the budget. */
+/** Chunks of GEMM rows (multiples of 32) and of tiles (multiples of 4) whose operands stay within the budget. */
 function chunks(rows: number, K4: number, T: number) {
   const row = XI * 4 * K4; // bytes of one row of U (one column of V)
-  const Rc = Math.min(rows, Math.max(32, Math.floor(budget() / row / 32) * 32));
+  const Rc = Math.min(rows, Math.max(GEMM_ROWS, Math.floor(budget() / row / GEMM_ROWS) * GEMM_ROWS));
   // one tile column of V and of the GEMM's output
-  const Tc = Math.min(ceil4(T), Math.max(4, Math.floor(budget() / (XI * 4 * Math.max(K4, Rc)) / 4) * 4));
+  const Tc = Math.min(ceil4(T), Math.max(4, Math.floor(budget() / (XI * 4 * Math.max(K4, ceil32(Rc))) / 4) * 4));
   return { Rc, Tc };
 }
 
-interface Pass {
-  /** the tensor the patches are read from, [N, K, Hs, Ws] */
-  src: Tensor;
-  K: number;
-  Hs: number;
-  Ws: number;
-  PT: number;
-  PL: number;
-  /** the output, [N, R, Ho, Wo] */
-  y: Tensor;
-  R: number;
-  Ho: number;
-  Wo: number;
-  N: number;
-  mode: 'fwd' | 'bwd';
+interface Tiling {
+  tpi: number;
+  tw: number;
+  T: number;
+}
+function tiling(N: number, Ho: number, Wo: number): Tiling {
+  const tw = Math.ceil(Wo / TILE);
+  const tpi = Math.ceil(Ho / TILE) * tw;
+  return { tpi, tw, T: N * tpi };
 }
 
-function inputPass(src: Tensor, K: number, K4: number, Hs: number, Ws: number, PT: number, PL: number, t0: number, tEnd: number, tpi: number, tw: number) {
-  const Tq = ceil4(tEnd - t0) / 4;
-  const v = Tensor.empty([XI, K4, 4 * Tq], 'f32', 'winograd_v');
-  const off = Ws % 4 === 0 ? (((-PL % 4) + 4) % 4) : -1;
+/** The transformed patches of S [N, C, H, W] for tiles [t0, tEnd): 'tiles' [36, C4, tiles4], 'chans' [36, tiles4, C4]. */
+function inputPass(layout: 'tiles' | 'chans', src: Tensor, C: number, H: number, W: number, PT: number, PL: number, t0: number, tEnd: number, tl: Tiling) {
+  const T4 = ceil4(tEnd - t0);
+  const C4 = ceil4(C);
+  const v = Tensor.empty(layout === 'tiles' ? [XI, C4, T4] : [XI, T4, C4], 'f32', 'winograd_v');
+  const off = W % 4 === 0 ? ((-PL % 4) + 4) % 4 : -1;
+  const nInv = (C4 * T4) / 4;
   dispatchFlat(
     'winograd_input',
-    inputKernel(off),
-    uniforms({ nInv: K4 * Tq, Tq, t0, tEnd, tpi, tw, C: K, rows: K4, H: Hs, W: Ws, PT, PL }),
+    inputKernel(off, layout),
+    uniforms({ nInv, Tq: (layout === 'tiles' ? T4 : C4) / 4, t0, tEnd, tpi: tl.tpi, tw: tl.tw, C, H, W, PT, PL, nc: C }),
     [{ buffer: src.buffer }, { buffer: v.buffer }],
-    K4 * Tq,
+    nInv,
   );
   return v;
 }
 
-function convolve(p: Pass, w: Tensor, bias: Tensor | undefined) {
-  const { N, K, R, Ho, Wo } = p;
+/**
+ * y [N, R, Ho, Wo] = conv(src [N, K, Hs, Ws], w) + bias for a 3x3 kernel at stride 1, top/left padding PT/PL (may
+ * be negative: a crop); 'bwd' convolves with w rotated and its channel axes swapped (backward-data).
+ */
+function convolve(mode: 'fwd' | 'bwd', src: Tensor, K: number, Hs: number, Ws: number, PT: number, PL: number, w: Tensor, bias: Tensor | undefined, y: Tensor, R: number, Ho: number, Wo: number) {
+  const N = src.shape[0];
   const K4 = ceil4(K);
-  const th = Math.ceil(Ho / TILE);
-  const tw = Math.ceil(Wo / TILE);
-  const tpi = th * tw;
-  const T = N * tpi;
-  const { Rc, Tc } = chunks(R, K4, T);
-  const [O, C] = w.shape;
-  const aligned = Wo % 4 === 0;
+  const tl = tiling(N, Ho, Wo);
+  const { Rc, Tc } = chunks(R, K4, tl.T);
+  const C = w.shape[1];
   for (let r0 = 0; r0 < R; r0 += Rc) {
     const rc = Math.min(Rc, R - r0);
-    const u = Tensor.empty([XI, rc, K4], 'f32', 'winograd_u');
+    const Rp = ceil32(rc);
+    const u = Tensor.empty([XI, K4, Rp], 'f32', 'winograd_u');
+    const nW = (K4 * Rp) / 4;
     dispatchFlat(
       'winograd_weights',
-      weightKernel(p.mode, w.dtype === 'f16', C % 4 === 0),
-      uniforms({ nInv: rc * (K4 / 4), Tq: K4 / 4, C, rows: O, r0 }),
+      weightKernel(mode, w.dtype === 'f16', C % 4 === 0),
+      new Uniforms().u32(nW, Rp / 4, C, K, r0, rc, 0, 0).done(),
       [{ buffer: w.buffer }, { buffer: u.buffer }],
-      rc * (K4 / 4),
+      nW,
     );
-    for (let t0 = 0; t0 < T; t0 += Tc) {
-      const tEnd = Math.min(T, t0 + Tc);
-      const v = inputPass(p.src, K, K4, p.Hs, p.Ws, p.PT, p.PL, t0, tEnd, tpi, tw);
-      const m = matmulRaw(u, v);
+    for (let t0 = 0; t0 < tl.T; t0 += Tc) {
+      const tEnd = Math.min(tl.T, t0 + Tc);
+      const v = inputPass('tiles', src, K, Hs, Ws, PT, PL, t0, tEnd, tl);
+      const m = gemm(u, v);
       v.dispose();
       const Tq = ceil4(tEnd - t0) / 4;
       dispatchFlat(
         'winograd_output',
-        outputKernel(!!bias, aligned),
-        uniforms({ nInv: rc * Tq, Tq, t0, tEnd, tpi, tw, C: R, rows: rc, H: Ho, W: Wo, r0 }),
-        [{ buffer: m.buffer }, ...(bias ? [{ buffer: bias.buffer }] : []), { buffer: p.y.buffer }],
+        outputKernel(!!bias, Wo % 4 === 0),
+        uniforms({ nInv: rc * Tq, Tq, t0, tEnd, tpi: tl.tpi, tw: tl.tw, C: R, rows: Rp, H: Ho, W: Wo, r0, nc: rc }),
+        [{ buffer: m.buffer }, ...(bias ? [{ buffer: bias.buffer }] : []), { buffer: y.buffer }],
         rc * Tq,
       );
       m.dispose();
@@ -448,46 +510,44 @@ function convolve(p: Pass, w: Tensor, bias: Tensor | undefined) {
 
 /** y = conv2d(x, w) + bias for a 3x3 kernel at stride 1 (y preallocated [N, O, Ho, Wo]). */
 export function winogradForward(x: Tensor, w: Tensor, bias: Tensor | undefined, g: WinogradGeom, y: Tensor) {
-  convolve({ src: x, K: g.C, Hs: g.H, Ws: g.W, PT: g.PT, PL: g.PL, y, R: g.O, Ho: g.Ho, Wo: g.Wo, N: g.N, mode: 'fwd' }, w, bias);
+  convolve('fwd', x, g.C, g.H, g.W, g.PT, g.PL, w, bias, y, g.O, g.Ho, g.Wo);
 }
 
 /** dx = conv2d's input gradient for a 3x3 kernel at stride 1 (dx preallocated [N, C, H, W]): dY convolved with the rotated kernel. */
 export function winogradBackwardData(gy: Tensor, w: Tensor, g: WinogradGeom, dx: Tensor) {
-  convolve({ src: gy, K: g.O, Hs: g.Ho, Ws: g.Wo, PT: 2 - g.PT, PL: 2 - g.PL, y: dx, R: g.C, Ho: g.H, Wo: g.W, N: g.N, mode: 'bwd' }, w, undefined);
+  convolve('bwd', gy, g.O, g.Ho, g.Wo, 2 - g.PT, 2 - g.PL, w, undefined, dx, g.C, g.H, g.W);
 }
 
 /** dw = conv2d's weight gradient for a 3x3 kernel at stride 1 (dw preallocated [O, C, 3, 3]). */
 export function winogradBackwardWeight(gy: Tensor, x: Tensor, g: WinogradGeom, dw: Tensor) {
   const { N, C, H, W, O, Ho, Wo, PT, PL } = g;
   const C4 = ceil4(C);
-  const th = Math.ceil(Ho / TILE);
-  const tw = Math.ceil(Wo / TILE);
-  const tpi = th * tw;
-  const T = N * tpi;
-  // rows of dU [36, Oc, C4] per chunk, and tiles per chunk for V [36, C4, tiles] and dM [36, Oc, tiles]
-  const { Rc, Tc } = chunks(O, Math.max(C4, ceil4(O)), T);
-  const aligned = Wo % 4 === 0;
+  const tl = tiling(N, Ho, Wo);
+  // rows of dU [36, Op, C4] per chunk; tiles per chunk for V [36, tiles, C4] and dM [36, tiles, Op]
+  const { Rc, Tc } = chunks(O, Math.max(C4, ceil4(O)), tl.T);
   for (let o0 = 0; o0 < O; o0 += Rc) {
     const oc = Math.min(Rc, O - o0);
-    for (let t0 = 0; t0 < T; t0 += Tc) {
-      const tEnd = Math.min(T, t0 + Tc);
-      const Tq = ceil4(tEnd - t0) / 4;
-      const dm = Tensor.empty([XI, oc, 4 * Tq], 'f32', 'winograd_dm');
+    const Op = ceil32(oc);
+    for (let t0 = 0; t0 < tl.T; t0 += Tc) {
+      const tEnd = Math.min(tl.T, t0 + Tc);
+      const T4 = ceil4(tEnd - t0);
+      const dm = Tensor.empty([XI, T4, Op], 'f32', 'winograd_dm');
+      const nG = (T4 * Op) / 4;
       dispatchFlat(
         'winograd_grad_output',
-        gradOutputKernel(aligned),
-        uniforms({ nInv: oc * Tq, Tq, t0, tEnd, tpi, tw, C: O, rows: oc, H: Ho, W: Wo, r0: o0 }),
+        gradOutputKernel(Wo % 4 === 0),
+        uniforms({ nInv: nG, Tq: Op / 4, t0, tEnd, tpi: tl.tpi, tw: tl.tw, C: O, H: Ho, W: Wo, r0: o0, nc: oc }),
         [{ buffer: gy.buffer }, { buffer: dm.buffer }],
-        oc * Tq,
+        nG,
       );
-      const v = inputPass(x, C, C4, H, W, PT, PL, t0, tEnd, tpi, tw);
-      const du = matmulRaw(dm, v, { transB: true });
+      const v = inputPass('chans', x, C, H, W, PT, PL, t0, tEnd, tl);
+      const du = gemm(dm, v);
       dm.dispose();
       v.dispose();
       dispatchFlat(
         'winograd_weight_grad',
         weightGradKernel(C % 4 === 0),
-        uniforms({ nInv: oc * (C4 / 4), Tq: C4 / 4, C, rows: oc, r0: o0, accum: t0 > 0 }),
+        uniforms({ nInv: oc * (C4 / 4), Tq: C4 / 4, C, rows: Op, r0: o0, accum: t0 > 0 }),
         [{ buffer: du.buffer }, { buffer: dw.buffer }],
         oc * (C4 / 4),
       );
@@ -495,4 +555,3 @@ export function winogradBackwardWeight(gy: Tensor, x: Tensor, g: WinogradGeom, d
     }
   }
 }
-

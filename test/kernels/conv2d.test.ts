@@ -14,7 +14,7 @@ import {
   type ConvVariant,
   type WeightPacking,
 } from '../../kernels/conv2d.js';
-import { WINOGRAD_F43 } from '../../kernels/winograd.js';
+import { WINOGRAD_F43, setWinogradGemmViaMatmul } from '../../kernels/winograd.js';
 import { rconv2d } from '../../kernels/conv2d.ref.js';
 import { rprod, rt64 } from '../../kernels/core.ref.js';
 import { checkGrad, expectClose, gpu, rand } from '../helpers/check.js';
@@ -253,45 +253,48 @@ describe('conv2d Winograd F(4x4, 3x3)', () => {
     }
   });
 
-  it('chunks of weight rows and of tiles (lowered binding limit), all three passes', async () => {
-    const r = rt();
-    const saved = r.maxBindingBytes;
-    // x, y fit one binding; U needs 2 row chunks (48 rows, 32 per chunk) and V 2 tile chunks (50 tiles)
-    const c: Case = { name: 'chunks', x: [2, 40, 20, 20], w: [48, 40, 3, 3], bias: true, opts: { padding: 1 } };
-    setConv2dWinograd('always');
-    try {
-      const d = data(c);
-      const yref = rconv2d(rt64(d.x, c.x), rt64(d.w, c.w), rt64(d.b, [c.w[0]]), c.opts);
-      const gy = rand(yref.data.length, 5);
-      const ref = { dx: new Float64Array(0), dw: new Float64Array(0) };
-      // reference gradients through the direct kernels (themselves checked against float64 above)
-      setConv2dWinograd('never');
-      const [rdx, rdw] = tidy(() => {
-        const x = Tensor.from(d.x, c.x).requireGrad();
-        const w = Tensor.from(d.w, c.w).requireGrad();
-        return grad(conv2d(x, w, undefined, c.opts), [x, w], Tensor.from(gy, yref.shape));
-      });
-      ref.dx = Float64Array.from(await rdx.data());
-      ref.dw = Float64Array.from(await rdw.data());
-      [rdx, rdw].forEach((t) => t.dispose());
+  for (const viaMatmul of [false, true])
+    it(`chunks of weight rows and of tiles (lowered binding limit), all three passes${viaMatmul ? ', GEMMs through matmul' : ''}`, async () => {
+      const r = rt();
+      const saved = r.maxBindingBytes;
+      // x, y fit one binding; U needs 2 row chunks (48 rows, 32 per chunk) and V 2 tile chunks (50 tiles)
+      const c: Case = { name: 'chunks', x: [2, 40, 20, 20], w: [48, 40, 3, 3], bias: true, opts: { padding: 1 } };
       setConv2dWinograd('always');
-      r.maxBindingBytes = 200 * 1024;
-      const [y, gx, gw] = tidy(() => {
-        const x = Tensor.from(d.x, c.x).requireGrad();
-        const w = Tensor.from(d.w, c.w).requireGrad();
-        const y = conv2d(x, w, Tensor.from(d.b, [c.w[0]]), c.opts);
-        return [y, ...grad(y, [x, w], Tensor.from(gy, yref.shape))];
-      });
-      r.maxBindingBytes = saved;
-      expectClose(await y.data(), yref.data, 1e-5, 'winograd chunks forward');
-      expectClose(await gx.data(), ref.dx, 1e-5, 'winograd chunks dx');
-      expectClose(await gw.data(), ref.dw, 1e-5, 'winograd chunks dw');
-      [y, gx, gw].forEach((t) => t.dispose());
-    } finally {
-      r.maxBindingBytes = saved;
-      setConv2dWinograd('auto');
-    }
-  });
+      setWinogradGemmViaMatmul(viaMatmul);
+      try {
+        const d = data(c);
+        const yref = rconv2d(rt64(d.x, c.x), rt64(d.w, c.w), rt64(d.b, [c.w[0]]), c.opts);
+        const gy = rand(yref.data.length, 5);
+        const ref = { dx: new Float64Array(0), dw: new Float64Array(0) };
+        // reference gradients through the direct kernels (themselves checked against float64 above)
+        setConv2dWinograd('never');
+        const [rdx, rdw] = tidy(() => {
+          const x = Tensor.from(d.x, c.x).requireGrad();
+          const w = Tensor.from(d.w, c.w).requireGrad();
+          return grad(conv2d(x, w, undefined, c.opts), [x, w], Tensor.from(gy, yref.shape));
+        });
+        ref.dx = Float64Array.from(await rdx.data());
+        ref.dw = Float64Array.from(await rdw.data());
+        [rdx, rdw].forEach((t) => t.dispose());
+        setConv2dWinograd('always');
+        r.maxBindingBytes = 200 * 1024;
+        const [y, gx, gw] = tidy(() => {
+          const x = Tensor.from(d.x, c.x).requireGrad();
+          const w = Tensor.from(d.w, c.w).requireGrad();
+          const y = conv2d(x, w, Tensor.from(d.b, [c.w[0]]), c.opts);
+          return [y, ...grad(y, [x, w], Tensor.from(gy, yref.shape))];
+        });
+        r.maxBindingBytes = saved;
+        expectClose(await y.data(), yref.data, 1e-5, 'winograd chunks forward');
+        expectClose(await gx.data(), ref.dx, 1e-5, 'winograd chunks dx');
+        expectClose(await gw.data(), ref.dw, 1e-5, 'winograd chunks dw');
+        [y, gx, gw].forEach((t) => t.dispose());
+      } finally {
+        r.maxBindingBytes = saved;
+        setConv2dWinograd('auto');
+        setWinogradGemmViaMatmul(false);
+      }
+    });
 
   it('stays within 1e-4 of the float64 reference at 1280 input channels', async () => {
     const c: Case = { name: 'deep', x: [1, 1280, 8, 8], w: [16, 1280, 3, 3], bias: true, opts: { padding: 1 } };

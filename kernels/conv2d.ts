@@ -7,7 +7,9 @@
 //    reduction over the output positions; each invocation has one tap (ky, kx), so the valid output range
 //    is computed once and the inner loop has no bounds checks.
 //  - bias gradient:    sum of dY over n, oy, ox.
-// Two tilings, both without workgroup memory or barriers, picked per adapter (`conv2dVariant`), both tested:
+// 3x3 stride-1 convolutions on CPU adapters from 32 output tiles up go through Winograd F(4x4, 3x3) instead
+// (winograd.ts: 4x fewer multiply-adds, all three passes; `setConv2dWinograd`). The direct kernels:
+// two tilings, both without workgroup memory or barriers, picked per adapter (`conv2dVariant`), both tested:
 //  - 'subgroup' (CPU adapters with 8-wide subgroups, e.g. lavapipe): a workgroup is one subgroup computing a
 //    32 x 32 tile; weights are shared between lanes with subgroupBroadcast (see the section below).
 //  - 'register' (everything else): each invocation computes a 4x4 block straight from global memory.

@@ -2,16 +2,26 @@
 // transposes, batches and batch broadcasting, with bias and f16 weights; backward against finite differences.
 import { afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { Tensor, rt, tidy } from '../../engine/index.js';
-import { matmul, matmulRaw, linear, setMatmulVariant, matmulVariant, type MatmulVariant } from '../../kernels/matmul.js';
+import { matmul, matmulRaw, linear, setMatmulKMajor, setMatmulVariant, matmulVariant, type MatmulVariant } from '../../kernels/matmul.js';
 import * as R from '../../kernels/core.ref.js';
 import { checkGrad, expectClose, gpu, rand } from '../helpers/check.js';
 
 beforeAll(async () => {
   await gpu();
 });
-afterEach(() => setMatmulVariant(null));
+afterEach(() => {
+  setMatmulVariant(null);
+  setMatmulKMajor('auto');
+});
 
-const VARIANTS: MatmulVariant[] = ['subgroup', 'register', 'shared'];
+// 'subgroup' twice: its general kernel, and its K-major tile wherever the shape allows (N a multiple of 4,
+// on 8-wide subgroups; other shapes and adapters fall back to the general kernel)
+const VARIANTS = ['subgroup', 'subgroup k-major', 'register', 'shared'] as const;
+type Label = (typeof VARIANTS)[number];
+function use(v: Label) {
+  setMatmulVariant(v.startsWith('subgroup') ? 'subgroup' : (v as MatmulVariant));
+  setMatmulKMajor(v === 'subgroup k-major' ? 'always' : 'never');
+}
 
 /** Names of the kernels dispatched while running fn. */
 async function dispatchedBy(fn: () => Promise<void>): Promise<string[]> {
@@ -77,12 +87,12 @@ describe('matmul forward vs float64 reference', () => {
   for (const v of VARIANTS)
     for (const [group, cases] of Object.entries(FORWARD))
       it(`${v}: ${group} on odd shapes, batches and broadcast batches`, async () => {
-        setMatmulVariant(v);
+        use(v);
         for (const c of cases) await checkForward(c);
       });
 
   it('subgroup tiling takes odd shapes (no vec4 alignment needed)', async () => {
-    setMatmulVariant('subgroup');
+    use('subgroup');
     const g = rt().gpu;
     const fixed = g.features.has('subgroups') && g.subgroupMinSize === g.subgroupMaxSize;
     for (const c of [
@@ -92,6 +102,20 @@ describe('matmul forward vs float64 reference', () => {
     ] as Parameters<typeof checkForward>[0][]) {
       const used = await dispatchedBy(() => checkForward(c));
       expect(used).toContain(fixed ? 'matmul_subgroup' : 'matmul_register');
+    }
+  });
+
+  it('K-major tile: used for x @ Wᵀ, dY @ W and Aᵀ @ B where N is a multiple of 4 (8-wide subgroups)', async () => {
+    use('subgroup k-major');
+    const g = rt().gpu;
+    const eight = g.features.has('subgroups') && g.subgroupMinSize === 8 && g.subgroupMaxSize === 8;
+    for (const c of [
+      [[70, 36], [20, 36], false, true],
+      [[2, 70, 36], [36, 20], false, false],
+      [[36, 68], [36, 20], true, false],
+    ] as Case[]) {
+      const used = await dispatchedBy(() => checkForward(c));
+      expect(used).toContain(eight ? 'matmul_kmajor' : 'matmul_register');
     }
   });
 
@@ -108,7 +132,7 @@ describe('matmul forward vs float64 reference', () => {
   ];
   for (const v of VARIANTS)
     it(`${v}: linear with bias over N`, async () => {
-      setMatmulVariant(v);
+      use(v);
       for (const [M, K, N] of BIAS_SHAPES) {
         const x = rand(M * K, 1);
         const w = rand(N * K, 2);
@@ -122,7 +146,7 @@ describe('matmul forward vs float64 reference', () => {
     for (const tb of [false, true])
       it(`${v}: f16 weights${tb ? ', transposed' : ''}`, async (ctx) => {
         if (!rt().features.has('shader-f16')) return ctx.skip();
-        setMatmulVariant(v);
+        use(v);
         for (const [M, K, N] of BIAS_SHAPES.slice(0, 2)) {
           const x = rand(M * K, 1);
           const wShape = tb ? [N, K] : [K, N];
@@ -151,7 +175,7 @@ describe('matmul backward vs finite differences', () => {
   ];
   for (const v of VARIANTS)
     it(`${v}: gradients of A and B for every transpose and batch broadcast`, async () => {
-      setMatmulVariant(v);
+      use(v);
       for (const c of cases) {
         const [a, b, ta, tb] = c;
         await checkGrad(

@@ -1,10 +1,13 @@
 // Batched matmul C[b] = op(A[b]) @ op(B[b]) (+ bias over N), f32 accumulation, with transposes folded into
-// the loads so no transpose copies are needed in forward or backward. Three tilings:
+// the loads (no transpose copies, except for the K-major tile below, which makes them where they pay). Three
+// tilings:
 //  - 'subgroup' (CPU adapters such as lavapipe, when the `subgroups` feature is present and the subgroup size
 //    is fixed): one workgroup = one subgroup. Each lane owns 4 rows of C, the subgroup shares 32 columns of
 //    op(B) through subgroupBroadcast, one k per step (see `subgroupKernelSource`). On lavapipe every memory
 //    access that differs between lanes becomes a per-lane loop with bounds checks (~25 instructions per
 //    lane and component), so the kernel is built to minimise such loads per FMA; see bench/README.md.
+//    With 8-wide subgroups and N a multiple of 4, a K-major tile with vec4 operands is used instead where it
+//    pays (see "K-major tile" below).
 //  - 'register' (CPU adapters without fixed-size subgroups): each invocation computes a 4x4 block straight
 //    from global memory with scalar loads; no workgroup memory and no barriers (barriers serialize lavapipe's
 //    lanes).

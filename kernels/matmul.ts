@@ -358,7 +358,9 @@ export function matmulRaw(a: Tensor, b: Tensor, opts: MatmulOptions = {}): Tenso
   if (variant === 'subgroup' && S === 8 && N % 4 === 0 && !(transA && M % 4 !== 0) && !(f16 && !transB) && kmajorMode !== 'never') {
     const copyA = !transA;
     const copyB = transB;
-    if (kmajorPays(M, N, K, copyA, copyB)) {
+    // the copies (rows padded to 4) must fit a binding like the operands themselves
+    const fits = 4 * Math.max(Ba * K * Math.ceil(M / 4) * 4, Bb * K * N) <= r.maxBindingBytes;
+    if (fits && kmajorPays(M, N, K, copyA, copyB)) {
       const ak = copyA ? kmajorCopy(a, Ba, M, K) : a;
       const bk = copyB ? kmajorCopy(b, Bb, N, K) : b;
       const M4 = Math.ceil(M / 4);

@@ -4,13 +4,13 @@
 //   U = G g Gᵀ (6x6 per weight pair, 3x3 g),  V = Bᵀ d B (6x6 per input patch d),  Y = Aᵀ (U ⊙ V) A (4x4).
 // Summed over input channels, the elementwise products become 36 independent GEMMs, one per point ξ of the
 // 6x6 grid: M[ξ] (O x tiles) = Uᵀ[ξ] (O x C) @ V[ξ] (C x tiles), which is 36 / 16 = 2.25 multiply-adds per
-// output pixel and channel pair instead of 9 (4x fewer), run by matmul's batched kernel. The transforms are
-// separate, memory-bound kernels, one invocation per (channel, tile), generated from the matrices below.
+// output pixel and channel pair instead of 9 (4x fewer), run by the GEMM kernel below (`gemm`). The transforms
+// are separate, memory-bound kernels generated from the matrices below, one invocation per 4 operand columns.
 //  - backward-data is the same forward applied to dY with the kernel rotated by 180 degrees and the roles of
 //    the channel axes swapped (stride 1): dX[c] = sum_o rot180(W[o, c]) * dY[o], padding 2 - p.
 //  - backward-weight differentiates the forward formula: dM = A dY Aᵀ per output tile (4x4 -> 6x6),
 //    dU[ξ] (O x C) = dM[ξ] (O x tiles) @ V[ξ]ᵀ, dW = Gᵀ dU G (6x6 -> 3x3), again 36 GEMMs.
-// fp32 error: the points 0, ±1, ±2, ±1/2 keep the transforms' coefficients small; measured against the float64
+// fp32 error: the points 0, ±1, ±2 (and ∞) keep the transforms' coefficients small; measured against the float64
 // reference the error is a few times the direct convolution's (tests bound it at the engine's usual 1e-4 of
 // the output's largest magnitude). The transformed tensors are 36/16 = 2.25x the activations; they are built
 // in chunks of tiles that stay within `CHUNK_BYTES` (and the binding limit), so memory stays bounded.

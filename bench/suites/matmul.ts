@@ -2,7 +2,7 @@
 // dB = Aᵀ @ dC) and a full autodiff step; the same matmuls through @tensorflow/tfjs-backend-webgpu and
 // @jax-js/jax on the same adapter.
 import { Tensor, grad, tidy } from '../../engine/index.js';
-import { matmul, matmulRaw, setMatmulVariant, type MatmulVariant } from '../../kernels/matmul.js';
+import { matmul, matmulRaw, setMatmulKMajor, setMatmulVariant, type MatmulVariant } from '../../kernels/matmul.js';
 import { gpuFn, loadJax, loadTfjs, randn, type BenchCase, type BenchSuite } from '../lib.js';
 
 const SHAPES: [number, number, number][] = [
@@ -47,9 +47,26 @@ function oursCases(M: number, K: number, N: number): BenchCase[] {
       };
     },
   });
+  // the general 'subgroup' kernel where the adapter's default is the K-major tile
+  const general: BenchCase = {
+    ...mk('matmul [subgroup, general kernel]', 'fwd', flops, () => matmulRaw(A, B)),
+    async setup() {
+      alloc();
+      const run = gpuFn(() => matmulRaw(A, B));
+      return async () => {
+        setMatmulKMajor('never');
+        try {
+          await run();
+        } finally {
+          setMatmulKMajor('auto');
+        }
+      };
+    },
+  };
   return [
     mk('matmul', 'fwd', flops, () => matmulRaw(A, B)),
     forced('register'),
+    general,
     mk('matmul dA=dC@Bᵀ', 'bwd', flops, () => matmulRaw(G, B, { transB: true })),
     mk('matmul dB=Aᵀ@dC', 'bwd', flops, () => matmulRaw(A, G, { transA: true })),
     mk('matmul autodiff', 'fwd+bwd', 3 * flops, () =>

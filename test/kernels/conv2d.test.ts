@@ -6,6 +6,7 @@ import { Tensor, grad, rt, tidy } from '../../engine/index.js';
 import {
   conv2d,
   conv2dRaw,
+  conv2dVariant,
   conv2dVariants,
   setConv2dVariant,
   setConv2dWeightPacking,
@@ -295,6 +296,32 @@ describe('conv2d Winograd F(4x4, 3x3)', () => {
         setWinogradGemmViaMatmul(false);
       }
     });
+
+  it('is picked by default on 8-wide subgroup adapters from 32 output tiles and 16 channels', async () => {
+    const r = rt();
+    const names: string[] = [];
+    const orig = r.dispatch.bind(r);
+    r.dispatch = (spec) => {
+      names.push(spec.name);
+      orig(spec);
+    };
+    const used = (x: number[], w: number[]) => {
+      names.length = 0;
+      tidy(() => {
+        conv2d(Tensor.empty(x), Tensor.empty(w), undefined, { padding: 1 });
+      });
+      return names.includes('winograd_gemm') || names.includes('winograd_output');
+    };
+    try {
+      const cpu = conv2dVariant() === 'subgroup';
+      expect(used([2, 16, 16, 16], [16, 16, 3, 3])).toBe(cpu); // 2 x 16 tiles
+      expect(used([1, 16, 16, 16], [16, 16, 3, 3])).toBe(false); // 16 tiles
+      expect(used([2, 8, 16, 16], [16, 8, 3, 3])).toBe(false); // 8 input channels
+      expect(used([2, 16, 32, 32], [16, 16, 1, 1])).toBe(false); // not 3x3
+    } finally {
+      r.dispatch = orig;
+    }
+  });
 
   it('stays within 1e-4 of the float64 reference at 1280 input channels', async () => {
     const c: Case = { name: 'deep', x: [1, 1280, 8, 8], w: [16, 1280, 3, 3], bias: true, opts: { padding: 1 } };

@@ -7,8 +7,9 @@
 //    reduction over the output positions; each invocation has one tap (ky, kx), so the valid output range
 //    is computed once and the inner loop has no bounds checks.
 //  - bias gradient:    sum of dY over n, oy, ox.
-// 3x3 stride-1 convolutions on CPU adapters from 32 output tiles up go through Winograd F(4x4, 3x3) instead
-// (winograd.ts: 4x fewer multiply-adds, all three passes; `setConv2dWinograd`). The direct kernels:
+// 3x3 stride-1 convolutions on CPU adapters go through Winograd F(4x4, 3x3) or F(2x2, 3x3) where the image is
+// large enough (winograd.ts: 4x or 2.25x fewer multiply-adds, all three passes; `setConv2dWinograd`). The
+// direct kernels:
 // two tilings, both without workgroup memory or barriers, picked per adapter (`conv2dVariant`), both tested:
 //  - 'subgroup' (CPU adapters with 8-wide subgroups, e.g. lavapipe): a workgroup is one subgroup computing a
 //    32 x 32 tile; weights are shared between lanes with subgroupBroadcast (see the section below).
@@ -19,7 +20,7 @@
 import { rt, Uniforms, type Binding } from '../engine/runtime.js';
 import { DTYPE_BYTES, ShapeError, Tensor, record, wantsGrad } from '../engine/tensor.js';
 import { grid, WG_INDEX, memoKernel } from './util.js';
-import { winogradBackwardData, winogradBackwardWeight, winogradFits, winogradForward } from './winograd.js';
+import { winogradBackwardData, winogradBackwardWeight, winogradFits, winogradForward, type WinogradTile } from './winograd.js';
 
 export interface Conv2dOptions {
   stride?: number | [number, number];
@@ -179,8 +180,9 @@ function forwardRaw(x: Tensor, w: Tensor, bias: Tensor | undefined, g: Geom): Te
   const y = Tensor.empty([N, O, Ho, Wo], 'f32', 'conv2d');
   if (y.size === 0) return y;
   checkWeightBinding('conv2d', w);
-  if (useWinograd(g)) {
-    winogradForward(x, w, bias, g, y);
+  const wt = winogradTile(g);
+  if (wt) {
+    winogradForward(x, w, bias, g, y, wt);
     return y;
   }
   if (useSubgroup(O)) {
@@ -285,8 +287,9 @@ function backwardDataRaw(gy: Tensor, w: Tensor, g: Geom): Tensor {
   const dx = Tensor.empty([N, C, H, W], 'f32', 'conv2d_dx');
   if (dx.size === 0) return dx;
   checkWeightBinding('conv2d backward', w);
-  if (useWinograd(g)) {
-    winogradBackwardData(gy, w, g, dx);
+  const wt = winogradTile(g);
+  if (wt) {
+    winogradBackwardData(gy, w, g, dx, wt);
     return dx;
   }
   if (useSubgroup(C)) {
@@ -390,8 +393,9 @@ function backwardWeightRaw(gy: Tensor, x: Tensor, g: Geom): Tensor {
     return dw;
   }
   checkWeightBinding('conv2d backward', dw);
-  if (useWinograd(g)) {
-    winogradBackwardWeight(gy, x, g, dw);
+  const wt = winogradTile(g);
+  if (wt) {
+    winogradBackwardWeight(gy, x, g, dw, wt);
     return dw;
   }
   if (useSubgroup(O) && backwardWeightSg(gy, x, g, dw)) return dw;
@@ -465,24 +469,28 @@ function subgroupsUsable() {
   return rt().features.has('subgroups') && g.subgroupMinSize === SG && g.subgroupMaxSize === SG;
 }
 
-// Winograd F(4x4, 3x3) (see winograd.ts): 4x fewer multiply-adds for 3x3 stride-1 convolutions, all three
-// passes. By default on the 'subgroup' adapters (CPUs, where multiply-adds are the cost) for at least 16 input and
-// output channels and at least 32 output tiles (N x ceil(Ho / 4) x ceil(Wo / 4)): the weight transform costs
-// about as much as the batched GEMM over 20 tiles, and the GEMM's 32-column tiles are part empty below 32, so
-// smaller images (the UNet's 8x8 and 4x4 levels) are faster direct (measured on lavapipe: 0.55x at 8x8, 1.8-2.6x
-// from 16x16 up). GPUs keep the direct kernels.
-export type WinogradMode = 'auto' | 'always' | 'never';
+// Winograd (see winograd.ts) for 3x3 stride-1 convolutions, all three passes. By default on the 'subgroup'
+// adapters (CPUs, where multiply-adds are the cost) for at least 16 input and output channels: F(4x4, 3x3)
+// (4x fewer multiply-adds) from 32 output tiles of 4x4 (N x ceil(Ho / 4) x ceil(Wo / 4)), else F(2x2, 3x3) (2.25x
+// fewer) from 32 tiles of 2x2, else direct. The weight transform costs about as much as the GEMMs over 20 tiles
+// and the GEMM's 32-column tiles are part empty below 32 tiles, so F(4x4) lost at 8x8 images (0.55x) and won
+// 1.6-2.6x from 16x16 up; F(2x2) covers the 8x8 level (batch 2), and 4x4 images stay direct (measured on
+// lavapipe). GPUs keep the direct kernels.
+export type WinogradMode = 'auto' | 'always' | 'always-2x2' | 'never';
 let winograd: WinogradMode = 'auto';
-/** Use Winograd for 3x3 stride-1 convolutions: 'auto' (CPU adapters, by size), 'always' or 'never' (tests, benchmarks). */
+/** Winograd for 3x3 stride-1 convolutions: 'auto' (CPU adapters, tile by size), 'always' (4x4 tiles), 'always-2x2', 'never' (tests, benchmarks). */
 export function setConv2dWinograd(m: WinogradMode) {
   winograd = m;
 }
 const WINOGRAD_MIN_TILES = 32;
-function useWinograd(g: Geom): boolean {
-  if (winograd === 'never' || g.KH !== 3 || g.KW !== 3 || g.SH !== 1 || g.SW !== 1 || !winogradFits(g)) return false;
-  if (winograd === 'always') return true;
-  const tiles = g.N * Math.ceil(g.Ho / 4) * Math.ceil(g.Wo / 4);
-  return conv2dVariant() === 'subgroup' && Math.min(g.C, g.O) >= 16 && tiles >= WINOGRAD_MIN_TILES;
+/** The Winograd output tile for this convolution, or 0 for the direct kernels. */
+function winogradTile(g: Geom): 0 | WinogradTile {
+  if (winograd === 'never' || g.KH !== 3 || g.KW !== 3 || g.SH !== 1 || g.SW !== 1 || !winogradFits(g)) return 0;
+  if (winograd === 'always') return 4;
+  if (winograd === 'always-2x2') return 2;
+  if (conv2dVariant() !== 'subgroup' || Math.min(g.C, g.O) < 16) return 0;
+  const tiles = (m: number) => g.N * Math.ceil(g.Ho / m) * Math.ceil(g.Wo / m);
+  return tiles(4) >= WINOGRAD_MIN_TILES ? 4 : tiles(2) >= WINOGRAD_MIN_TILES ? 2 : 0;
 }
 
 // Weight packing. Where the image is large, the weights are first repacked to WR[(tap * K + k) * Rp + r]

@@ -19,9 +19,6 @@ import { Tensor } from '../engine/tensor.js';
 import { grid, WG_INDEX, memoKernel } from './util.js';
 import { matmulRaw } from './matmul.js';
 
-const TILE = 4; // output tile side (m)
-const ALPHA = 6; // input patch side (m + r - 1)
-const XI = ALPHA * ALPHA; // points per tile
 
 /** Bᵀ (6x6), G (6x3) and Aᵀ (4x6) for F(4, 3) with the points 0, 1, -1, 2, -2 and infinity. */
 export const WINOGRAD_F43 = {
@@ -48,7 +45,32 @@ export const WINOGRAD_F43 = {
     [0, 1, -1, 8, -8, 1],
   ],
 };
-const { BT, G, AT } = WINOGRAD_F43;
+/** Bᵀ (4x4), G (4x3) and Aᵀ (2x4) for F(2, 3) with the points 0, 1, -1 and infinity. */
+export const WINOGRAD_F23 = {
+  BT: [
+    [1, 0, -1, 0],
+    [0, 1, 1, 0],
+    [0, -1, 1, 0],
+    [0, 1, 0, -1],
+  ],
+  G: [
+    [1, 0, 0],
+    [1 / 2, 1 / 2, 1 / 2],
+    [1 / 2, -1 / 2, 1 / 2],
+    [0, 0, 1],
+  ],
+  AT: [
+    [1, 1, 1, 0],
+    [0, 1, -1, -1],
+  ],
+};
+/** Output tile side m: 4 (F(4x4, 3x3), 36 points) or 2 (F(2x2, 3x3), 16 points, for small images). */
+export type WinogradTile = 2 | 4;
+/** the tile's matrices; TILE = m, ALPHA = m + 2 (input patch side), XI = ALPHA² (points, GEMMs) */
+function wcfg(m: WinogradTile) {
+  const M = m === 4 ? WINOGRAD_F43 : WINOGRAD_F23;
+  return { ...M, TILE: m, ALPHA: m + 2, XI: (m + 2) * (m + 2) };
+}
 const transpose = (m: number[][]) => m[0].map((_, j) => m.map((row) => row[j]));
 
 /** bytes of one transformed operand (per chunk of tiles) */
@@ -138,7 +160,8 @@ function columns(layout: 'tiles' | 'chans'): string {
  * padding; 'tiles': V[ξ, c, t], 'chans': V[ξ, t, c]. `off` >= 0: the image width is a multiple of 4 and a patch
  * row starts at component `off` of an aligned vec4 (off = -PL mod 4), so a row is 2-3 vec4 loads; -1: scalars.
  */
-const inputKernel = memoKernel((off: number, layout: 'tiles' | 'chans') => {
+const inputKernel = memoKernel((m: WinogradTile, off: number, layout: 'tiles' | 'chans') => {
+  const { TILE, ALPHA, BT } = wcfg(m);
   const A = range(ALPHA);
   const nv = off < 0 ? 0 : Math.ceil((off + ALPHA) / 4);
   const loads =
@@ -191,7 +214,8 @@ ${MAIN}
  * Y[n, r0 + r, 4 ty + i, 4 tx + j] = (Aᵀ M A)[i, j] + bias for the pixels inside the image (H x W here), M[ξ, r, t]
  * with `rows` rows; `aligned`: W is a multiple of 4, so each row of a tile is one vec4 store.
  */
-const outputKernel = memoKernel((bias: boolean, aligned: boolean) => {
+const outputKernel = memoKernel((m: WinogradTile, bias: boolean, aligned: boolean) => {
+  const { TILE, ALPHA, AT } = wcfg(m);
   const T = range(TILE);
   return /* wgsl */ `
 ${WG_INDEX}
@@ -224,7 +248,8 @@ ${MAIN}
 });
 
 /** dM[ξ, t, o] = (A dY Aᵀ)[ξ] of output tile t of channel r0 + o (zero outside the output and for padding). */
-const gradOutputKernel = memoKernel((aligned: boolean) => {
+const gradOutputKernel = memoKernel((m: WinogradTile, aligned: boolean) => {
+  const { TILE, ALPHA, AT } = wcfg(m);
   const T = range(TILE);
   const A = transpose(AT);
   return /* wgsl */ `
@@ -241,9 +266,10 @@ ${MAIN}
   ${T.map((a) =>
     aligned
       ? `let g${j}_${a} = select(vec4<f32>(0.0), GY[select(0u, (base${j} + ${a}u * u.W) / 4u, ok${j} && y0${j} + ${a}u < u.H)], ok${j} && y0${j} + ${a}u < u.H);`
-      : `let g${j}_${a} = ${vec(
-          T.map((b) => `select(0.0, GY[select(0u, base${j} + ${a}u * u.W + ${b}u, ok${j} && y0${j} + ${a}u < u.H && x0${j} + ${b}u < u.W)], ok${j} && y0${j} + ${a}u < u.H && x0${j} + ${b}u < u.W)`),
-        )};`,
+      : `let g${j}_${a} = ${vec([
+          ...T.map((b) => `select(0.0, GY[select(0u, base${j} + ${a}u * u.W + ${b}u, ok${j} && y0${j} + ${a}u < u.H && x0${j} + ${b}u < u.W)], ok${j} && y0${j} + ${a}u < u.H && x0${j} + ${b}u < u.W)`),
+          ...Array(4 - TILE).fill('0.0'),
+        ])};`,
   ).join('\n  ')}`,
   ).join('\n  ')}
   ${T.map((a) => T.map((b) => `let g_${a}_${b} = ${vec(J4.map((j) => `g${j}_${a}[${b}]`))};`).join(' ')).join('\n  ')}
@@ -259,7 +285,8 @@ ${MAIN}
 // multiple of 32); one invocation per (k, 4 consecutive r). 'fwd': r = output channel o, k = input channel c,
 // g = W[o, c] (scalar loads). 'bwd': r = c, k = o, g = W[o, c] rotated by 180 degrees; the 4 kernels are 36
 // consecutive weights (9 vec4 loads when C is a multiple of 4).
-const weightKernel = memoKernel((mode: 'fwd' | 'bwd', f16: boolean, aligned: boolean) => {
+const weightKernel = memoKernel((m: WinogradTile, mode: 'fwd' | 'bwd', f16: boolean, aligned: boolean) => {
+  const { ALPHA, G } = wcfg(m);
   const K3 = range(3);
   const tap = (ky: number, kx: number) => (mode === 'fwd' ? ky * 3 + kx : (2 - ky) * 3 + (2 - kx));
   const ty = f16 ? 'f16' : 'f32';
@@ -298,7 +325,8 @@ ${MAIN}
  * dW[r0 + o, c] (+)= Gᵀ dU[·, o, c] G, one invocation per (o, 4 consecutive c): dU [36, rows, C4] read as
  * vec4s; `aligned` (C a multiple of 4): the 4 kernels are 36 consecutive weights, 9 vec4 stores.
  */
-const weightGradKernel = memoKernel((aligned: boolean) => {
+const weightGradKernel = memoKernel((m: WinogradTile, aligned: boolean) => {
+  const { ALPHA, G } = wcfg(m);
   const GT = transpose(G);
   const K3 = range(3);
   const stores = aligned
@@ -376,19 +404,20 @@ export function setWinogradGemmViaMatmul(on: boolean) {
   gemmViaMatmul = on;
 }
 
-/** [36, rows, cols] = A[ξ]ᵀ @ B[ξ] for A [36, K, rows] (rows a multiple of 32) and B [36, K, cols] (cols a multiple of 4). */
+/** [ξ, rows, cols] = A[ξ]ᵀ @ B[ξ] for A [ξ, K, rows] (rows a multiple of 32) and B [36, K, cols] (cols a multiple of 4). */
 function gemm(a: Tensor, b: Tensor): Tensor {
   const [, K, rows] = a.shape;
   const cols = b.shape[2];
   const g = rt().gpu;
   if (gemmViaMatmul || !(g.features.has('subgroups') && g.subgroupMinSize === 8 && g.subgroupMaxSize === 8)) return matmulRaw(a, b, { transA: true });
-  const out = Tensor.empty([XI, rows, cols], 'f32', 'winograd_gemm');
+  const xi = a.shape[0];
+  const out = Tensor.empty([xi, rows, cols], 'f32', 'winograd_gemm');
   rt().dispatch({
     name: 'winograd_gemm',
     code: gemmKernel(),
     uniforms: new Uniforms().u32(rows / 4, cols / 4, K, (K * rows) / 4, (K * cols) / 4, (rows * cols) / 4, 0, 0).done(),
     bindings: [{ buffer: a.buffer }, { buffer: b.buffer }, { buffer: out.buffer }],
-    workgroups: [Math.ceil(cols / 32), rows / GEMM_ROWS, XI],
+    workgroups: [Math.ceil(cols / 32), rows / GEMM_ROWS, xi],
   });
   return out;
 }
@@ -414,7 +443,7 @@ const budget = () => Math.min(CHUNK_BYTES, rt().maxBindingBytes);
 /** Whether the activations fit single storage bindings (the Winograd path binds them whole) and 32 rows of U fit a chunk. */
 export function winogradFits(g: WinogradGeom): boolean {
   const lim = rt().maxBindingBytes;
-  const row = XI * 4 * ceil4(Math.max(g.C, g.O));
+  const row = wcfg(4).XI * 4 * ceil4(Math.max(g.C, g.O));
   return 4 * g.N * g.C * g.H * g.W <= lim && 4 * g.N * g.O * g.Ho * g.Wo <= lim && GEMM_ROWS * row <= budget();
 }
 
@@ -431,7 +460,7 @@ function dispatchFlat(name: string, code: string, uniforms: ArrayBuffer, binding
 }
 
 /** Chunks of GEMM rows (multiples of 32) and of tiles (multiples of 4) whose operands stay within the budget. */
-function chunks(rows: number, K4: number, T: number) {
+function chunks(XI: number, rows: number, K4: number, T: number) {
   const row = XI * 4 * K4; // bytes of one row of U (one column of V)
   const Rc = Math.min(rows, Math.max(GEMM_ROWS, Math.floor(budget() / row / GEMM_ROWS) * GEMM_ROWS));
   // one tile column of V and of the GEMM's output
@@ -444,22 +473,24 @@ interface Tiling {
   tw: number;
   T: number;
 }
-function tiling(N: number, Ho: number, Wo: number): Tiling {
-  const tw = Math.ceil(Wo / TILE);
-  const tpi = Math.ceil(Ho / TILE) * tw;
+function tiling(m: WinogradTile, N: number, Ho: number, Wo: number): Tiling {
+  const tw = Math.ceil(Wo / m);
+  const tpi = Math.ceil(Ho / m) * tw;
   return { tpi, tw, T: N * tpi };
 }
 
 /** The transformed patches of S [N, C, H, W] for tiles [t0, tEnd): 'tiles' [36, C4, tiles4], 'chans' [36, tiles4, C4]. */
-function inputPass(layout: 'tiles' | 'chans', src: Tensor, C: number, H: number, W: number, PT: number, PL: number, t0: number, tEnd: number, tl: Tiling) {
+function inputPass(m: WinogradTile, layout: 'tiles' | 'chans', src: Tensor, C: number, H: number, W: number, PT: number, PL: number, t0: number, tEnd: number, tl: Tiling) {
   const T4 = ceil4(tEnd - t0);
   const C4 = ceil4(C);
+  const { XI } = wcfg(m);
   const v = Tensor.empty(layout === 'tiles' ? [XI, C4, T4] : [XI, T4, C4], 'f32', 'winograd_v');
-  const off = W % 4 === 0 ? ((-PL % 4) + 4) % 4 : -1;
+  // vec4 patch rows need every tile's first column at the same vec4 offset: 4x4 tiles on images of width 4k
+  const off = m === 4 && W % 4 === 0 ? ((-PL % 4) + 4) % 4 : -1;
   const nInv = (C4 * T4) / 4;
   dispatchFlat(
     'winograd_input',
-    inputKernel(off, layout),
+    inputKernel(m, off, layout),
     uniforms({ nInv, Tq: (layout === 'tiles' ? T4 : C4) / 4, t0, tEnd, tpi: tl.tpi, tw: tl.tw, C, H, W, PT, PL, nc: C }),
     [{ buffer: src.buffer }, { buffer: v.buffer }],
     nInv,
@@ -471,11 +502,12 @@ function inputPass(layout: 'tiles' | 'chans', src: Tensor, C: number, H: number,
  * y [N, R, Ho, Wo] = conv(src [N, K, Hs, Ws], w) + bias for a 3x3 kernel at stride 1, top/left padding PT/PL (may
  * be negative: a crop); 'bwd' convolves with w rotated and its channel axes swapped (backward-data).
  */
-function convolve(mode: 'fwd' | 'bwd', src: Tensor, K: number, Hs: number, Ws: number, PT: number, PL: number, w: Tensor, bias: Tensor | undefined, y: Tensor, R: number, Ho: number, Wo: number) {
+function convolve(m: WinogradTile, mode: 'fwd' | 'bwd', src: Tensor, K: number, Hs: number, Ws: number, PT: number, PL: number, w: Tensor, bias: Tensor | undefined, y: Tensor, R: number, Ho: number, Wo: number) {
   const N = src.shape[0];
   const K4 = ceil4(K);
-  const tl = tiling(N, Ho, Wo);
-  const { Rc, Tc } = chunks(R, K4, tl.T);
+  const { XI } = wcfg(m);
+  const tl = tiling(m, N, Ho, Wo);
+  const { Rc, Tc } = chunks(XI, R, K4, tl.T);
   const C = w.shape[1];
   for (let r0 = 0; r0 < R; r0 += Rc) {
     const rc = Math.min(Rc, R - r0);
@@ -484,47 +516,48 @@ function convolve(mode: 'fwd' | 'bwd', src: Tensor, K: number, Hs: number, Ws: n
     const nW = (K4 * Rp) / 4;
     dispatchFlat(
       'winograd_weights',
-      weightKernel(mode, w.dtype === 'f16', C % 4 === 0),
+      weightKernel(m, mode, w.dtype === 'f16', C % 4 === 0),
       new Uniforms().u32(nW, Rp / 4, C, K, r0, rc, 0, 0).done(),
       [{ buffer: w.buffer }, { buffer: u.buffer }],
       nW,
     );
     for (let t0 = 0; t0 < tl.T; t0 += Tc) {
       const tEnd = Math.min(tl.T, t0 + Tc);
-      const v = inputPass('tiles', src, K, Hs, Ws, PT, PL, t0, tEnd, tl);
-      const m = gemm(u, v);
+      const v = inputPass(m, 'tiles', src, K, Hs, Ws, PT, PL, t0, tEnd, tl);
+      const prod = gemm(u, v);
       v.dispose();
       const Tq = ceil4(tEnd - t0) / 4;
       dispatchFlat(
         'winograd_output',
-        outputKernel(!!bias, Wo % 4 === 0),
+        outputKernel(m, !!bias, m === 4 && Wo % 4 === 0),
         uniforms({ nInv: rc * Tq, Tq, t0, tEnd, tpi: tl.tpi, tw: tl.tw, C: R, rows: Rp, H: Ho, W: Wo, r0, nc: rc }),
-        [{ buffer: m.buffer }, ...(bias ? [{ buffer: bias.buffer }] : []), { buffer: y.buffer }],
+        [{ buffer: prod.buffer }, ...(bias ? [{ buffer: bias.buffer }] : []), { buffer: y.buffer }],
         rc * Tq,
       );
-      m.dispose();
+      prod.dispose();
     }
     u.dispose();
   }
 }
 
-/** y = conv2d(x, w) + bias for a 3x3 kernel at stride 1 (y preallocated [N, O, Ho, Wo]). */
-export function winogradForward(x: Tensor, w: Tensor, bias: Tensor | undefined, g: WinogradGeom, y: Tensor) {
-  convolve('fwd', x, g.C, g.H, g.W, g.PT, g.PL, w, bias, y, g.O, g.Ho, g.Wo);
+/** y = conv2d(x, w) + bias for a 3x3 kernel at stride 1 (y preallocated [N, O, Ho, Wo]), with m x m output tiles. */
+export function winogradForward(x: Tensor, w: Tensor, bias: Tensor | undefined, g: WinogradGeom, y: Tensor, m: WinogradTile = 4) {
+  convolve(m, 'fwd', x, g.C, g.H, g.W, g.PT, g.PL, w, bias, y, g.O, g.Ho, g.Wo);
 }
 
 /** dx = conv2d's input gradient for a 3x3 kernel at stride 1 (dx preallocated [N, C, H, W]): dY convolved with the rotated kernel. */
-export function winogradBackwardData(gy: Tensor, w: Tensor, g: WinogradGeom, dx: Tensor) {
-  convolve('bwd', gy, g.O, g.Ho, g.Wo, 2 - g.PT, 2 - g.PL, w, undefined, dx, g.C, g.H, g.W);
+export function winogradBackwardData(gy: Tensor, w: Tensor, g: WinogradGeom, dx: Tensor, m: WinogradTile = 4) {
+  convolve(m, 'bwd', gy, g.O, g.Ho, g.Wo, 2 - g.PT, 2 - g.PL, w, undefined, dx, g.C, g.H, g.W);
 }
 
 /** dw = conv2d's weight gradient for a 3x3 kernel at stride 1 (dw preallocated [O, C, 3, 3]). */
-export function winogradBackwardWeight(gy: Tensor, x: Tensor, g: WinogradGeom, dw: Tensor) {
+export function winogradBackwardWeight(gy: Tensor, x: Tensor, g: WinogradGeom, dw: Tensor, m: WinogradTile = 4) {
   const { N, C, H, W, O, Ho, Wo, PT, PL } = g;
   const C4 = ceil4(C);
-  const tl = tiling(N, Ho, Wo);
-  // rows of dU [36, Op, C4] per chunk; tiles per chunk for V [36, tiles, C4] and dM [36, tiles, Op]
-  const { Rc, Tc } = chunks(O, Math.max(C4, ceil4(O)), tl.T);
+  const { XI } = wcfg(m);
+  const tl = tiling(m, N, Ho, Wo);
+  // rows of dU [ξ, Op, C4] per chunk; tiles per chunk for V [ξ, tiles, C4] and dM [ξ, tiles, Op]
+  const { Rc, Tc } = chunks(XI, O, Math.max(C4, ceil4(O)), tl.T);
   for (let o0 = 0; o0 < O; o0 += Rc) {
     const oc = Math.min(Rc, O - o0);
     const Op = ceil32(oc);
@@ -535,18 +568,18 @@ export function winogradBackwardWeight(gy: Tensor, x: Tensor, g: WinogradGeom, d
       const nG = (T4 * Op) / 4;
       dispatchFlat(
         'winograd_grad_output',
-        gradOutputKernel(Wo % 4 === 0),
+        gradOutputKernel(m, m === 4 && Wo % 4 === 0),
         uniforms({ nInv: nG, Tq: Op / 4, t0, tEnd, tpi: tl.tpi, tw: tl.tw, C: O, H: Ho, W: Wo, r0: o0, nc: oc }),
         [{ buffer: gy.buffer }, { buffer: dm.buffer }],
         nG,
       );
-      const v = inputPass('chans', x, C, H, W, PT, PL, t0, tEnd, tl);
+      const v = inputPass(m, 'chans', x, C, H, W, PT, PL, t0, tEnd, tl);
       const du = gemm(dm, v);
       dm.dispose();
       v.dispose();
       dispatchFlat(
         'winograd_weight_grad',
-        weightGradKernel(C % 4 === 0),
+        weightGradKernel(m, C % 4 === 0),
         uniforms({ nInv: oc * (C4 / 4), Tq: C4 / 4, C, rows: Op, r0: o0, accum: t0 > 0 }),
         [{ buffer: du.buffer }, { buffer: dw.buffer }],
         oc * (C4 / 4),

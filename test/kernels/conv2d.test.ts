@@ -15,7 +15,7 @@ import {
   type ConvVariant,
   type WeightPacking,
 } from '../../kernels/conv2d.js';
-import { WINOGRAD_F43, setWinogradGemmViaMatmul } from '../../kernels/winograd.js';
+import { WINOGRAD_F23, WINOGRAD_F43, setWinogradGemmViaMatmul } from '../../kernels/winograd.js';
 import { rconv2d } from '../../kernels/conv2d.ref.js';
 import { rprod, rt64 } from '../../kernels/core.ref.js';
 import { checkGrad, expectClose, gpu, rand } from '../helpers/check.js';
@@ -69,20 +69,22 @@ async function forwardCheck(c: Case, wDtype: 'f32' | 'f16' = 'f32', tol = 1e-5) 
 
 // every suite runs with both direct tilings: 'subgroup' (CPU adapters with 8-wide subgroups) and 'register'
 // (the rest); 'subgroup' twice: weights read in place, and repacked first (the kernels pick by size, tests force
-// each); and once more with every 3x3 stride-1 convolution through Winograd F(4x4, 3x3) (the rest direct).
-const VARIANTS: [ConvVariant | 'winograd', WeightPacking][] = [
+// each); and twice more with every 3x3 stride-1 convolution through Winograd, F(4x4, 3x3) and F(2x2, 3x3) (the
+// rest direct).
+const VARIANTS: [ConvVariant | 'winograd' | 'winograd 2x2', WeightPacking][] = [
   ['subgroup', 'never'],
   ['subgroup', 'always'],
   ['register', 'auto'],
   ['winograd', 'auto'],
+  ['winograd 2x2', 'auto'],
 ];
 for (const [variant, packing] of VARIANTS)
   describe(`conv2d [${variant}${variant === 'subgroup' ? `, weights ${packing === 'always' ? 'repacked' : 'in place'}` : ''}]`, () => {
     beforeAll(() => {
       setConv2dWeightPacking(packing);
-      setConv2dWinograd(variant === 'winograd' ? 'always' : 'never');
+      setConv2dWinograd(variant === 'winograd' ? 'always' : variant === 'winograd 2x2' ? 'always-2x2' : 'never');
       // an adapter without 8-wide subgroups runs the 'register' tiling in both passes
-      setConv2dVariant(variant !== 'winograd' && conv2dVariants().includes(variant) ? variant : null);
+      setConv2dVariant(variant !== 'winograd' && variant !== 'winograd 2x2' && conv2dVariants().includes(variant) ? variant : null);
     });
     afterAll(() => {
       setConv2dVariant(null);
@@ -90,7 +92,7 @@ for (const [variant, packing] of VARIANTS)
       setConv2dWinograd('auto');
     });
     it('variant is available on this adapter', (ctx) => {
-      if (variant !== 'winograd' && !conv2dVariants().includes(variant)) ctx.skip();
+      if (variant !== 'winograd' && variant !== 'winograd 2x2' && !conv2dVariants().includes(variant)) ctx.skip();
     });
     describe('conv2d forward', () => {
       for (const c of CASES) it(`${c.name}: x[${c.x}] w[${c.w}]`, () => forwardCheck(c));
@@ -241,26 +243,35 @@ for (const [variant, packing] of VARIANTS)
 
 describe('conv2d Winograd F(4x4, 3x3)', () => {
   /** float64 reference of the 1D algorithm: Aᵀ [(G g) ⊙ (Bᵀ d)] against the direct correlation */
-  it('transform matrices compute a 3-tap correlation exactly (float64)', () => {
-    const { BT, G, AT } = WINOGRAD_F43;
-    const mv = (m: number[][], v: number[]) => m.map((row) => row.reduce((s, c, k) => s + c * v[k], 0));
-    for (let trial = 0; trial < 20; trial++) {
-      const d = Array.from(rand(6, 100 + trial));
-      const g = Array.from(rand(3, 200 + trial));
-      const u = mv(G, g);
-      const v = mv(BT, d);
-      const y = mv(AT, u.map((x, i) => x * v[i]));
-      for (let i = 0; i < 4; i++) expect(Math.abs(y[i] - (d[i] * g[0] + d[i + 1] * g[1] + d[i + 2] * g[2]))).toBeLessThan(1e-12);
-    }
-  });
+  for (const [name, M, m] of [
+    ['F(4, 3)', WINOGRAD_F43, 4],
+    ['F(2, 3)', WINOGRAD_F23, 2],
+  ] as const)
+    it(`${name} transform matrices compute a 3-tap correlation exactly (float64)`, () => {
+      const { BT, G, AT } = M;
+      const mv = (mat: readonly (readonly number[])[], v: number[]) => mat.map((row) => row.reduce((s, c, k) => s + c * v[k], 0));
+      for (let trial = 0; trial < 20; trial++) {
+        const d = Array.from(rand(m + 2, 100 + trial));
+        const g = Array.from(rand(3, 200 + trial));
+        const u = mv(G, g);
+        const v = mv(BT, d);
+        const y = mv(AT, u.map((x, i) => x * v[i]));
+        expect(y.length).toBe(m);
+        for (let i = 0; i < m; i++) expect(Math.abs(y[i] - (d[i] * g[0] + d[i + 1] * g[1] + d[i + 2] * g[2]))).toBeLessThan(1e-12);
+      }
+    });
 
-  for (const viaMatmul of [false, true])
-    it(`chunks of weight rows and of tiles (lowered binding limit), all three passes${viaMatmul ? ', GEMMs through matmul' : ''}`, async () => {
+  for (const [viaMatmul, mode] of [
+    [false, 'always'],
+    [true, 'always'],
+    [false, 'always-2x2'],
+  ] as const)
+    it(`chunks of weight rows and of tiles (lowered binding limit), all three passes, ${mode === 'always' ? '4x4' : '2x2'} tiles${viaMatmul ? ', GEMMs through matmul' : ''}`, async () => {
       const r = rt();
       const saved = r.maxBindingBytes;
       // x, y fit one binding; U needs 2 row chunks (48 rows, 32 per chunk) and V 2 tile chunks (50 tiles)
       const c: Case = { name: 'chunks', x: [2, 40, 20, 20], w: [48, 40, 3, 3], bias: true, opts: { padding: 1 } };
-      setConv2dWinograd('always');
+      setConv2dWinograd(mode);
       setWinogradGemmViaMatmul(viaMatmul);
       try {
         const d = data(c);
@@ -277,7 +288,7 @@ describe('conv2d Winograd F(4x4, 3x3)', () => {
         ref.dx = Float64Array.from(await rdx.data());
         ref.dw = Float64Array.from(await rdw.data());
         [rdx, rdw].forEach((t) => t.dispose());
-        setConv2dWinograd('always');
+        setConv2dWinograd(mode);
         r.maxBindingBytes = 200 * 1024;
         const [y, gx, gw] = tidy(() => {
           const x = Tensor.from(d.x, c.x).requireGrad();
@@ -297,7 +308,7 @@ describe('conv2d Winograd F(4x4, 3x3)', () => {
       }
     });
 
-  it('is picked by default on 8-wide subgroup adapters from 32 output tiles and 16 channels', async () => {
+  it('is picked by default on 8-wide subgroup adapters from 32 output tiles (4x4, else 2x2) and 16 channels', async () => {
     const r = rt();
     const names: string[] = [];
     const orig = r.dispatch.bind(r);
@@ -314,8 +325,9 @@ describe('conv2d Winograd F(4x4, 3x3)', () => {
     };
     try {
       const cpu = conv2dVariant() === 'subgroup';
-      expect(used([2, 16, 16, 16], [16, 16, 3, 3])).toBe(cpu); // 2 x 16 tiles
-      expect(used([1, 16, 16, 16], [16, 16, 3, 3])).toBe(false); // 16 tiles
+      expect(used([2, 16, 16, 16], [16, 16, 3, 3])).toBe(cpu); // 2 x 16 tiles of 4x4
+      expect(used([1, 16, 16, 16], [16, 16, 3, 3])).toBe(cpu); // 16 of 4x4, 64 of 2x2
+      expect(used([1, 16, 8, 8], [16, 16, 3, 3])).toBe(false); // 16 tiles of 2x2
       expect(used([2, 8, 16, 16], [16, 8, 3, 3])).toBe(false); // 8 input channels
       expect(used([2, 16, 32, 32], [16, 16, 1, 1])).toBe(false); // not 3x3
     } finally {

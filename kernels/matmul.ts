@@ -218,10 +218,10 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(subgroup_invocation_id) 
 // loads 8 scalars a step because op(A) and op(B) may have any layout. When both operands are stored K-major,
 // A as [K, M] and B as [K, N], a lane's 4 rows and its 4 columns are one vec4 each: per k, two vec4 loads, the
 // 32 rows' values handed round by constant-lane subgroupBroadcast, 32 vec4 FMAs into accumulators over the
-// lane's 4 columns (the tile of conv2d's Winograd GEMM). Operands stored the other way are first copied
-// K-major by a 4x4-block transpose (vec4 loads and stores, rows padded to a multiple of 4 with zeros): x @ Wᵀ
-// transposes both, dY @ W only A, and Aᵀ @ B (weight gradients) neither. On lavapipe, for the UNet's linear
-// layers, the kernel alone is 1.3-1.7x faster than the general one, 1.2-1.5x with the copies; see `kmajorPays`.
+// lane's 4 columns. Operands stored the other way are first copied K-major by a 4x4-block transpose (vec4
+// loads and stores, rows padded to a multiple of 4 with zeros): x @ Wᵀ transposes both, dY @ W only A, and
+// Aᵀ @ B (weight gradients and conv2d's Winograd GEMMs) neither. On lavapipe, for the UNet's linear layers, the
+// kernel alone is 1.3-1.7x faster than the general one, 1.2-1.5x with the copies; see `kmajorPays`.
 const KM_ROWS = 32;
 const kmajorKernel = memoKernel((bias: boolean) => {
   const R = range(KM_ROWS);

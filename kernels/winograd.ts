@@ -6,7 +6,7 @@
 //   U = G g Gᵀ (6x6 per weight pair, 3x3 g),  V = Bᵀ d B (6x6 per input patch d),  Y = Aᵀ (U ⊙ V) A (4x4).
 // Summed over input channels, the elementwise products become 36 independent GEMMs, one per point ξ of the
 // 6x6 grid: M[ξ] (O x tiles) = Uᵀ[ξ] (O x C) @ V[ξ] (C x tiles), which is 36 / 16 = 2.25 multiply-adds per
-// output pixel and channel pair instead of 9 (4x fewer), run by the GEMM kernel below (`gemm`). The transforms
+// output pixel and channel pair instead of 9 (4x fewer), run by matmul's K-major tile (`gemm`). The transforms
 // are separate, memory-bound kernels generated from the matrices below, one invocation per 4 operand columns.
 //  - backward-data is the same forward applied to dY with the kernel rotated by 180 degrees and the roles of
 //    the channel axes swapped (stride 1): dX[c] = sum_o rot180(W[o, c]) * dY[o], padding 2 - p.
@@ -115,6 +115,16 @@ const range = (n: number) => [...Array(n).keys()];
 const J4 = range(4);
 const vec = (parts: string[]) => `vec4<f32>(${parts.join(', ')})`;
 
+/**
+ * WGSL walking the alpha x alpha points of an operand [ξ, ...] from vec4 element i, `step` apart: loads them
+ * into lets `${name}_a_b`, or stores those lets.
+ */
+function points(alpha: number, op: 'load' | 'store', arr: string, name: string, step: string): string {
+  const A = range(alpha);
+  const one = (a: number, b: number) => (op === 'load' ? `let ${name}_${a}_${b} = ${arr}[pt];` : `${arr}[pt] = ${name}_${a}_${b};`);
+  return `var pt = i;\n  ${A.map((a) => A.map((b) => `${one(a, b)} pt += ${step};`).join(' ')).join('\n  ')}`;
+}
+
 // Every transform kernel handles 4 consecutive columns of a GEMM operand per invocation (4 tiles of one
 // channel, or 4 channels of one tile), does its arithmetic on vec4s (one component per column) and writes whole
 // vec4s: on CPU adapters a memory access costs about the same for a vec4 as for a scalar, so this is 4x fewer
@@ -207,8 +217,7 @@ ${MAIN}
   ).join('\n  ')}
   ${loads}
   ${sandwich(BT, BT, (k, l) => `d_${k}_${l}`, 'v')}
-  var o = i;
-  ${A.map((a) => A.map((b) => `V[o] = v_${a}_${b}; o += u.nInv;`).join(' ')).join('\n  ')}
+  ${points(ALPHA, 'store', 'V', 'v', 'u.nInv')}
 }`;
 });
 
@@ -228,10 +237,7 @@ ${bias ? '@group(0) @binding(2) var<storage, read> BIAS: array<f32>;' : ''}
 ${MAIN}
   ${columns('tiles')}
   let plane = u.rows * u.Tq;
-  var o = i;
-  ${range(ALPHA)
-    .map((a) => range(ALPHA).map((b) => `let m_${a}_${b} = M[o]; o += plane;`).join(' '))
-    .join('\n  ')}
+  ${points(ALPHA, 'load', 'M', 'm', 'plane')}
   ${sandwich(AT, AT, (k, l) => `m_${k}_${l}`, 'y')}
   let bv = ${bias ? 'BIAS[ch0]' : '0.0'};
   ${J4.map(
@@ -276,10 +282,7 @@ ${MAIN}
   ).join('\n  ')}
   ${T.map((a) => T.map((b) => `let g_${a}_${b} = ${vec(J4.map((j) => `g${j}_${a}[${b}]`))};`).join(' ')).join('\n  ')}
   ${sandwich(A, A, (k, l) => `g_${k}_${l}`, 'm')}
-  var p = i;
-  ${range(ALPHA)
-    .map((a) => range(ALPHA).map((b) => `DM[p] = m_${a}_${b}; p += u.nInv;`).join(' '))
-    .join('\n  ')}
+  ${points(ALPHA, 'store', 'DM', 'm', 'u.nInv')}
 }`;
 });
 
@@ -316,10 +319,7 @@ ${MAIN}
   let rq = i - k * u.Tq;
   ${loads}
   ${sandwich(G, G, (k, l) => `g_${k}_${l}`, 'w')}
-  var o = i;
-  ${range(ALPHA)
-    .map((a) => range(ALPHA).map((b) => `U[o] = w_${a}_${b}; o += u.nInv;`).join(' '))
-    .join('\n  ')}
+  ${points(ALPHA, 'store', 'U', 'w', 'u.nInv')}
 }`;
 });
 
@@ -358,71 +358,18 @@ ${MAIN}
   let o = i / u.Tq;
   let cq = i - o * u.Tq;
   let plane = u.rows * u.Tq;
-  var p = i;
-  ${range(ALPHA)
-    .map((a) => range(ALPHA).map((b) => `let d_${a}_${b} = DU[p]; p += plane;`).join(' '))
-    .join('\n  ')}
+  ${points(ALPHA, 'load', 'DU', 'd', 'plane')}
   ${sandwich(GT, GT, (k, l) => `d_${k}_${l}`, 'w')}
   ${stores}
 }`;
 });
 
 // The 36 GEMMs: out[ξ, r, n] = sum_k A[ξ, k, r] B[ξ, k, n], rows padded to a multiple of 32 and columns to a
-// multiple of 4. On adapters with 8-wide subgroups one workgroup is one subgroup computing 32 rows x 32
-// columns: per k, each lane loads one vec4 of A (its 4 rows) and one vec4 of B (its 4 columns) and receives every
-// row's value through constant-lane subgroupBroadcast: 128 FMAs a lane for two loads (matmul's general kernel,
-// which takes any shape and layout, needs eight scalar loads for the same work and measured 1.1-1.7x slower on
-// these GEMMs). Elsewhere matmul's batched kernel runs them (A read transposed).
+// multiple of 4. Both operands are K-major, so on adapters with 8-wide subgroups matmul runs them with its
+// K-major tile as they are (no copies: one vec4 of each operand per k, 128 FMAs a lane; matmul's general kernel
+// needs eight scalar loads for the same work and measured 1.1-1.7x slower on these GEMMs).
 const GEMM_ROWS = 32;
-const gemmKernel = memoKernel(() => {
-  const R = range(GEMM_ROWS);
-  return /* wgsl */ `enable subgroups;
-struct P { R4: u32, N4: u32, K: u32, aS: u32, bS: u32, cS: u32, _0: u32, _1: u32 }
-@group(0) @binding(0) var<uniform> u: P;
-@group(0) @binding(1) var<storage, read> A: array<vec4<f32>>;
-@group(0) @binding(2) var<storage, read> B: array<vec4<f32>>;
-@group(0) @binding(3) var<storage, read_write> C: array<vec4<f32>>;
-@compute @workgroup_size(8)
-fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(subgroup_invocation_id) lane: u32) {
-  let n4 = wid.x * 8u + lane;
-  let aB = wid.z * u.aS + wid.y * 8u + lane;
-  let bB = wid.z * u.bS + min(n4, u.N4 - 1u);
-  ${R.map((r) => `var a${r} = vec4<f32>(0.0);`).join(' ')}
-  for (var k = 0u; k < u.K; k++) {
-    let av = A[aB + k * u.R4];
-    let bv = B[bB + k * u.N4];
-    ${R.map((r) => `a${r} = fma(vec4<f32>(subgroupBroadcast(av[${r % 4}], ${r >> 2}u)), bv, a${r});`).join('\n    ')}
-  }
-  if (n4 < u.N4) {
-    let cB = wid.z * u.cS + wid.y * ${GEMM_ROWS}u * u.N4 + n4;
-    ${R.map((r) => `C[cB + ${r}u * u.N4] = a${r};`).join('\n    ')}
-  }
-}`;
-});
-
-let gemmViaMatmul = false;
-/** Run the 36 GEMMs through matmul's batched kernel even where the subgroup kernel could (tests). */
-export function setWinogradGemmViaMatmul(on: boolean) {
-  gemmViaMatmul = on;
-}
-
-/** [ξ, rows, cols] = A[ξ]ᵀ @ B[ξ] for A [ξ, K, rows] (rows a multiple of 32) and B [36, K, cols] (cols a multiple of 4). */
-function gemm(a: Tensor, b: Tensor): Tensor {
-  const [, K, rows] = a.shape;
-  const cols = b.shape[2];
-  const g = rt().gpu;
-  if (gemmViaMatmul || !(g.features.has('subgroups') && g.subgroupMinSize === 8 && g.subgroupMaxSize === 8)) return matmulRaw(a, b, { transA: true });
-  const xi = a.shape[0];
-  const out = Tensor.empty([xi, rows, cols], 'f32', 'winograd_gemm');
-  rt().dispatch({
-    name: 'winograd_gemm',
-    code: gemmKernel(),
-    uniforms: new Uniforms().u32(rows / 4, cols / 4, K, (K * rows) / 4, (K * cols) / 4, (rows * cols) / 4, 0, 0).done(),
-    bindings: [{ buffer: a.buffer }, { buffer: b.buffer }, { buffer: out.buffer }],
-    workgroups: [Math.ceil(cols / 32), rows / GEMM_ROWS, xi],
-  });
-  return out;
-}
+const gemm = (a: Tensor, b: Tensor): Tensor => matmulRaw(a, b, { transA: true });
 
 // ---------------- drivers ----------------
 

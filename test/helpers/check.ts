@@ -1,11 +1,28 @@
 // Test helpers: seeded random data, the normalized error `max|err| / max|ref|`, and gradient checks of a
 // GPU op's backward against central finite differences of its float64 CPU reference.
 import { expect } from 'vitest';
-import { init, Tensor, grad, tidy, type Runtime } from '../../engine/index.js';
+import { init, rt, Tensor, grad, tidy, type Runtime } from '../../engine/index.js';
 import type { RT } from '../../kernels/core.ref.js';
 
 export async function gpu(): Promise<Runtime> {
   return init();
+}
+
+/** Names of the kernels dispatched while running fn (which variant or path an op took). */
+export async function dispatchedBy(fn: () => void | Promise<void>): Promise<string[]> {
+  const r = rt();
+  const names: string[] = [];
+  const orig = r.dispatch.bind(r);
+  r.dispatch = (spec) => {
+    names.push(spec.name);
+    orig(spec);
+  };
+  try {
+    await fn();
+  } finally {
+    r.dispatch = orig;
+  }
+  return names;
 }
 
 /** Deterministic pseudo-random numbers (mulberry32) in [lo, hi). */

@@ -15,10 +15,11 @@ import {
   type ConvVariant,
   type WeightPacking,
 } from '../../kernels/conv2d.js';
-import { WINOGRAD_F23, WINOGRAD_F43, setWinogradGemmViaMatmul } from '../../kernels/winograd.js';
+import { WINOGRAD_F23, WINOGRAD_F43 } from '../../kernels/winograd.js';
+import { setMatmulKMajor } from '../../kernels/matmul.js';
 import { rconv2d } from '../../kernels/conv2d.ref.js';
 import { rprod, rt64 } from '../../kernels/core.ref.js';
-import { checkGrad, expectClose, gpu, rand } from '../helpers/check.js';
+import { checkGrad, dispatchedBy, expectClose, gpu, rand } from '../helpers/check.js';
 
 beforeAll(async () => {
   await gpu();
@@ -266,13 +267,13 @@ describe('conv2d Winograd F(4x4, 3x3)', () => {
     [true, 'always'],
     [false, 'always-2x2'],
   ] as const)
-    it(`chunks of weight rows and of tiles (lowered binding limit), all three passes, ${mode === 'always' ? '4x4' : '2x2'} tiles${viaMatmul ? ', GEMMs through matmul' : ''}`, async () => {
+    it(`chunks of weight rows and of tiles (lowered binding limit), all three passes, ${mode === 'always' ? '4x4' : '2x2'} tiles${viaMatmul ? ", GEMMs through matmul's general kernel" : ''}`, async () => {
       const r = rt();
       const saved = r.maxBindingBytes;
       // x, y fit one binding; U needs 2 row chunks (48 rows, 32 per chunk) and V 2 tile chunks (50 tiles)
       const c: Case = { name: 'chunks', x: [2, 40, 20, 20], w: [48, 40, 3, 3], bias: true, opts: { padding: 1 } };
       setConv2dWinograd(mode);
-      setWinogradGemmViaMatmul(viaMatmul);
+      setMatmulKMajor(viaMatmul ? 'never' : 'auto');
       try {
         const d = data(c);
         const yref = rconv2d(rt64(d.x, c.x), rt64(d.w, c.w), rt64(d.b, [c.w[0]]), c.opts);
@@ -304,35 +305,25 @@ describe('conv2d Winograd F(4x4, 3x3)', () => {
       } finally {
         r.maxBindingBytes = saved;
         setConv2dWinograd('auto');
-        setWinogradGemmViaMatmul(false);
+        setMatmulKMajor('auto');
       }
     });
 
   it('is picked by default on 8-wide subgroup adapters from 32 output tiles (4x4, else 2x2) and 16 channels', async () => {
-    const r = rt();
-    const names: string[] = [];
-    const orig = r.dispatch.bind(r);
-    r.dispatch = (spec) => {
-      names.push(spec.name);
-      orig(spec);
-    };
-    const used = (x: number[], w: number[]) => {
-      names.length = 0;
-      tidy(() => {
-        conv2d(Tensor.empty(x), Tensor.empty(w), undefined, { padding: 1 });
-      });
-      return names.includes('winograd_gemm') || names.includes('winograd_output');
-    };
-    try {
-      const cpu = conv2dVariant() === 'subgroup';
-      expect(used([2, 16, 16, 16], [16, 16, 3, 3])).toBe(cpu); // 2 x 16 tiles of 4x4
-      expect(used([1, 16, 16, 16], [16, 16, 3, 3])).toBe(cpu); // 16 of 4x4, 64 of 2x2
-      expect(used([1, 16, 8, 8], [16, 16, 3, 3])).toBe(false); // 16 tiles of 2x2
-      expect(used([2, 8, 16, 16], [16, 8, 3, 3])).toBe(false); // 8 input channels
-      expect(used([2, 16, 32, 32], [16, 16, 1, 1])).toBe(false); // not 3x3
-    } finally {
-      r.dispatch = orig;
-    }
+    const used = async (x: number[], w: number[]) =>
+      (
+        await dispatchedBy(() =>
+          tidy(() => {
+            conv2d(Tensor.empty(x), Tensor.empty(w), undefined, { padding: 1 });
+          }),
+        )
+      ).includes('winograd_output');
+    const cpu = conv2dVariant() === 'subgroup';
+    expect(await used([2, 16, 16, 16], [16, 16, 3, 3])).toBe(cpu); // 2 x 16 tiles of 4x4
+    expect(await used([1, 16, 16, 16], [16, 16, 3, 3])).toBe(cpu); // 16 of 4x4, 64 of 2x2
+    expect(await used([1, 16, 8, 8], [16, 16, 3, 3])).toBe(false); // 16 tiles of 2x2
+    expect(await used([2, 8, 16, 16], [16, 8, 3, 3])).toBe(false); // 8 input channels
+    expect(await used([2, 16, 32, 32], [16, 16, 1, 1])).toBe(false); // not 3x3
   });
 
   it('stays within 1e-4 of the float64 reference at 1280 input channels', async () => {

@@ -4,7 +4,7 @@ import { afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { Tensor, rt, tidy } from '../../engine/index.js';
 import { matmul, matmulRaw, linear, setMatmulKMajor, setMatmulVariant, matmulVariant, type MatmulVariant } from '../../kernels/matmul.js';
 import * as R from '../../kernels/core.ref.js';
-import { checkGrad, expectClose, gpu, rand } from '../helpers/check.js';
+import { checkGrad, dispatchedBy, expectClose, gpu, rand } from '../helpers/check.js';
 
 beforeAll(async () => {
   await gpu();
@@ -21,23 +21,6 @@ type Label = (typeof VARIANTS)[number];
 function use(v: Label) {
   setMatmulVariant(v.startsWith('subgroup') ? 'subgroup' : (v as MatmulVariant));
   setMatmulKMajor(v === 'subgroup k-major' ? 'always' : 'never');
-}
-
-/** Names of the kernels dispatched while running fn. */
-async function dispatchedBy(fn: () => Promise<void>): Promise<string[]> {
-  const r = rt();
-  const names: string[] = [];
-  const orig = r.dispatch.bind(r);
-  r.dispatch = (spec) => {
-    names.push(spec.name);
-    orig(spec);
-  };
-  try {
-    await fn();
-  } finally {
-    r.dispatch = orig;
-  }
-  return names;
 }
 
 type Case = [a: number[], b: number[], transA: boolean, transB: boolean];

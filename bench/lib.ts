@@ -60,6 +60,19 @@ export function gpuFn(fn: () => Tensor | Tensor[] | void): () => Promise<void> {
   };
 }
 
+/**
+ * fn() with a setting applied (a forced kernel variant or path), restored afterwards even if fn throws. Our
+ * ops pick their kernels when they dispatch, which is synchronous, so wrapping the call is enough.
+ */
+export function withSetting<T>(apply: () => void, restore: () => void, fn: () => T): T {
+  apply();
+  try {
+    return fn();
+  } finally {
+    restore();
+  }
+}
+
 /** Deterministic uniform random data in [-1, 1). */
 export function randn(n: number, seed = 1): Float32Array<ArrayBuffer> {
   const out = new Float32Array(n);

@@ -6,7 +6,7 @@
 // flops of one pass = 2 * N * O * Ho * Wo * C * kh * kw (all three passes do the same multiply-adds).
 import { Tensor, grad, tidy } from '../../engine/index.js';
 import { conv2d, conv2dRaw, setConv2dWinograd } from '../../kernels/conv2d.js';
-import { gpuFn, loadJax, loadTfjs, randn, tfDone, jaxDone, disposeAll, type TfT, type BenchCase, type BenchSuite } from '../lib.js';
+import { gpuFn, loadJax, loadTfjs, randn, tfDone, jaxDone, disposeAll, withSetting, type TfT, type BenchCase, type BenchSuite } from '../lib.js';
 
 interface Shape {
   N: number;
@@ -47,21 +47,8 @@ function oursCases(s: Shape): BenchCase[] {
     teardown: () => [x, w, b, gy].forEach((t) => t?.dispose()),
   });
   // the direct kernels, where the adapter's default is Winograd (CPU adapters), for comparison
-  const direct = (name: string, fn: () => Tensor): BenchCase => ({
-    ...mk(`${name} [direct]`, name === 'conv2d' ? 'fwd' : 'bwd', 1, fn),
-    async setup() {
-      alloc();
-      const run = gpuFn(fn);
-      return async () => {
-        setConv2dWinograd('never');
-        try {
-          await run();
-        } finally {
-          setConv2dWinograd('auto');
-        }
-      };
-    },
-  });
+  const direct = (name: string, fn: () => Tensor): BenchCase =>
+    mk(`${name} [direct]`, name === 'conv2d' ? 'fwd' : 'bwd', 1, () => withSetting(() => setConv2dWinograd('never'), () => setConv2dWinograd('auto'), fn));
   return [
     mk('conv2d', 'fwd', 1, () => conv2dRaw.forward(x, w, b, opts)),
     mk('conv2d dX', 'bwd', 1, () => conv2dRaw.backwardData(gy, x, w, opts)),

@@ -3,7 +3,7 @@
 // @jax-js/jax on the same adapter.
 import { Tensor, grad, tidy } from '../../engine/index.js';
 import { matmul, matmulRaw, setMatmulKMajor, setMatmulVariant, type MatmulVariant } from '../../kernels/matmul.js';
-import { gpuFn, loadJax, loadTfjs, randn, type BenchCase, type BenchSuite } from '../lib.js';
+import { gpuFn, loadJax, loadTfjs, randn, withSetting, type BenchCase, type BenchSuite } from '../lib.js';
 
 const SHAPES: [number, number, number][] = [
   [4096, 320, 1280],
@@ -31,38 +31,12 @@ function oursCases(M: number, K: number, N: number): BenchCase[] {
     },
     teardown: free,
   });
-  // the other tilings, forced, for comparison with the adapter's default
-  const forced = (v: MatmulVariant): BenchCase => ({
-    ...mk(`matmul [${v} tiling]`, 'fwd', flops, () => matmulRaw(A, B)),
-    async setup() {
-      alloc();
-      const run = gpuFn(() => matmulRaw(A, B));
-      return async () => {
-        setMatmulVariant(v);
-        try {
-          await run();
-        } finally {
-          setMatmulVariant(null);
-        }
-      };
-    },
-  });
-  // the general 'subgroup' kernel where the adapter's default is the K-major tile
-  const general: BenchCase = {
-    ...mk('matmul [subgroup, general kernel]', 'fwd', flops, () => matmulRaw(A, B)),
-    async setup() {
-      alloc();
-      const run = gpuFn(() => matmulRaw(A, B));
-      return async () => {
-        setMatmulKMajor('never');
-        try {
-          await run();
-        } finally {
-          setMatmulKMajor('auto');
-        }
-      };
-    },
-  };
+  // the other tilings, forced, and the general 'subgroup' kernel where the default is the K-major tile
+  const forced = (v: MatmulVariant): BenchCase =>
+    mk(`matmul [${v} tiling]`, 'fwd', flops, () => withSetting(() => setMatmulVariant(v), () => setMatmulVariant(null), () => matmulRaw(A, B)));
+  const general = mk('matmul [subgroup, general kernel]', 'fwd', flops, () =>
+    withSetting(() => setMatmulKMajor('never'), () => setMatmulKMajor('auto'), () => matmulRaw(A, B)),
+  );
   return [
     mk('matmul', 'fwd', flops, () => matmulRaw(A, B)),
     forced('register'),

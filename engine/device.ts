@@ -25,6 +25,8 @@ export interface GpuContext {
   /** subgroup size range when the `subgroups` feature exists */
   subgroupMinSize?: number;
   subgroupMaxSize?: number;
+  /** WGSL language features of the implementation (`GPU.wgslLanguageFeatures`), e.g. 'readonly_and_readwrite_storage_textures' */
+  wgslFeatures: Set<string>;
   /** a short name of the adapter class used to choose kernel presets: 'cpu' (lavapipe, SwiftShader) or 'gpu' */
   adapterClass: 'cpu' | 'gpu';
 }
@@ -107,6 +109,7 @@ export async function requestGpu(opts: DeviceOptions = {}): Promise<GpuContext> 
     compat,
     subgroupMinSize: (info as unknown as { subgroupMinSize?: number })?.subgroupMinSize,
     subgroupMaxSize: (info as unknown as { subgroupMaxSize?: number })?.subgroupMaxSize,
+    wgslFeatures: new Set([...((gpu as { wgslLanguageFeatures?: Iterable<string> }).wgslLanguageFeatures ?? [])]),
     adapterClass,
   };
 }

@@ -37,7 +37,9 @@ export function bucketSize(bytes: number): number {
   return Math.ceil(b / step) * step;
 }
 
-export interface Binding {
+/** A storage buffer (or a window of one) or a texture view bound to the next binding slot of a kernel. */
+export type Binding = BufferBinding | { texture: GPUTextureView };
+export interface BufferBinding {
   buffer: GPUBuffer;
   /** byte offset into the buffer (multiple of minStorageBufferOffsetAlignment) */
   offset?: number;
@@ -47,7 +49,7 @@ export interface Binding {
 export interface DispatchSpec {
   /** op name, used as the pipeline label and in error messages */
   name: string;
-  /** WGSL source; binding 0 is the uniform block when `uniforms` is given, then storage buffers in order */
+  /** WGSL source; binding 0 is the uniform block when `uniforms` is given, then the bindings in order */
   code: string;
   entry?: string;
   bindings: Binding[];
@@ -277,6 +279,10 @@ export class Runtime {
     let b = 0;
     if (spec.uniforms) entries.push({ binding: b++, resource: { buffer: this.uniformBuffer!, offset: uoff, size: spec.uniforms.byteLength } });
     for (const bind of spec.bindings) {
+      if ('texture' in bind) {
+        entries.push({ binding: b++, resource: bind.texture });
+        continue;
+      }
       const size = bind.size ?? bind.buffer.size - (bind.offset ?? 0);
       entries.push({ binding: b++, resource: { buffer: bind.buffer, offset: bind.offset ?? 0, size: Math.min(size, this.maxBindingBytes) } });
     }

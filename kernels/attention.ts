@@ -21,7 +21,7 @@
 //    barrier before each overwrite (write-after-read) and one after the load.
 // Shaders are specialised per head dim (unrolled over D/4 vec4 registers), so D and Dv must be multiples of 4.
 // Causal masking is top-left aligned (key j is visible to query i when j <= i), as PyTorch's is_causal.
-import { rt, Uniforms } from '../engine/runtime.js';
+import { rt, Uniforms, type Binding } from '../engine/runtime.js';
 import { ShapeError, Tensor, needsGrad, record, wantsGrad } from '../engine/tensor.js';
 import { memoKernel, clearKernelMemos } from './util.js';
 import { matmul } from './matmul.js';
@@ -535,8 +535,31 @@ function rowsPerLane(n: number, max: number, d: Dims): number {
 /** dot product of two lists of vec4 names: a vec4 fma chain, summed horizontally at the end */
 const dotv = (a: string[], b: string[]) => `hsum4(${a.reduce((acc, x, i) => (i ? `fma(${x}, ${b[i]}, ${acc})` : `${x} * ${b[i]}`), '')})`;
 
+/**
+ * Binding `n` of a tensor whose rows lanes load in turn: a storage buffer named `name`, or (`tex`) a
+ * read-only storage texture `${name}T` holding the same values (see "Rows from textures" below).
+ */
+function rowSource(n: number, name: string, tex: boolean): string {
+  return tex
+    ? `@group(0) @binding(${n}) var ${name}T: texture_storage_2d_array<rgba32float, read>;`
+    : `@group(0) @binding(${n}) var<storage, read> ${name}: array<vec4<f32>>;`;
+}
+/** `let ${out}c = ...` for the n4 vec4 of the row `row` of head h in batch item b (buffer offset `at`) */
+function rowLoads(out: string, name: string, tex: boolean, at: string, row: string, n4: number): string {
+  if (!tex) return `let ${out}r = ${at};\n    ` + range(n4).map((c) => `let ${out}${c} = ${name}[${out}r + ${c}u];`).join(' ');
+  return range(n4).map((c) => `let ${out}${c} = textureLoad(${name}T, vec2<u32>(h * ${n4}u + ${c}u, ${row}), b);`).join(' ');
+}
+/** the backward kernels' inputs, with Q and dO (`texQG`) or K and V (`texKV`) as textures */
+function bwdBindings(texQG: boolean, texKV: boolean): string {
+  return `${rowSource(1, 'Q', texQG)}
+${rowSource(2, 'K', texKV)}
+${rowSource(3, 'V', texKV)}
+${rowSource(4, 'DO', texQG)}
+@group(0) @binding(5) var<storage, read> LD: array<vec2<f32>>;`;
+}
+
 const forwardSubgroup = memoKernel(forwardSubgroupSource);
-function forwardSubgroupSource(d: Dims, causal: boolean, R: number): string {
+function forwardSubgroupSource(d: Dims, causal: boolean, R: number, tex: boolean): string {
   const D4 = d.D / 4;
   const DV4 = d.Dv / 4;
   const Rs = range(R);
@@ -571,8 +594,8 @@ function forwardSubgroupSource(d: Dims, causal: boolean, R: number): string {
 ${HEADER}
 ${FEXP2}
 @group(0) @binding(1) var<storage, read> Q: array<vec4<f32>>;
-@group(0) @binding(2) var<storage, read> K: array<vec4<f32>>;
-@group(0) @binding(3) var<storage, read> V: array<vec4<f32>>;
+${rowSource(2, 'K', tex)}
+${rowSource(3, 'V', tex)}
 @group(0) @binding(4) var<storage, read_write> O: array<vec4<f32>>;
 @group(0) @binding(5) var<storage, read_write> LSE: array<f32>;
 @compute @workgroup_size(${SG})
@@ -598,10 +621,8 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(subgroup_invocation_id) 
   for (var j0 = 0u; j0 < kend; j0 += ${SG}u) {
     // lane L loads key j0 + L; the keys are then handed to every lane in turn
     let jl = min(j0 + lane, u.Sk - 1u);
-    let kr = kb + jl * ks;
-    let vr = vb + jl * vs;
-    ${C.map((c) => `let kl${c} = K[kr + ${c}u];`).join(' ')}
-    ${CV.map((c) => `let vl${c} = V[vr + ${c}u];`).join(' ')}
+    ${rowLoads('kl', 'K', tex, 'kb + jl * ks', 'jl', D4)}
+    ${rowLoads('vl', 'V', tex, 'vb + jl * vs', 'jl', DV4)}
     {
       ${body.join('\n      ')}
     }
@@ -618,7 +639,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(subgroup_invocation_id) 
 }
 
 const dqSubgroup = memoKernel(dqSubgroupSource);
-function dqSubgroupSource(d: Dims, causal: boolean, R: number): string {
+function dqSubgroupSource(d: Dims, causal: boolean, R: number, tex: boolean): string {
   const D4 = d.D / 4;
   const DV4 = d.Dv / 4;
   const Rs = range(R);
@@ -640,7 +661,7 @@ function dqSubgroupSource(d: Dims, causal: boolean, R: number): string {
   return /* wgsl */ `enable subgroups;
 ${HEADER}
 ${FEXP2}
-${BWD_BINDINGS}
+${bwdBindings(false, tex)}
 @group(0) @binding(6) var<storage, read_write> DQ: array<vec4<f32>>;
 @compute @workgroup_size(${SG})
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(subgroup_invocation_id) lane: u32) {
@@ -665,10 +686,8 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(subgroup_invocation_id) 
   let kend = ${causal ? `min(u.Sk, min(row0 + ${SG * R}u, u.Sq))` : 'u.Sk'};
   for (var j0 = 0u; j0 < kend; j0 += ${SG}u) {
     let jl = min(j0 + lane, u.Sk - 1u);
-    let kr = kb + jl * ks;
-    let vr = vb + jl * vs;
-    ${C.map((c) => `let kl${c} = K[kr + ${c}u];`).join(' ')}
-    ${CV.map((c) => `let vl${c} = V[vr + ${c}u];`).join(' ')}
+    ${rowLoads('kl', 'K', tex, 'kb + jl * ks', 'jl', D4)}
+    ${rowLoads('vl', 'V', tex, 'vb + jl * vs', 'jl', DV4)}
     {
       ${body.join('\n      ')}
     }
@@ -678,7 +697,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(subgroup_invocation_id) 
 }
 
 const dkvSubgroup = memoKernel(dkvSubgroupSource);
-function dkvSubgroupSource(d: Dims, causal: boolean, R: number): string {
+function dkvSubgroupSource(d: Dims, causal: boolean, R: number, tex: boolean): string {
   const D4 = d.D / 4;
   const DV4 = d.Dv / 4;
   const Rs = range(R);
@@ -705,7 +724,7 @@ function dkvSubgroupSource(d: Dims, causal: boolean, R: number): string {
   return /* wgsl */ `enable subgroups;
 ${HEADER}
 ${FEXP2}
-${BWD_BINDINGS}
+${bwdBindings(tex, false)}
 @group(0) @binding(6) var<storage, read_write> DK: array<vec4<f32>>;
 @group(0) @binding(7) var<storage, read_write> DV: array<vec4<f32>>;
 @compute @workgroup_size(${SG})
@@ -733,11 +752,9 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(subgroup_invocation_id) 
   for (var i0 = istart; i0 < u.Sq; i0 += ${SG}u) {
     // lane L loads query i0 + L (row, output gradient, lse and D); then handed to every lane in turn
     let il = min(i0 + lane, u.Sq - 1u);
-    let qr = qb + il * qs;
-    let gr = ob + il * os;
     let ldl = LD[lb + il];
-    ${C.map((c) => `let ql${c} = Q[qr + ${c}u];`).join(' ')}
-    ${CV.map((c) => `let gl${c} = DO[gr + ${c}u];`).join(' ')}
+    ${rowLoads('ql', 'Q', tex, 'qb + il * qs', 'il', D4)}
+    ${rowLoads('gl', 'DO', tex, 'ob + il * os', 'il', DV4)}
     {
       ${body.join('\n      ')}
     }
@@ -788,14 +805,103 @@ export function setAttentionTuning(t: { rows?: Partial<typeof ROWS> } | null) {
   clearKernelMemos();
 }
 
+// ---------------------------------------------------------------------------------------------------------
+// Rows from textures (subgroup variant)
+//
+// In the subgroup kernels every lane loads one row of the current block (a key and a value, or a query and
+// its output gradient) at an address that differs per lane. On llvmpipe such a storage-buffer load is a loop
+// over the 8 lanes with a bounds-check branch per component, about half of the forward kernel's time at head
+// dim 40 (measured by replacing the loads with arithmetic: 2x). A read-only storage texture is fetched by a
+// branchless gather instead, so those rows are first copied (once per call, a pass over K and V or Q and dO)
+// into rgba32float textures [H * D/4, S, B] and read from there: 1.3-1.4x faster kernels on lavapipe
+// (paired runs; bench/README.md). Needs WGSL's read-only storage textures and S, H * D/4 <= the 2D texture
+// limit and B <= the array-layer limit; otherwise the kernels read the buffers.
+
+let textureRows = true;
+/** Read the subgroup kernels' per-lane rows from textures where possible (default) or always from buffers. */
+export function setAttentionTextureLoads(on: boolean) {
+  textureRows = on;
+}
+
+/** whether the kernels of this call read rows from textures */
+function rowsFromTextures(d: Dims): boolean {
+  if (!textureRows || attentionVariant() !== 'subgroup') return false;
+  const g = rt().gpu;
+  const lim = g.limits as GPUSupportedLimits & Record<string, number>;
+  return (
+    g.wgslFeatures.has('readonly_and_readwrite_storage_textures') &&
+    (lim.maxStorageTexturesPerShaderStage ?? 0) >= 2 &&
+    d.H * Math.max(d.D, d.Dv) / 4 <= lim.maxTextureDimension2D &&
+    Math.max(d.Sq, d.Sk) <= lim.maxTextureDimension2D &&
+    d.B <= lim.maxTextureArrayLayers
+  );
+}
+
+const textureCopyKernel = /* wgsl */ `
+struct P { W: u32, S: u32, _0: u32, _1: u32 }
+@group(0) @binding(0) var<uniform> u: P;
+@group(0) @binding(1) var<storage, read> X: array<vec4<f32>>;
+@group(0) @binding(2) var T: texture_storage_2d_array<rgba32float, write>;
+@compute @workgroup_size(32)
+fn main(@builtin(global_invocation_id) g: vec3<u32>) {
+  if (g.x >= u.W) { return; }
+  textureStore(T, vec2<u32>(g.x, g.y), g.z, X[(g.z * u.S + g.y) * u.W + g.x]);
+}`;
+
+/**
+ * Staging textures per device, by role and size. Reusing one for the next call is safe without waiting: the
+ * queue runs the next call's copy after this call's kernels. Kept until their total passes TEXTURE_CACHE_BYTES.
+ */
+const stagingTextures = new WeakMap<GPUDevice, Map<string, GPUTexture>>();
+const TEXTURE_CACHE_BYTES = 256 * 2 ** 20;
+
+/** The values of t [B, S, W*4] copied into a texture [W, S, B] for role `role` (a view of it). */
+function rowTexture(t: Tensor, B: number, S: number, W: number, role: string): GPUTextureView {
+  const r = rt();
+  let cache = stagingTextures.get(r.device);
+  if (!cache) stagingTextures.set(r.device, (cache = new Map()));
+  const key = `${role} ${W}x${S}x${B}`;
+  let tex = cache.get(key);
+  if (tex) cache.delete(key); // re-inserted below: the map's order is least recently used first
+  else {
+    let bytes = W * S * B * 16;
+    for (const x of cache.values()) bytes += x.width * x.height * x.depthOrArrayLayers * 16;
+    if (bytes > TEXTURE_CACHE_BYTES) {
+      r.flush(); // pending kernels may use the textures destroyed here; submitted work keeps them alive
+      for (const [k, x] of cache) {
+        if (bytes <= TEXTURE_CACHE_BYTES) break;
+        bytes -= x.width * x.height * x.depthOrArrayLayers * 16;
+        x.destroy();
+        cache.delete(k);
+      }
+    }
+    tex = r.device.createTexture({
+      size: [W, S, B],
+      format: 'rgba32float',
+      usage: GPUTextureUsage.STORAGE_BINDING,
+      label: `attention_${role}_rows`,
+    });
+  }
+  cache.set(key, tex);
+  const view = tex.createView({ dimension: '2d-array' });
+  r.dispatch({
+    name: 'attention_rows_to_texture',
+    code: textureCopyKernel,
+    uniforms: new Uniforms().u32(W, S, 0, 0).done(),
+    bindings: [{ buffer: t.buffer }, { texture: view }],
+    workgroups: [Math.ceil(W / 32), S, B],
+  });
+  return view;
+}
+
 /** WGSL and workgroup grid of one kernel for the current variant; `n` is the number of rows it owns */
-function plan(kind: 'fwd' | 'dq' | 'dkv', d: Dims, causal: boolean, n: number): { name: string; code: string; workgroups: [number, number] } {
+function plan(kind: 'fwd' | 'dq' | 'dkv', d: Dims, causal: boolean, n: number, tex = false): { name: string; code: string; workgroups: [number, number] } {
   const variant = attentionVariant();
-  const name = `attention_${kind}_${variant}`;
+  const name = `attention_${kind}_${variant}${tex ? '_tex' : ''}`;
   if (variant === 'subgroup') {
     const R = rowsPerLane(n, ROWS[kind], d);
     const gen = kind === 'fwd' ? forwardSubgroup : kind === 'dq' ? dqSubgroup : dkvSubgroup;
-    return { name, code: gen(d, causal, R), workgroups: [Math.ceil(n / (SG * R)), d.B * d.H] };
+    return { name, code: gen(d, causal, R, tex), workgroups: [Math.ceil(n / (SG * R)), d.B * d.H] };
   }
   const gen =
     variant === 'register'
@@ -811,10 +917,14 @@ export function attentionForward(q: Tensor, k: Tensor, v: Tensor, opts: Attentio
   const out = Tensor.empty([d.B, d.Sq, d.H * d.Dv], 'f32', 'attention');
   const lse = Tensor.empty([d.B, d.H, d.Sq], 'f32', 'attention_lse');
   if (d.B * d.Sq * d.H === 0) return { out, lse };
+  const tex = rowsFromTextures(d);
+  const kv: Binding[] = tex
+    ? [{ texture: rowTexture(k, d.B, d.Sk, (d.H * d.D) / 4, 'k') }, { texture: rowTexture(v, d.B, d.Sk, (d.H * d.Dv) / 4, 'v') }]
+    : [{ buffer: k.buffer }, { buffer: v.buffer }];
   rt().dispatch({
-    ...plan('fwd', d, !!opts.causal, d.Sq),
+    ...plan('fwd', d, !!opts.causal, d.Sq, tex),
     uniforms: uniforms(d, scale),
-    bindings: [{ buffer: q.buffer }, { buffer: k.buffer }, { buffer: v.buffer }, { buffer: out.buffer }, { buffer: lse.buffer }],
+    bindings: [{ buffer: q.buffer }, ...kv, { buffer: out.buffer }, { buffer: lse.buffer }],
   });
   return { out, lse };
 }
@@ -854,9 +964,18 @@ export function attentionBackward(
       bindings: [{ buffer: out.buffer }, { buffer: dOut.buffer }, { buffer: lse.buffer }, { buffer: ld.buffer }],
       workgroups: [Math.ceil(d.Sq / WG), d.B * d.H],
     });
-    const common = [{ buffer: q.buffer }, { buffer: k.buffer }, { buffer: v.buffer }, { buffer: dOut.buffer }, { buffer: ld.buffer }];
-    if (dq) r.dispatch({ ...plan('dq', d, causal, d.Sq), uniforms: uni, bindings: [...common, { buffer: dq.buffer }] });
-    if (dk && dv) r.dispatch({ ...plan('dkv', d, causal, d.Sk), uniforms: uni, bindings: [...common, { buffer: dk.buffer }, { buffer: dv.buffer }] });
+    const tex = rowsFromTextures(d);
+    const [bq, bk, bv, bg, bl]: Binding[] = [q, k, v, dOut, ld].map((t) => ({ buffer: t.buffer }));
+    if (dq) {
+      // dQ: lanes load keys and values in turn
+      const kv = tex ? [{ texture: rowTexture(k, d.B, d.Sk, (d.H * d.D) / 4, 'k') }, { texture: rowTexture(v, d.B, d.Sk, (d.H * d.Dv) / 4, 'v') }] : [bk, bv];
+      r.dispatch({ ...plan('dq', d, causal, d.Sq, tex), uniforms: uni, bindings: [bq, ...kv, bg, bl, { buffer: dq.buffer }] });
+    }
+    if (dk && dv) {
+      // dK, dV: lanes load queries and output gradients in turn
+      const [tq, tg] = tex ? [{ texture: rowTexture(q, d.B, d.Sq, (d.H * d.D) / 4, 'q') }, { texture: rowTexture(dOut, d.B, d.Sq, (d.H * d.Dv) / 4, 'dout') }] : [bq, bg];
+      r.dispatch({ ...plan('dkv', d, causal, d.Sk, tex), uniforms: uni, bindings: [tq, bk, bv, tg, bl, { buffer: dk.buffer }, { buffer: dv.buffer }] });
+    }
     ld.dispose();
   }
   let gk = dk;

@@ -17,7 +17,7 @@
 // Kernel size, stride and padding are uniforms, so one pipeline per kernel serves every convolution.
 // Tensors larger than one storage binding are processed in chunks of batch items, or of channels within one
 // item, each bound at a 256-byte aligned offset with the remainder passed as an element shift.
-import { rt, Uniforms, type Binding } from '../engine/runtime.js';
+import { rt, Uniforms, type BufferBinding } from '../engine/runtime.js';
 import { DTYPE_BYTES, ShapeError, Tensor, record, wantsGrad } from '../engine/tensor.js';
 import { grid, WG_INDEX, memoKernel } from './util.js';
 import { winogradBackwardData, winogradBackwardWeight, winogradFits, winogradForward, type WinogradTile } from './winograd.js';
@@ -67,7 +67,7 @@ function geometry(x: Tensor, w: Tensor, opts: Conv2dOptions): Geom {
 // ---------------- binding windows for tensors larger than one storage binding ----------------
 
 /** Bind elements [start, start + count) of `t` at an aligned offset; `shift` is the element index of `start` in the window. */
-function window(t: Tensor, start: number, count: number): { bind: Binding; shift: number } {
+function window(t: Tensor, start: number, count: number): { bind: BufferBinding; shift: number } {
   const r = rt();
   const eb = DTYPE_BYTES[t.dtype];
   const byte = start * eb;
@@ -881,7 +881,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
   }
 }`;
 
-function transposeRows(gw: { bind: Binding; shift: number }, nn: number, rc: number, P: number, gBS: number): { gt: Tensor; Rp: number } {
+function transposeRows(gw: { bind: BufferBinding; shift: number }, nn: number, rc: number, P: number, gBS: number): { gt: Tensor; Rp: number } {
   const Rp = Math.ceil(rc / 4) * 4;
   const n = nn * P * Rp;
   const gt = Tensor.empty([n], 'f32', 'conv2d_gt');

@@ -6,11 +6,11 @@
 // when they hit the same pixel). The backward of a pass is the same kernel with the transposed table: a
 // gather per input pixel, no atomics, exact transposition of the forward weights.
 // Tensors larger than one storage binding are processed in chunks of rows bound at aligned offsets.
-import { rt, Uniforms, type Binding } from '../engine/runtime.js';
+import { rt, Uniforms, type BufferBinding } from '../engine/runtime.js';
 import { ShapeError, Tensor, record } from '../engine/tensor.js';
 import { grid, WG_INDEX } from './util.js';
 
-function window(t: Tensor, start: number, count: number): { bind: Binding; shift: number } {
+function window(t: Tensor, start: number, count: number): { bind: BufferBinding; shift: number } {
   const r = rt();
   const byte = start * 4;
   const offset = Math.floor(byte / r.offsetAlign) * r.offsetAlign;

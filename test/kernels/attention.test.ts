@@ -10,12 +10,13 @@ import {
   attention,
   attentionForward,
   attentionVariants,
+  setAttentionTextureLoads,
   setAttentionVariant,
   type AttentionVariant,
 } from '../../kernels/attention.js';
 import { rattention, rattentionBackward, rattentionFull } from '../../kernels/attention.ref.js';
 import { rt64 } from '../../kernels/core.ref.js';
-import { checkGrad, expectClose, gpu, rand } from '../helpers/check.js';
+import { checkGrad, dispatchedBy, expectClose, gpu, rand } from '../helpers/check.js';
 
 const LONG = 900_000; // first runs compile D-specialised pipelines, slow on a CPU adapter
 
@@ -134,16 +135,30 @@ const BACKWARD_CASES_ALL: Case[] = [
 const BACKWARD_CASES = BACKWARD_CASES_ALL.filter(small);
 
 
-for (const variant of ['subgroup', 'register', 'shared'] as AttentionVariant[]) {
-  describe(`attention (${variant} variant)`, () => {
-    beforeAll(() => setAttentionVariant(variant));
-    afterAll(() => setAttentionVariant(null));
+// the subgroup variant twice: rows read from textures (its default where WGSL has read-only storage
+// textures) and from the storage buffers
+const RUNS: { variant: AttentionVariant; textures: boolean; label: string }[] = [
+  { variant: 'subgroup', textures: true, label: 'subgroup' },
+  { variant: 'subgroup', textures: false, label: 'subgroup, rows from buffers' },
+  { variant: 'register', textures: true, label: 'register' },
+  { variant: 'shared', textures: true, label: 'shared' },
+];
+for (const { variant, textures, label } of RUNS) {
+  describe(`attention (${label} variant)`, () => {
+    beforeAll(() => {
+      setAttentionVariant(variant);
+      setAttentionTextureLoads(textures);
+    });
+    afterAll(() => {
+      setAttentionVariant(null);
+      setAttentionTextureLoads(true);
+    });
     const skip = () => !variants.includes(variant);
 
     FORWARD_CASES.forEach((cases, n) => {
       it(`forward matches the float64 reference (${cases.map(name).join('; ')})`, async () => {
         if (skip()) return;
-        for (const c of cases) await checkForward(variant, c);
+        for (const c of cases) await checkForward(label, c);
       }, LONG);
     });
 
@@ -151,7 +166,7 @@ for (const variant of ['subgroup', 'register', 'shared'] as AttentionVariant[]) 
       if (skip()) return;
       for (const c of GRAD_CASES)
         await checkGrad(
-          `attention ${variant} ${name(c)}`,
+          `attention ${label} ${name(c)}`,
           inputs(c, 5),
           (q, k, v) => attention(q, k, v, optsOf(c)),
           (q, k, v) => rattention(q, k, v, optsOf(c)),
@@ -160,7 +175,7 @@ for (const variant of ['subgroup', 'register', 'shared'] as AttentionVariant[]) 
 
     it('gradients match the analytic float64 gradients on odd lengths', async () => {
       if (skip()) return;
-      for (const c of BACKWARD_CASES) await checkBackward(variant, c);
+      for (const c of BACKWARD_CASES) await checkBackward(label, c);
     }, LONG);
   });
 }
@@ -176,6 +191,33 @@ describe('attention', () => {
       expectClose(await out.data(), rattention(...refs(xs), optsOf(c)).data, 1e-4, `unfused attention ${name(c)}`);
       out.dispose();
       await checkGrad(`unfused attention ${name(c)}`, inputs(c, 7), (q, k, v) => attention(q, k, v, optsOf(c)), (q, k, v) => rattention(q, k, v, optsOf(c)));
+    }
+  }, LONG);
+
+  it('subgroup kernels read the rows lanes hand around from textures where WGSL allows it, else from buffers', async () => {
+    if (!variants.includes('subgroup')) return;
+    const c: Case = { B: 1, H: 2, Sq: 7, Sk: 7, D: 8 };
+    const run = () =>
+      dispatchedBy(async () => {
+        const ts = inputs(c, 9).map((x) => Tensor.from(x.data, x.shape).requireGrad());
+        const gs = tidy(() => grad(attention(ts[0], ts[1], ts[2], optsOf(c)), ts, Tensor.from(rand(c.B * c.Sq * c.H * c.D, 4), [c.B, c.Sq, c.H * c.D])));
+        await rt().sync();
+        [...ts, ...gs].forEach((t) => t.dispose());
+      });
+    setAttentionVariant('subgroup');
+    try {
+      const names = await run();
+      const kernels = names.filter((n) => /^attention_(fwd|dq|dkv)/.test(n));
+      if (rt().gpu.wgslFeatures.has('readonly_and_readwrite_storage_textures')) {
+        expect(kernels).toEqual(['attention_fwd_subgroup_tex', 'attention_dq_subgroup_tex', 'attention_dkv_subgroup_tex']);
+        // K and V for the forward and dQ, Q and dO for dK/dV
+        expect(names.filter((n) => n === 'attention_rows_to_texture').length).toBe(6);
+      } else expect(kernels).toEqual(['attention_fwd_subgroup', 'attention_dq_subgroup', 'attention_dkv_subgroup']);
+      setAttentionTextureLoads(false);
+      expect((await run()).filter((n) => /^attention_(fwd|dq|dkv)|texture/.test(n))).toEqual(['attention_fwd_subgroup', 'attention_dq_subgroup', 'attention_dkv_subgroup']);
+    } finally {
+      setAttentionVariant(null);
+      setAttentionTextureLoads(true);
     }
   }, LONG);
 

@@ -203,12 +203,25 @@ export class Runtime {
     this.pendingFreeBytes = 0;
   }
 
-  /** Destroy every pooled (unused) buffer. */
+  /** Destroy every pooled (unused) buffer, and empty the kernels' caches (see `onReleasePool`). */
   releasePool() {
     this.flush();
     for (const list of this.free.values()) for (const b of list) b.destroy();
     this.free.clear();
+    for (const drop of this.cacheDrops) drop();
     this.stats.pooledBytes = 0;
+  }
+
+  private cacheDrops = new Set<() => void>();
+  /**
+   * Memory a kernel module keeps between calls (e.g. attention's staging textures) is counted as pooled:
+   * `cacheBytes(+n)` when it is created, `cacheBytes(-n)` when freed; `drop` frees all of it on `releasePool()`.
+   */
+  cacheBytes(delta: number) {
+    this.stats.pooledBytes += delta;
+  }
+  onReleasePool(drop: () => void) {
+    this.cacheDrops.add(drop);
   }
 
   memory(): MemoryStats {

@@ -849,38 +849,51 @@ fn main(@builtin(global_invocation_id) g: vec3<u32>) {
 }`;
 
 /**
- * Staging textures per device, by role and size. Reusing one for the next call is safe without waiting: the
- * queue runs the next call's copy after this call's kernels. Kept until their total passes TEXTURE_CACHE_BYTES.
+ * Staging textures per runtime, by role and size, counted as the runtime's pooled memory and freed by its
+ * `releasePool()`. Reusing one for the next call is safe without waiting: the queue runs the next call's copy
+ * after this call's kernels. The least recently used go once the total passes TEXTURE_CACHE_BYTES.
  */
-const stagingTextures = new WeakMap<GPUDevice, Map<string, GPUTexture>>();
+const stagingTextures = new WeakMap<object, Map<string, GPUTexture>>();
 const TEXTURE_CACHE_BYTES = 256 * 2 ** 20;
+const texBytes = (x: GPUTexture) => x.width * x.height * x.depthOrArrayLayers * 16;
+
+function textureCache(): Map<string, GPUTexture> {
+  const r = rt();
+  let cache = stagingTextures.get(r);
+  if (!cache) {
+    const c = new Map<string, GPUTexture>();
+    stagingTextures.set(r, (cache = c));
+    // releasePool flushes first: submitted work keeps a destroyed texture alive until it is done
+    r.onReleasePool(() => {
+      for (const x of c.values()) (x.destroy(), r.cacheBytes(-texBytes(x)));
+      c.clear();
+    });
+  }
+  return cache;
+}
 
 /** The values of t [B, S, W*4] copied into a texture [W, S, B] for role `role` (a view of it). */
 function rowTexture(t: Tensor, B: number, S: number, W: number, role: string): GPUTextureView {
   const r = rt();
-  let cache = stagingTextures.get(r.device);
-  if (!cache) stagingTextures.set(r.device, (cache = new Map()));
+  const cache = textureCache();
   const key = `${role} ${W}x${S}x${B}`;
   let tex = cache.get(key);
   if (tex) cache.delete(key); // re-inserted below: the map's order is least recently used first
   else {
     let bytes = W * S * B * 16;
-    for (const x of cache.values()) bytes += x.width * x.height * x.depthOrArrayLayers * 16;
+    for (const x of cache.values()) bytes += texBytes(x);
     if (bytes > TEXTURE_CACHE_BYTES) {
       r.flush(); // pending kernels may use the textures destroyed here; submitted work keeps them alive
       for (const [k, x] of cache) {
         if (bytes <= TEXTURE_CACHE_BYTES) break;
-        bytes -= x.width * x.height * x.depthOrArrayLayers * 16;
+        bytes -= texBytes(x);
         x.destroy();
+        r.cacheBytes(-texBytes(x));
         cache.delete(k);
       }
     }
-    tex = r.device.createTexture({
-      size: [W, S, B],
-      format: 'rgba32float',
-      usage: GPUTextureUsage.STORAGE_BINDING,
-      label: `attention_${role}_rows`,
-    });
+    tex = r.device.createTexture({ size: [W, S, B], format: 'rgba32float', usage: GPUTextureUsage.STORAGE_BINDING, label: `attention_${role}_rows` });
+    r.cacheBytes(texBytes(tex));
   }
   cache.set(key, tex);
   const view = tex.createView({ dimension: '2d-array' });

@@ -9,8 +9,8 @@
 // Nominal flops (the same for every library, so GFLOP/s compare times): forward 4*B*H*Sq*Sk*D,
 // backward 10*B*H*Sq*Sk*D (recomputing the scores, as a fused backward does), fwd+bwd the sum.
 import { Tensor, grad, tidy } from '../../engine/index.js';
-import { attention, attentionBackward, attentionForward } from '../../kernels/attention.js';
-import { gpuFn, loadJax, loadTfjs, randn, tfDone, jaxDone, disposeAll, type TfT, type BenchCase, type BenchSuite } from '../lib.js';
+import { attention, attentionBackward, attentionForward, setAttentionTextureLoads } from '../../kernels/attention.js';
+import { gpuFn, loadJax, loadTfjs, randn, tfDone, jaxDone, disposeAll, withSetting, type TfT, type BenchCase, type BenchSuite } from '../lib.js';
 
 interface Shape {
   label: string;
@@ -56,15 +56,21 @@ function oursCases(s: Shape): BenchCase[] {
     },
     teardown: free,
   });
+  const forward = () => {
+    const r = attentionForward(q, k, v, opts);
+    return [r.out, r.lse];
+  };
+  const backward = () => {
+    saved = attentionForward(q, k, v, opts);
+    return () => attentionBackward(q, k, v, saved!.out, saved!.lse, g, opts).filter((t): t is Tensor => t !== null);
+  };
+  // the subgroup kernels (CPU adapters) reading their rows from the buffers instead of textures, for comparison
+  const fromBuffers = (fn: () => Tensor[]) => () => withSetting(() => setAttentionTextureLoads(false), () => setAttentionTextureLoads(true), fn);
   return [
-    mk('fwd', 'attention', () => () => {
-      const r = attentionForward(q, k, v, opts);
-      return [r.out, r.lse];
-    }),
-    mk('bwd', 'attention backward', () => {
-      saved = attentionForward(q, k, v, opts);
-      return () => attentionBackward(q, k, v, saved!.out, saved!.lse, g, opts).filter((t): t is Tensor => t !== null);
-    }),
+    mk('fwd', 'attention', () => forward),
+    mk('bwd', 'attention backward', backward),
+    mk('fwd', 'attention [rows from buffers]', () => fromBuffers(forward)),
+    mk('bwd', 'attention backward [rows from buffers]', () => fromBuffers(backward())),
     mk('fwd+bwd', 'attention autodiff', () => () =>
       tidy(() => {
         const [qq, kk, vv] = [q, k, v].map((t) => t.detach().requireGrad());

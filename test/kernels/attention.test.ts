@@ -212,6 +212,11 @@ describe('attention', () => {
         expect(kernels).toEqual(['attention_fwd_subgroup_tex', 'attention_dq_subgroup_tex', 'attention_dkv_subgroup_tex']);
         // K and V for the forward and dQ, Q and dO for dK/dV
         expect(names.filter((n) => n === 'attention_rows_to_texture').length).toBe(6);
+        // the staging textures are cached as pooled memory; releasePool frees them and the next call makes new ones
+        expect(rt().memory().pooledBytes).toBeGreaterThan(0);
+        rt().releasePool();
+        expect(rt().memory().pooledBytes).toBe(0);
+        await checkBackward('subgroup after releasePool', { B: 1, H: 2, Sq: 7, Sk: 7, D: 8 });
       } else expect(kernels).toEqual(['attention_fwd_subgroup', 'attention_dq_subgroup', 'attention_dkv_subgroup']);
       setAttentionTextureLoads(false);
       expect((await run()).filter((n) => /^attention_(fwd|dq|dkv)|texture/.test(n))).toEqual(['attention_fwd_subgroup', 'attention_dq_subgroup', 'attention_dkv_subgroup']);

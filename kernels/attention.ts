@@ -14,7 +14,9 @@
 //  - 'subgroup' (CPU adapters with a fixed 8-wide subgroup, e.g. lavapipe): a workgroup is one subgroup; each
 //    lane loads a different row of the current K/V (or Q/dO) block and subgroupBroadcast hands it to the other
 //    lanes, so each element is read from memory once per subgroup; every lane owns several query (or key)
-//    rows in registers. The running max is rescaled lazily, and exp2 is a polynomial (see FEXP2).
+//    rows in registers. The running max is rescaled lazily, and exp2 is a polynomial (see FEXP2). The rows the
+//    lanes load in turn come from read-only storage textures, copied once per call, where WGSL has them
+//    (see "Rows from textures").
 //  - 'register' (other CPU adapters): each invocation owns one row, K/V rows read straight from global
 //    memory at workgroup-uniform addresses, in blocks. No workgroup memory, no barriers.
 //  - 'shared' (GPUs): K/V (or Q/dO) tiles staged in workgroup memory by the whole workgroup, with a

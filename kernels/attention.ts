@@ -275,12 +275,8 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
 }`;
 }
 
-const BWD_BINDINGS = /* wgsl */ `
-@group(0) @binding(1) var<storage, read> Q: array<vec4<f32>>;
-@group(0) @binding(2) var<storage, read> K: array<vec4<f32>>;
-@group(0) @binding(3) var<storage, read> V: array<vec4<f32>>;
-@group(0) @binding(4) var<storage, read> DO: array<vec4<f32>>;
-@group(0) @binding(5) var<storage, read> LD: array<vec2<f32>>;`;
+/** the backward kernels' inputs, all storage buffers (see `bwdBindings`) */
+const BWD_BINDINGS = bwdBindings(false, false);
 
 const dqRegister = memoKernel(dqRegisterSource);
 function dqRegisterSource(d: Dims, causal: boolean): string {

@@ -80,7 +80,9 @@ function consts(d: Dims) {
 /**
  * WGSL exp2 for CPU adapters: llvmpipe's built-in exp2 costs about as much as the rest of the inner loop.
  * 2^x = 2^floor(x) * p(x - floor(x)) with a degree-5 polynomial (relative error < 2e-7 in f32); arguments
- * below -127 give exactly 0 (masked scores), above 127 are clamped.
+ * below -127 give exactly 0 (masked scores), above 127 are clamped. The exponent bits come from adding
+ * 2^23 + 2^22 + 127 to floor(x) (the integer lands in the low mantissa bits) rather than from i32(): WGSL's
+ * float-to-int conversion saturates, which llvmpipe emits as a scalar compare/convert sequence per lane.
  */
 const FEXP2 = /* wgsl */ `
 fn fexp2(x: f32) -> f32 {
@@ -88,7 +90,7 @@ fn fexp2(x: f32) -> f32 {
   let yi = floor(y);
   let f = y - yi;
   let p = fma(fma(fma(fma(fma(0.0018775764619931579, f, 0.008989340625703335), f, 0.05582631751894951), f, 0.24015361070632935), f, 0.6931530833244324), f, 0.9999999403953552);
-  return p * bitcast<f32>((i32(yi) + 127) << 23u);
+  return p * bitcast<f32>(bitcast<u32>(yi + 12583039.0) << 23u);
 }
 fn hsum4(v: vec4<f32>) -> f32 { return (v.x + v.y) + (v.z + v.w); }`;
 

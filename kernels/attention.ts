@@ -829,6 +829,7 @@ function rowsFromTextures(d: Dims): boolean {
   const g = rt().gpu;
   const lim = g.limits as GPUSupportedLimits & Record<string, number>;
   return (
+    !g.compat && // compatibility mode restricts storage textures
     g.wgslFeatures.has('readonly_and_readwrite_storage_textures') &&
     (lim.maxStorageTexturesPerShaderStage ?? 0) >= 2 &&
     d.H * Math.max(d.D, d.Dv) / 4 <= lim.maxTextureDimension2D &&

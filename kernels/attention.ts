@@ -852,10 +852,14 @@ fn main(@builtin(global_invocation_id) g: vec3<u32>) {
 /**
  * Staging textures per runtime, by role and size, counted as the runtime's pooled memory and freed by its
  * `releasePool()`. Reusing one for the next call is safe without waiting: the queue runs the next call's copy
- * after this call's kernels. The least recently used go once the total passes TEXTURE_CACHE_BYTES.
+ * after this call's kernels. The least recently used go once the total passes the cap (`setAttentionTextureCacheBytes`).
  */
 const stagingTextures = new WeakMap<object, Map<string, GPUTexture>>();
-const TEXTURE_CACHE_BYTES = 256 * 2 ** 20;
+let textureCacheBytes = 256 * 2 ** 20;
+/** Cap on the staging textures kept between calls (bytes; default 256 MiB); the least recently used go first. */
+export function setAttentionTextureCacheBytes(bytes: number) {
+  textureCacheBytes = bytes;
+}
 const texBytes = (x: GPUTexture) => x.width * x.height * x.depthOrArrayLayers * 16;
 
 function textureCache(): Map<string, GPUTexture> {
@@ -883,10 +887,10 @@ function rowTexture(t: Tensor, B: number, S: number, W: number, role: string): G
   else {
     let bytes = W * S * B * 16;
     for (const x of cache.values()) bytes += texBytes(x);
-    if (bytes > TEXTURE_CACHE_BYTES) {
+    if (bytes > textureCacheBytes) {
       r.flush(); // pending kernels may use the textures destroyed here; submitted work keeps them alive
       for (const [k, x] of cache) {
-        if (bytes <= TEXTURE_CACHE_BYTES) break;
+        if (bytes <= textureCacheBytes) break;
         bytes -= texBytes(x);
         x.destroy();
         r.cacheBytes(-texBytes(x));

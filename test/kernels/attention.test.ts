@@ -10,6 +10,7 @@ import {
   attention,
   attentionForward,
   attentionVariants,
+  setAttentionTextureCacheBytes,
   setAttentionTextureLoads,
   setAttentionVariant,
   type AttentionVariant,
@@ -223,6 +224,37 @@ describe('attention', () => {
     } finally {
       setAttentionVariant(null);
       setAttentionTextureLoads(true);
+    }
+  }, LONG);
+
+  it('staging textures past the cache cap are freed (least recently used first) without breaking queued calls', async () => {
+    if (!variants.includes('subgroup')) return;
+    setAttentionVariant('subgroup');
+    try {
+      rt().releasePool();
+      const cases: Case[] = [
+        { B: 1, H: 2, Sq: 9, Sk: 7, D: 8 },
+        { B: 2, H: 1, Sq: 5, Sk: 12, D: 8 },
+      ];
+      // inputs first: uploads end the batch, and the evictions must happen with the earlier kernels still queued
+      const runs = [cases[0], cases[1], cases[0]].map((c, i) => {
+        const xs = inputs(c, i + 1);
+        return { c, xs, ts: xs.map((x) => Tensor.from(x.data, x.shape)) as [Tensor, Tensor, Tensor] };
+      });
+      // K and V textures: 448 bytes each for the first shape ([4, 7, 1] texels), 768 for the second ([2, 12, 2]);
+      // a 1600-byte cap holds one call's pair, so each call evicts the previous call's
+      setAttentionTextureCacheBytes(1600);
+      const outs = runs.map((r) => tidy(() => attentionForward(...r.ts, optsOf(r.c)).out));
+      for (const [i, r] of runs.entries()) {
+        expectClose(await outs[i].data(), rattention(...refs(r.xs), optsOf(r.c)).data, 1e-4, `attention after eviction ${name(r.c)}`);
+        [outs[i], ...r.ts].forEach((t) => t.dispose());
+      }
+      // the last call's K and V textures stay cached: [H * D/4, Sk, B] texels of 16 bytes each
+      if (!rt().gpu.compat && rt().gpu.wgslFeatures.has('readonly_and_readwrite_storage_textures'))
+        expect(rt().memory().pooledBytes).toBeGreaterThanOrEqual(2 * 4 * 7 * 1 * 16);
+    } finally {
+      setAttentionTextureCacheBytes(256 * 2 ** 20);
+      setAttentionVariant(null);
     }
   }, LONG);
 

@@ -405,6 +405,26 @@ export class Runtime {
     this.batchOps.push('copy');
   }
 
+  /**
+   * Record a buffer-to-texture copy in the current batch: `size` texels [width, height, layers] from `src` at
+   * `offset`, rows `bytesPerRow` apart (a multiple of 256) and layers `rowsPerImage` rows apart, to `origin`.
+   */
+  copyToTexture(
+    src: GPUBuffer,
+    offset: number,
+    bytesPerRow: number,
+    rowsPerImage: number,
+    dst: GPUTexture,
+    size: [number, number, number],
+    origin: [number, number, number] = [0, 0, 0],
+  ) {
+    this.check();
+    const enc = this.ensureEncoder();
+    this.endPass();
+    enc.copyBufferToTexture({ buffer: src, offset, bytesPerRow, rowsPerImage }, { texture: dst, origin }, size);
+    this.batchOps.push('copy_to_texture');
+  }
+
   private endPass() {
     if (this.pass) {
       this.pass.end();

@@ -15,8 +15,8 @@
 //    lane loads a different row of the current K/V (or Q/dO) block and subgroupBroadcast hands it to the other
 //    lanes, so each element is read from memory once per subgroup; every lane owns several query (or key)
 //    rows in registers. The running max is rescaled lazily, and exp2 is a polynomial (see FEXP2). The rows the
-//    lanes load in turn come from read-only storage textures, copied once per call, where WGSL has them
-//    (see "Rows from textures").
+//    lanes load in turn (and, where the queue copies them, the rows each lane owns) come from read-only
+//    storage textures, copied once per call, where WGSL has them (see "Rows from textures").
 //  - 'register' (other CPU adapters): each invocation owns one row, K/V rows read straight from global
 //    memory at workgroup-uniform addresses, in blocks. No workgroup memory, no barriers.
 //  - 'shared' (GPUs): K/V (or Q/dO) tiles staged in workgroup memory by the whole workgroup, with a
@@ -26,6 +26,7 @@
 import { rt, Uniforms, type Binding } from '../engine/runtime.js';
 import { ShapeError, Tensor, needsGrad, record, wantsGrad } from '../engine/tensor.js';
 import { memoKernel, clearKernelMemos } from './util.js';
+import { setStagingTextureCacheBytes, stagingTexture } from './staging.js';
 import { matmul } from './matmul.js';
 import { softmax } from './softmax.js';
 import { permute, reshape } from './shape.js';
@@ -559,7 +560,7 @@ ${rowSource(4, 'DO', texQG)}
 }
 
 const forwardSubgroup = memoKernel(forwardSubgroupSource);
-function forwardSubgroupSource(d: Dims, causal: boolean, R: number, tex: boolean): string {
+function forwardSubgroupSource(d: Dims, causal: boolean, R: number, tex: boolean, texQ = false): string {
   const D4 = d.D / 4;
   const DV4 = d.Dv / 4;
   const Rs = range(R);
@@ -593,7 +594,7 @@ function forwardSubgroupSource(d: Dims, causal: boolean, R: number, tex: boolean
   return /* wgsl */ `enable subgroups;
 ${HEADER}
 ${FEXP2}
-@group(0) @binding(1) var<storage, read> Q: array<vec4<f32>>;
+${rowSource(1, 'Q', texQ)}
 ${rowSource(2, 'K', tex)}
 ${rowSource(3, 'V', tex)}
 @group(0) @binding(4) var<storage, read_write> O: array<vec4<f32>>;
@@ -609,8 +610,12 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(subgroup_invocation_id) 
   let vb = b * u.Sk * vs + h * ${DV4}u;
   ${Rs.map(
     (r) => `let i${r} = row0 + ${r * SG}u + lane;
-  let qb${r} = (b * u.Sq + min(i${r}, u.Sq - 1u)) * ks + h * ${D4}u;
-  ${C.map((c) => `let q${r}_${c} = Q[qb${r} + ${c}u] * u.c;`).join(' ')}
+  ${
+    texQ
+      ? C.map((c) => `let q${r}_${c} = textureLoad(QT, vec2<u32>(h * ${D4}u + ${c}u, min(i${r}, u.Sq - 1u)), b) * u.c;`).join(' ')
+      : `let qb${r} = (b * u.Sq + min(i${r}, u.Sq - 1u)) * ks + h * ${D4}u;
+  ${C.map((c) => `let q${r}_${c} = Q[qb${r} + ${c}u] * u.c;`).join(' ')}`
+  }
   ${CV.map((c) => `var o${r}_${c} = vec4<f32>(0.0);`).join(' ')}
   var m${r} = ${NEG};
   var l${r} = 0.0;
@@ -639,7 +644,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(subgroup_invocation_id) 
 }
 
 const dqSubgroup = memoKernel(dqSubgroupSource);
-function dqSubgroupSource(d: Dims, causal: boolean, R: number, tex: boolean): string {
+function dqSubgroupSource(d: Dims, causal: boolean, R: number, tex: boolean, texQG = false): string {
   const D4 = d.D / 4;
   const DV4 = d.Dv / 4;
   const Rs = range(R);
@@ -661,7 +666,7 @@ function dqSubgroupSource(d: Dims, causal: boolean, R: number, tex: boolean): st
   return /* wgsl */ `enable subgroups;
 ${HEADER}
 ${FEXP2}
-${bwdBindings(false, tex)}
+${bwdBindings(texQG, tex)}
 @group(0) @binding(6) var<storage, read_write> DQ: array<vec4<f32>>;
 @compute @workgroup_size(${SG})
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(subgroup_invocation_id) lane: u32) {
@@ -678,8 +683,8 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(subgroup_invocation_id) 
   let qb${r} = (b * u.Sq + ic${r}) * ks + h * ${D4}u;
   let gb${r} = (b * u.Sq + ic${r}) * vs + h * ${DV4}u;
   let ld${r} = LD[(b * u.H + h) * u.Sq + ic${r}];
-  ${C.map((c) => `let q${r}_${c} = Q[qb${r} + ${c}u] * u.c;`).join(' ')}
-  ${CV.map((c) => `let g${r}_${c} = DO[gb${r} + ${c}u];`).join(' ')}
+  ${C.map((c) => `let q${r}_${c} = ${texQG ? `textureLoad(QT, vec2<u32>(h * ${D4}u + ${c}u, ic${r}), b)` : `Q[qb${r} + ${c}u]`} * u.c;`).join(' ')}
+  ${CV.map((c) => `let g${r}_${c} = ${texQG ? `textureLoad(DOT, vec2<u32>(h * ${DV4}u + ${c}u, ic${r}), b)` : `DO[gb${r} + ${c}u]`};`).join(' ')}
   ${C.map((c) => `var dq${r}_${c} = vec4<f32>(0.0);`).join(' ')}
   let kend${r} = ${causal ? `min(u.Sk, ic${r} + 1u)` : 'u.Sk'};`,
   ).join('\n  ')}
@@ -816,6 +821,13 @@ export function setAttentionTuning(t: { rows?: Partial<typeof ROWS> } | null) {
 // into rgba32float textures [H * D/4, S, B] and read from there: 1.3-1.4x faster kernels on lavapipe
 // (paired runs; bench/README.md). Needs WGSL's read-only storage textures and S, H * D/4 <= the 2D texture
 // limit and B <= the array-layer limit; otherwise the kernels read the buffers.
+//
+// The copy is the queue's (copyBufferToTexture, a memcpy on llvmpipe) where a row of H * D values is a
+// multiple of 256 bytes (H * D a multiple of 64, as in Stable Diffusion), else a copy kernel (a buffer load
+// and a texture store per texel: 2-10% of the attention time before the queue copy took over). Where the queue
+// copies them, the rows a lane owns (its queries in the forward; queries and output gradients in dQ, whose
+// textures dK/dV needs anyway) are read from textures too: 1.1-1.2x on cross-attention (77 keys, where those
+// rows are a fifth of the work), within the noise on self-attention.
 
 let textureRows = true;
 /** Read the subgroup kernels' per-lane rows from textures where possible (default) or always from buffers. */
@@ -849,77 +861,43 @@ fn main(@builtin(global_invocation_id) g: vec3<u32>) {
   textureStore(T, vec2<u32>(g.x, g.y), g.z, X[(g.z * u.S + g.y) * u.W + g.x]);
 }`;
 
-/**
- * Staging textures per runtime, by role and size, counted as the runtime's pooled memory and freed by its
- * `releasePool()`. Reusing one for the next call is safe without waiting: the queue runs the next call's copy
- * after this call's kernels. The least recently used go once the total passes the cap (`setAttentionTextureCacheBytes`).
- */
-const stagingTextures = new WeakMap<object, Map<string, GPUTexture>>();
-let textureCacheBytes = 256 * 2 ** 20;
-/** Cap on the staging textures kept between calls (bytes; default 256 MiB); the least recently used go first. */
+/** The staging textures' cap (bytes), shared with the other kernels' staging textures (`setStagingTextureCacheBytes`). */
 export function setAttentionTextureCacheBytes(bytes: number) {
-  textureCacheBytes = bytes;
-}
-const texBytes = (x: GPUTexture) => x.width * x.height * x.depthOrArrayLayers * 16;
-
-function textureCache(): Map<string, GPUTexture> {
-  const r = rt();
-  let cache = stagingTextures.get(r);
-  if (!cache) {
-    const c = new Map<string, GPUTexture>();
-    stagingTextures.set(r, (cache = c));
-    // releasePool flushes first: submitted work keeps a destroyed texture alive until it is done
-    r.onReleasePool(() => {
-      for (const x of c.values()) (x.destroy(), r.cacheBytes(-texBytes(x)));
-      c.clear();
-    });
-  }
-  return cache;
+  setStagingTextureCacheBytes(bytes);
 }
 
-/** The values of t [B, S, W*4] copied into a texture [W, S, B] for role `role` (a view of it). */
+/** whether rows of W vec4s are copied by the queue (a buffer-to-texture copy needs rows of a multiple of 256 bytes) */
+const queueCopies = (W: number) => (W * 16) % 256 === 0;
+
+/**
+ * The values of t [B, S, W*4] copied into a staging texture [W, S, B] for role `role` (a view of it): a
+ * buffer-to-texture copy where a row's W*16 bytes are a multiple of 256 (H * D a multiple of 64, as in
+ * Stable Diffusion), else a copy kernel.
+ */
 function rowTexture(t: Tensor, B: number, S: number, W: number, role: string): GPUTextureView {
   const r = rt();
-  const cache = textureCache();
-  const key = `${role} ${W}x${S}x${B}`;
-  let tex = cache.get(key);
-  if (tex) cache.delete(key); // re-inserted below: the map's order is least recently used first
-  else {
-    let bytes = W * S * B * 16;
-    for (const x of cache.values()) bytes += texBytes(x);
-    if (bytes > textureCacheBytes) {
-      r.flush(); // pending kernels may use the textures destroyed here; submitted work keeps them alive
-      for (const [k, x] of cache) {
-        if (bytes <= textureCacheBytes) break;
-        bytes -= texBytes(x);
-        x.destroy();
-        r.cacheBytes(-texBytes(x));
-        cache.delete(k);
-      }
-    }
-    tex = r.device.createTexture({ size: [W, S, B], format: 'rgba32float', usage: GPUTextureUsage.STORAGE_BINDING, label: `attention_${role}_rows` });
-    r.cacheBytes(texBytes(tex));
-  }
-  cache.set(key, tex);
+  const tex = stagingTexture(`attention_${role}`, [W, S, B]);
   const view = tex.createView({ dimension: '2d-array' });
-  r.dispatch({
-    name: 'attention_rows_to_texture',
-    code: textureCopyKernel,
-    uniforms: new Uniforms().u32(W, S, 0, 0).done(),
-    bindings: [{ buffer: t.buffer }, { texture: view }],
-    workgroups: [Math.ceil(W / 32), S, B],
-  });
+  if (queueCopies(W)) r.copyToTexture(t.buffer, 0, W * 16, S, tex, [W, S, B]);
+  else
+    r.dispatch({
+      name: 'attention_rows_to_texture',
+      code: textureCopyKernel,
+      uniforms: new Uniforms().u32(W, S, 0, 0).done(),
+      bindings: [{ buffer: t.buffer }, { texture: view }],
+      workgroups: [Math.ceil(W / 32), S, B],
+    });
   return view;
 }
 
 /** WGSL and workgroup grid of one kernel for the current variant; `n` is the number of rows it owns */
-function plan(kind: 'fwd' | 'dq' | 'dkv', d: Dims, causal: boolean, n: number, tex = false): { name: string; code: string; workgroups: [number, number] } {
+function plan(kind: 'fwd' | 'dq' | 'dkv', d: Dims, causal: boolean, n: number, tex = false, texQ = false): { name: string; code: string; workgroups: [number, number] } {
   const variant = attentionVariant();
-  const name = `attention_${kind}_${variant}${tex ? '_tex' : ''}`;
+  const name = `attention_${kind}_${variant}${tex ? (texQ ? '_texq' : '_tex') : ''}`;
   if (variant === 'subgroup') {
     const R = rowsPerLane(n, ROWS[kind], d);
-    const gen = kind === 'fwd' ? forwardSubgroup : kind === 'dq' ? dqSubgroup : dkvSubgroup;
-    return { name, code: gen(d, causal, R, tex), workgroups: [Math.ceil(n / (SG * R)), d.B * d.H] };
+    const code = kind === 'fwd' ? forwardSubgroup(d, causal, R, tex, texQ) : kind === 'dq' ? dqSubgroup(d, causal, R, tex, texQ) : dkvSubgroup(d, causal, R, tex);
+    return { name, code, workgroups: [Math.ceil(n / (SG * R)), d.B * d.H] };
   }
   const gen =
     variant === 'register'
@@ -939,10 +917,12 @@ export function attentionForward(q: Tensor, k: Tensor, v: Tensor, opts: Attentio
   const kv: Binding[] = tex
     ? [{ texture: rowTexture(k, d.B, d.Sk, (d.H * d.D) / 4, 'k') }, { texture: rowTexture(v, d.B, d.Sk, (d.H * d.Dv) / 4, 'v') }]
     : [{ buffer: k.buffer }, { buffer: v.buffer }];
+  // each lane reads its own query rows once: from a texture only where the queue copies them (no copy kernel)
+  const texQ = tex && queueCopies((d.H * d.D) / 4);
   rt().dispatch({
-    ...plan('fwd', d, !!opts.causal, d.Sq, tex),
+    ...plan('fwd', d, !!opts.causal, d.Sq, tex, texQ),
     uniforms: uniforms(d, scale),
-    bindings: [{ buffer: q.buffer }, ...kv, { buffer: out.buffer }, { buffer: lse.buffer }],
+    bindings: [texQ ? { texture: rowTexture(q, d.B, d.Sq, (d.H * d.D) / 4, 'q') } : { buffer: q.buffer }, ...kv, { buffer: out.buffer }, { buffer: lse.buffer }],
   });
   return { out, lse };
 }
@@ -984,14 +964,17 @@ export function attentionBackward(
     });
     const tex = rowsFromTextures(d);
     const [bq, bk, bv, bg, bl]: Binding[] = [q, k, v, dOut, ld].map((t) => ({ buffer: t.buffer }));
+    // Q and dO as textures: for dK/dV (lanes load them in turn) and then also for dQ's own rows, or for dQ alone
+    // where the queue copies them
+    const texQG = tex && (!!dk || (queueCopies((d.H * d.D) / 4) && queueCopies((d.H * d.Dv) / 4)));
+    const [tq, tg]: Binding[] = texQG ? [{ texture: rowTexture(q, d.B, d.Sq, (d.H * d.D) / 4, 'q') }, { texture: rowTexture(dOut, d.B, d.Sq, (d.H * d.Dv) / 4, 'dout') }] : [bq, bg];
     if (dq) {
       // dQ: lanes load keys and values in turn
       const kv = tex ? [{ texture: rowTexture(k, d.B, d.Sk, (d.H * d.D) / 4, 'k') }, { texture: rowTexture(v, d.B, d.Sk, (d.H * d.Dv) / 4, 'v') }] : [bk, bv];
-      r.dispatch({ ...plan('dq', d, causal, d.Sq, tex), uniforms: uni, bindings: [bq, ...kv, bg, bl, { buffer: dq.buffer }] });
+      r.dispatch({ ...plan('dq', d, causal, d.Sq, tex, texQG), uniforms: uni, bindings: [tq, ...kv, tg, bl, { buffer: dq.buffer }] });
     }
     if (dk && dv) {
       // dK, dV: lanes load queries and output gradients in turn
-      const [tq, tg] = tex ? [{ texture: rowTexture(q, d.B, d.Sq, (d.H * d.D) / 4, 'q') }, { texture: rowTexture(dOut, d.B, d.Sq, (d.H * d.Dv) / 4, 'dout') }] : [bq, bg];
       r.dispatch({ ...plan('dkv', d, causal, d.Sk, tex), uniforms: uni, bindings: [tq, bk, bv, tg, bl, { buffer: dk.buffer }, { buffer: dv.buffer }] });
     }
     ld.dispose();

@@ -16,10 +16,11 @@
 // reference the error is a few times the direct convolution's (tests bound it at the engine's usual 1e-4 of
 // the output's largest magnitude). The transformed tensors are 36/16 = 2.25x the activations; they are built
 // in chunks of tiles that stay within `CHUNK_BYTES` (and the binding limit), so memory stays bounded.
-import { rt, Uniforms } from '../engine/runtime.js';
+import { rt, Uniforms, type Binding } from '../engine/runtime.js';
 import { Tensor } from '../engine/tensor.js';
 import { grid, WG_INDEX, memoKernel } from './util.js';
 import { matmulRaw } from './matmul.js';
+import { linearLoad, linearTexture, linearTextureFits } from './staging.js';
 
 
 /** Bᵀ (6x6), G (6x3) and Aᵀ (4x6) for F(4, 3) with the points 0, 1, -1, 2, -2 and infinity. */
@@ -115,13 +116,19 @@ const range = (n: number) => [...Array(n).keys()];
 const J4 = range(4);
 const vec = (parts: string[]) => `vec4<f32>(${parts.join(', ')})`;
 
+/** WGSL: vec4 element `idx` of operand `arr`, a storage buffer or (tex) a linear staging texture (staging.ts). */
+const read = (arr: string, idx: string, tex: boolean) => (tex ? linearLoad(arr, idx) : `${arr}[${idx}]`);
+/** WGSL declaration of a read-only vec4 operand at `binding`: a storage buffer or (tex) a linear staging texture. */
+const operand = (binding: number, arr: string, tex: boolean, elem = 'vec4<f32>') =>
+  tex ? `@group(0) @binding(${binding}) var ${arr}: texture_2d<f32>;` : `@group(0) @binding(${binding}) var<storage, read> ${arr}: array<${elem}>;`;
+
 /**
  * WGSL walking the alpha x alpha points of an operand [ξ, ...] from vec4 element i, `step` apart: loads them
  * into lets `${name}_a_b`, or stores those lets.
  */
-function points(alpha: number, op: 'load' | 'store', arr: string, name: string, step: string): string {
+function points(alpha: number, op: 'load' | 'store', arr: string, name: string, step: string, tex = false): string {
   const A = range(alpha);
-  const one = (a: number, b: number) => (op === 'load' ? `let ${name}_${a}_${b} = ${arr}[pt];` : `${arr}[pt] = ${name}_${a}_${b};`);
+  const one = (a: number, b: number) => (op === 'load' ? `let ${name}_${a}_${b} = ${read(arr, 'pt', tex)};` : `${arr}[pt] = ${name}_${a}_${b};`);
   return `var pt = i;\n  ${A.map((a) => A.map((b) => `${one(a, b)} pt += ${step};`).join(' ')).join('\n  ')}`;
 }
 
@@ -172,7 +179,7 @@ function columns(layout: 'tiles' | 'chans'): string {
  * padding; 'tiles': V[ξ, c, t], 'chans': V[ξ, t, c]. `off` >= 0: the image width is a multiple of 4 and a patch
  * row starts at component `off` of an aligned vec4 (off = -PL mod 4), so a row is 2-3 vec4 loads; -1: scalars.
  */
-const inputKernel = memoKernel((m: WinogradTile, off: number, layout: 'tiles' | 'chans') => {
+const inputKernel = memoKernel((m: WinogradTile, off: number, layout: 'tiles' | 'chans', tex: boolean) => {
   const { TILE, ALPHA, BT } = wcfg(m);
   const A = range(ALPHA);
   const nv = off < 0 ? 0 : Math.ceil((off + ALPHA) / 4);
@@ -187,7 +194,7 @@ const inputKernel = memoKernel((m: WinogradTile, off: number, layout: 'tiles' | 
           [
             ...J4.map((j) =>
               range(nv)
-                .map((v) => `let s${j}_${k}_${v} = select(vec4<f32>(0.0), S[base${j} + u32(select(0, yy${j}_${k} * W4 + a${j} + ${v}, ry${j}_${k} && rx${j}_${v}))], ry${j}_${k} && rx${j}_${v});`)
+                .map((v) => `let s${j}_${k}_${v} = select(vec4<f32>(0.0), ${read('S', `base${j} + u32(select(0, yy${j}_${k} * W4 + a${j} + ${v}, ry${j}_${k} && rx${j}_${v}))`, tex)}, ry${j}_${k} && rx${j}_${v});`)
                 .join(' '),
             ),
             ...A.map((l) => `let d_${k}_${l} = ${vec(J4.map((j) => `s${j}_${k}_${(off + l) >> 2}[${(off + l) & 3}]`))};`),
@@ -196,7 +203,7 @@ const inputKernel = memoKernel((m: WinogradTile, off: number, layout: 'tiles' | 
   return /* wgsl */ `
 ${WG_INDEX}
 ${STRUCT}
-@group(0) @binding(1) var<storage, read> S: array<${off < 0 ? 'f32' : 'vec4<f32>'}>;
+${operand(1, 'S', tex, off < 0 ? 'f32' : 'vec4<f32>')}
 @group(0) @binding(2) var<storage, read_write> V: array<vec4<f32>>;
 ${MAIN}
   ${columns(layout)}
@@ -225,19 +232,19 @@ ${MAIN}
  * Y[n, r0 + r, 4 ty + i, 4 tx + j] = (Aᵀ M A)[i, j] + bias for the pixels inside the image (H x W here), M[ξ, r, t]
  * with `rows` rows; `aligned`: W is a multiple of 4, so each row of a tile is one vec4 store.
  */
-const outputKernel = memoKernel((m: WinogradTile, bias: boolean, aligned: boolean) => {
+const outputKernel = memoKernel((m: WinogradTile, bias: boolean, aligned: boolean, tex: boolean) => {
   const { TILE, ALPHA, AT } = wcfg(m);
   const T = range(TILE);
   return /* wgsl */ `
 ${WG_INDEX}
 ${STRUCT}
-@group(0) @binding(1) var<storage, read> M: array<vec4<f32>>;
+${operand(1, 'M', tex)}
 ${bias ? '@group(0) @binding(2) var<storage, read> BIAS: array<f32>;' : ''}
 @group(0) @binding(${bias ? 3 : 2}) var<storage, read_write> Y: array<${aligned ? 'vec4<f32>' : 'f32'}>;
 ${MAIN}
   ${columns('tiles')}
   let plane = u.rows * u.Tq;
-  ${points(ALPHA, 'load', 'M', 'm', 'plane')}
+  ${points(ALPHA, 'load', 'M', 'm', 'plane', tex)}
   ${sandwich(AT, AT, (k, l) => `m_${k}_${l}`, 'y')}
   let bv = ${bias ? 'BIAS[ch0]' : '0.0'};
   ${J4.map(
@@ -327,7 +334,7 @@ ${MAIN}
  * dW[r0 + o, c] (+)= Gᵀ dU[·, o, c] G, one invocation per (o, 4 consecutive c): dU [36, rows, C4] read as
  * vec4s; `aligned` (C a multiple of 4): the 4 kernels are 36 consecutive weights, 9 vec4 stores.
  */
-const weightGradKernel = memoKernel((m: WinogradTile, aligned: boolean) => {
+const weightGradKernel = memoKernel((m: WinogradTile, aligned: boolean, tex: boolean) => {
   const { ALPHA, G } = wcfg(m);
   const GT = transpose(G);
   const K3 = range(3);
@@ -352,13 +359,13 @@ const weightGradKernel = memoKernel((m: WinogradTile, aligned: boolean) => {
   return /* wgsl */ `
 ${WG_INDEX}
 ${STRUCT}
-@group(0) @binding(1) var<storage, read> DU: array<vec4<f32>>;
+${operand(1, 'DU', tex)}
 @group(0) @binding(2) var<storage, read_write> DW: array<${aligned ? 'vec4<f32>' : 'f32'}>;
 ${MAIN}
   let o = i / u.Tq;
   let cq = i - o * u.Tq;
   let plane = u.rows * u.Tq;
-  ${points(ALPHA, 'load', 'DU', 'd', 'plane')}
+  ${points(ALPHA, 'load', 'DU', 'd', 'plane', tex)}
   ${sandwich(GT, GT, (k, l) => `d_${k}_${l}`, 'w')}
   ${stores}
 }`;
@@ -404,7 +411,7 @@ function uniforms(o: { nInv: number; Tq?: number; t0?: number; tEnd?: number; tp
     .done();
 }
 
-function dispatchFlat(name: string, code: string, uniforms: ArrayBuffer, bindings: { buffer: GPUBuffer }[], nInv: number) {
+function dispatchFlat(name: string, code: string, uniforms: ArrayBuffer, bindings: Binding[], nInv: number) {
   rt().dispatch({ name, code, uniforms, bindings, workgroups: grid(Math.ceil(nInv / 64)) });
 }
 
@@ -428,20 +435,44 @@ function tiling(m: WinogradTile, N: number, Ho: number, Wo: number): Tiling {
   return { tpi, tw, T: N * tpi };
 }
 
-/** The transformed patches of S [N, C, H, W] for tiles [t0, tEnd): 'tiles' [36, C4, tiles4], 'chans' [36, tiles4, C4]. */
-function inputPass(m: WinogradTile, layout: 'tiles' | 'chans', src: Tensor, C: number, H: number, W: number, PT: number, PL: number, t0: number, tEnd: number, tl: Tiling) {
+// Texture reads. On CPU adapters the kernels that read much more than they write (the input transform's
+// overlapping patches, the output transform and the dU -> dW transform, 36 loads each) read their operand from
+// a staging copy in a texture (staging.ts): 2x faster for the dU -> dW transform on lavapipe, copy included.
+let textureLoads = true;
+/** Read the transforms' inputs through staging textures on CPU adapters (default) or always from buffers (tests, benchmarks). */
+export function setWinogradTextureLoads(on: boolean) {
+  textureLoads = on;
+}
+/** the operand t (its first `vec4s` values) as a linear staging texture where texture reads pay, else its buffer */
+function source(t: Tensor, vec4s: number, role: string): Binding {
+  if (textureLoads && rt().gpu.adapterClass === 'cpu' && linearTextureFits(vec4s)) return { texture: linearTexture(t, vec4s, role) };
+  return { buffer: t.buffer };
+}
+const isTex = (b: Binding) => 'texture' in b;
+
+/** vec4 patch rows need every tile's first column at the same vec4 offset: 4x4 tiles on images of width 4k */
+const patchOffset = (m: WinogradTile, W: number, PL: number) => (m === 4 && W % 4 === 0 ? ((-PL % 4) + 4) % 4 : -1);
+
+/** The image the input transform reads: a staging texture where its rows are read as vec4s (patchOffset >= 0). */
+function inputSource(m: WinogradTile, src: Tensor, W: number, PL: number): Binding {
+  return patchOffset(m, W, PL) < 0 ? { buffer: src.buffer } : source(src, src.size / 4, 'winograd_x');
+}
+
+/**
+ * The transformed patches of S [N, C, H, W] (bound as `s`, from `inputSource`) for tiles [t0, tEnd): 'tiles'
+ * [36, C4, tiles4], 'chans' [36, tiles4, C4].
+ */
+function inputPass(m: WinogradTile, layout: 'tiles' | 'chans', s: Binding, C: number, H: number, W: number, PT: number, PL: number, t0: number, tEnd: number, tl: Tiling) {
   const T4 = ceil4(tEnd - t0);
   const C4 = ceil4(C);
   const { XI } = wcfg(m);
   const v = Tensor.empty(layout === 'tiles' ? [XI, C4, T4] : [XI, T4, C4], 'f32', 'winograd_v');
-  // vec4 patch rows need every tile's first column at the same vec4 offset: 4x4 tiles on images of width 4k
-  const off = m === 4 && W % 4 === 0 ? ((-PL % 4) + 4) % 4 : -1;
   const nInv = (C4 * T4) / 4;
   dispatchFlat(
     'winograd_input',
-    inputKernel(m, off, layout),
+    inputKernel(m, patchOffset(m, W, PL), layout, isTex(s)),
     uniforms({ nInv, Tq: (layout === 'tiles' ? T4 : C4) / 4, t0, tEnd, tpi: tl.tpi, tw: tl.tw, C, H, W, PT, PL, nc: C }),
-    [{ buffer: src.buffer }, { buffer: v.buffer }],
+    [s, { buffer: v.buffer }],
     nInv,
   );
   return v;
@@ -458,6 +489,7 @@ function convolve(m: WinogradTile, mode: 'fwd' | 'bwd', src: Tensor, K: number, 
   const tl = tiling(m, N, Ho, Wo);
   const { Rc, Tc } = chunks(XI, R, K4, tl.T);
   const C = w.shape[1];
+  const s = inputSource(m, src, Ws, PL);
   for (let r0 = 0; r0 < R; r0 += Rc) {
     const rc = Math.min(Rc, R - r0);
     const Rp = ceil32(rc);
@@ -472,15 +504,16 @@ function convolve(m: WinogradTile, mode: 'fwd' | 'bwd', src: Tensor, K: number, 
     );
     for (let t0 = 0; t0 < tl.T; t0 += Tc) {
       const tEnd = Math.min(tl.T, t0 + Tc);
-      const v = inputPass(m, 'tiles', src, K, Hs, Ws, PT, PL, t0, tEnd, tl);
+      const v = inputPass(m, 'tiles', s, K, Hs, Ws, PT, PL, t0, tEnd, tl);
       const prod = gemm(u, v);
       v.dispose();
       const Tq = ceil4(tEnd - t0) / 4;
+      const pm = source(prod, prod.size / 4, 'winograd_m');
       dispatchFlat(
         'winograd_output',
-        outputKernel(m, !!bias, m === 4 && Wo % 4 === 0),
+        outputKernel(m, !!bias, m === 4 && Wo % 4 === 0, isTex(pm)),
         uniforms({ nInv: rc * Tq, Tq, t0, tEnd, tpi: tl.tpi, tw: tl.tw, C: R, rows: Rp, H: Ho, W: Wo, r0, nc: rc }),
-        [{ buffer: prod.buffer }, ...(bias ? [{ buffer: bias.buffer }] : []), { buffer: y.buffer }],
+        [pm, ...(bias ? [{ buffer: bias.buffer }] : []), { buffer: y.buffer }],
         rc * Tq,
       );
       prod.dispose();
@@ -507,6 +540,7 @@ export function winogradBackwardWeight(gy: Tensor, x: Tensor, g: WinogradGeom, d
   const tl = tiling(m, N, Ho, Wo);
   // rows of dU [ξ, Op, C4] per chunk; tiles per chunk for V [ξ, tiles, C4] and dM [ξ, tiles, Op]
   const { Rc, Tc } = chunks(XI, O, Math.max(C4, ceil4(O)), tl.T);
+  const s = inputSource(m, x, W, PL);
   for (let o0 = 0; o0 < O; o0 += Rc) {
     const oc = Math.min(Rc, O - o0);
     const Op = ceil32(oc);
@@ -522,15 +556,16 @@ export function winogradBackwardWeight(gy: Tensor, x: Tensor, g: WinogradGeom, d
         [{ buffer: gy.buffer }, { buffer: dm.buffer }],
         nG,
       );
-      const v = inputPass(m, 'chans', x, C, H, W, PT, PL, t0, tEnd, tl);
+      const v = inputPass(m, 'chans', s, C, H, W, PT, PL, t0, tEnd, tl);
       const du = gemm(dm, v);
       dm.dispose();
       v.dispose();
+      const sdu = source(du, du.size / 4, 'winograd_du');
       dispatchFlat(
         'winograd_weight_grad',
-        weightGradKernel(m, C % 4 === 0),
+        weightGradKernel(m, C % 4 === 0, isTex(sdu)),
         uniforms({ nInv: oc * (C4 / 4), Tq: C4 / 4, C, rows: Op, r0: o0, accum: t0 > 0 }),
-        [{ buffer: du.buffer }, { buffer: dw.buffer }],
+        [sdu, { buffer: dw.buffer }],
         oc * (C4 / 4),
       );
       du.dispose();

@@ -210,14 +210,21 @@ describe('attention', () => {
       const names = await run();
       const kernels = names.filter((n) => /^attention_(fwd|dq|dkv)/.test(n));
       if (!rt().gpu.compat && rt().gpu.wgslFeatures.has('readonly_and_readwrite_storage_textures')) {
-        expect(kernels).toEqual(['attention_fwd_subgroup_tex', 'attention_dq_subgroup_tex', 'attention_dkv_subgroup_tex']);
-        // K and V for the forward and dQ, Q and dO for dK/dV
+        // dQ reads its own Q and dO rows from the textures made for dK/dV ('texq')
+        expect(kernels).toEqual(['attention_fwd_subgroup_tex', 'attention_dq_subgroup_texq', 'attention_dkv_subgroup_tex']);
+        // K and V for the forward and dQ, Q and dO for dQ and dK/dV
         expect(names.filter((n) => n === 'attention_rows_to_texture').length).toBe(6);
         // the staging textures are cached as pooled memory; releasePool frees them and the next call makes new ones
         expect(rt().memory().pooledBytes).toBeGreaterThan(0);
         rt().releasePool();
         expect(rt().memory().pooledBytes).toBe(0);
         await checkBackward('subgroup after releasePool', { B: 1, H: 2, Sq: 7, Sk: 7, D: 8 });
+        // rows of H * D = 64 values (256 bytes) are copied by the queue (copyBufferToTexture), not by a kernel
+        const wide: Case = { B: 2, H: 8, Sq: 9, Sk: 7, D: 8 };
+        const copies = await dispatchedBy(() => checkBackward('subgroup, rows copied by the queue', wide));
+        // and the forward reads its own query rows from a texture too
+        expect(copies.filter((n) => /^attention_(fwd|dq|dkv)/.test(n))).toEqual(['attention_fwd_subgroup_texq', 'attention_dq_subgroup_texq', 'attention_dkv_subgroup_tex']);
+        expect(copies.filter((n) => n === 'attention_rows_to_texture')).toEqual([]);
       } else expect(kernels).toEqual(['attention_fwd_subgroup', 'attention_dq_subgroup', 'attention_dkv_subgroup']);
       setAttentionTextureLoads(false);
       expect((await run()).filter((n) => /^attention_(fwd|dq|dkv)|texture/.test(n))).toEqual(['attention_fwd_subgroup', 'attention_dq_subgroup', 'attention_dkv_subgroup']);

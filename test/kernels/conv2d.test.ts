@@ -15,7 +15,7 @@ import {
   type ConvVariant,
   type WeightPacking,
 } from '../../kernels/conv2d.js';
-import { WINOGRAD_F23, WINOGRAD_F43 } from '../../kernels/winograd.js';
+import { setWinogradTextureLoads, WINOGRAD_F23, WINOGRAD_F43 } from '../../kernels/winograd.js';
 import { setMatmulKMajor } from '../../kernels/matmul.js';
 import { rconv2d } from '../../kernels/conv2d.ref.js';
 import { rprod, rt64 } from '../../kernels/core.ref.js';
@@ -72,28 +72,34 @@ async function forwardCheck(c: Case, wDtype: 'f32' | 'f16' = 'f32', tol = 1e-5) 
 // (the rest); 'subgroup' twice: weights read in place, and repacked first (the kernels pick by size, tests force
 // each); and twice more with every 3x3 stride-1 convolution through Winograd, F(4x4, 3x3) and F(2x2, 3x3) (the
 // rest direct).
-const VARIANTS: [ConvVariant | 'winograd' | 'winograd 2x2', WeightPacking][] = [
+type Variant = ConvVariant | 'winograd' | 'winograd 2x2' | 'winograd, buffers';
+const VARIANTS: [Variant, WeightPacking][] = [
   ['subgroup', 'never'],
   ['subgroup', 'always'],
   ['register', 'auto'],
   ['winograd', 'auto'],
   ['winograd 2x2', 'auto'],
+  ['winograd, buffers', 'auto'],
 ];
+const isWinograd = (v: Variant): v is 'winograd' | 'winograd 2x2' | 'winograd, buffers' => v.startsWith('winograd');
 for (const [variant, packing] of VARIANTS)
   describe(`conv2d [${variant}${variant === 'subgroup' ? `, weights ${packing === 'always' ? 'repacked' : 'in place'}` : ''}]`, () => {
     beforeAll(() => {
       setConv2dWeightPacking(packing);
-      setConv2dWinograd(variant === 'winograd' ? 'always' : variant === 'winograd 2x2' ? 'always-2x2' : 'never');
+      setConv2dWinograd(!isWinograd(variant) ? 'never' : variant === 'winograd 2x2' ? 'always-2x2' : 'always');
+      // Winograd's transforms read through staging textures on CPU adapters; 'winograd, buffers' reads the buffers
+      setWinogradTextureLoads(variant !== 'winograd, buffers');
       // an adapter without 8-wide subgroups runs the 'register' tiling in both passes
-      setConv2dVariant(variant !== 'winograd' && variant !== 'winograd 2x2' && conv2dVariants().includes(variant) ? variant : null);
+      setConv2dVariant(!isWinograd(variant) && conv2dVariants().includes(variant) ? variant : null);
     });
     afterAll(() => {
       setConv2dVariant(null);
       setConv2dWeightPacking('auto');
       setConv2dWinograd('auto');
+      setWinogradTextureLoads(true);
     });
     it('variant is available on this adapter', (ctx) => {
-      if (variant !== 'winograd' && variant !== 'winograd 2x2' && !conv2dVariants().includes(variant)) ctx.skip();
+      if (!isWinograd(variant) && !conv2dVariants().includes(variant)) ctx.skip();
     });
     describe('conv2d forward', () => {
       for (const c of CASES) it(`${c.name}: x[${c.x}] w[${c.w}]`, () => forwardCheck(c));

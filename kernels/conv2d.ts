@@ -19,7 +19,7 @@
 // item, each bound at a 256-byte aligned offset with the remainder passed as an element shift.
 import { rt, Uniforms, type BufferBinding } from '../engine/runtime.js';
 import { DTYPE_BYTES, ShapeError, Tensor, record, wantsGrad } from '../engine/tensor.js';
-import { grid, WG_INDEX, memoKernel } from './util.js';
+import { grid, WG_INDEX, memoKernel, flatMain } from './util.js';
 import { winogradBackwardData, winogradBackwardWeight, winogradFits, winogradForward, type WinogradTile } from './winograd.js';
 
 export interface Conv2dOptions {
@@ -519,10 +519,7 @@ struct P { KRp: u32, rCount: u32, rStart: u32, Rp: u32, K: u32, C: u32, KK: u32,
 @group(0) @binding(1) var<storage, read> W: array<${f16 ? 'f16' : 'f32'}>;
 ${bias ? '@group(0) @binding(2) var<storage, read> BIAS: array<f32>;' : ''}
 @group(0) @binding(${bias ? 3 : 2}) var<storage, read_write> WR: array<f32>;
-@compute @workgroup_size(64)
-fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
-  let i = wg_index(wid, nwg) * 64u + li;
-  if (i >= u.KRp + u.Rp) { return; }
+${flatMain('i', 'u.KRp + u.Rp')}
   let k = i / u.Rp;
   let r = i - k * u.Rp;
   let ok = r < u.rCount;
@@ -860,10 +857,7 @@ struct P { nP: u32, Rp4: u32, rc: u32, P: u32, gBS: u32, shift: u32, _0: u32, _1
 @group(0) @binding(0) var<uniform> u: P;
 @group(0) @binding(1) var<storage, read> G: array<f32>;
 @group(0) @binding(2) var<storage, read_write> GT: array<vec4<f32>>;
-@compute @workgroup_size(64)
-fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
-  let i = wg_index(wid, nwg) * 64u + li;
-  if (i >= u.nP) { return; }
+${flatMain('i', 'u.nP')}
   let n = i / u.P;
   let p = i - n * u.P;
   let src = u.shift + n * u.gBS + p;

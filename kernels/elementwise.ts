@@ -5,7 +5,7 @@
 // are processed in chunks bound at offsets. Each op's backward rule sits right below its forward.
 import { rt, Uniforms } from '../engine/runtime.js';
 import { ShapeError, Tensor, wantsGrad, record } from '../engine/tensor.js';
-import { broadcastShapes, broadcastStrides, collapseDims, grid, prod, sameShape, stridesOf, WG_INDEX, memoKernel } from './util.js';
+import { broadcastShapes, broadcastStrides, collapseDims, grid, prod, sameShape, stridesOf, WG_INDEX, memoKernel, flatMain } from './util.js';
 import { sumTo } from './reduce.js';
 
 /** WGSL helpers usable in expressions (vec4 versions). */
@@ -284,10 +284,8 @@ ${WG_INDEX}
 struct P { n: u32, _0: u32, v: f32, _1: f32 }
 @group(0) @binding(0) var<uniform> u: P;
 @group(0) @binding(1) var<storage, read_write> Y: array<vec4<f32>>;
-@compute @workgroup_size(64)
-fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
-  let i = wg_index(wid, nwg) * 64u + li;
-  if (i < u.n) { Y[i] = vec4<f32>(u.v); }
+${flatMain('i', 'u.n')}
+  Y[i] = vec4<f32>(u.v);
 }`;
 
 export function full(shape: readonly number[], v: number): Tensor {

@@ -7,7 +7,7 @@
 // windows bound at aligned offsets.
 import { rt, Uniforms } from '../engine/runtime.js';
 import { ShapeError, Tensor, record, wantsGrad } from '../engine/tensor.js';
-import { grid, WG_INDEX, memoKernel } from './util.js';
+import { grid, WG_INDEX, memoKernel, flatMain } from './util.js';
 
 const kernel = memoKernel(kernelSource);
 function kernelSource(vec: boolean, backward: boolean): string {
@@ -34,10 +34,7 @@ ${
 @group(0) @binding(3) var<storage, read_write> DX: array<V>;`
     : '@group(0) @binding(2) var<storage, read_write> Y: array<V>;'
 }
-@compute @workgroup_size(64)
-fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
-  let t = wg_index(wid, nwg) * 64u + li;
-  if (t >= u.rows * u.TC) { return; }
+${flatMain('t', 'u.rows * u.TC')}
   let row = t / u.TC;
   let sub = t - row * u.TC;
   for (var c = sub; c < u.D4; c += u.TC) {

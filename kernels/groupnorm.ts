@@ -17,7 +17,7 @@
 // all arithmetic is f32.
 import { rt, Uniforms } from '../engine/runtime.js';
 import { ShapeError, Tensor, record, wantsGrad } from '../engine/tensor.js';
-import { grid, prod, WG_INDEX, memoKernel } from './util.js';
+import { grid, prod, WG_INDEX, memoKernel, flatMain } from './util.js';
 
 /** vec4 loads per invocation in the plane passes (a plane gets ceil(S4 / perInvocation) invocations) */
 let perInvocation: number | null = null;
@@ -31,8 +31,7 @@ function header(vec: boolean) {
 ${WG_INDEX}
 alias V = ${vec ? 'vec4<f32>' : 'f32'};
 const WIDTH = ${vec ? 4 : 1}u;
-fn hsum(v: V) -> f32 { return ${vec ? 'dot(v, vec4<f32>(1.0))' : 'v'}; }
-fn inv_index(wid: vec3<u32>, nwg: vec3<u32>, li: u32) -> u32 { return wg_index(wid, nwg) * 64u + li; }`;
+fn hsum(v: V) -> f32 { return ${vec ? 'dot(v, vec4<f32>(1.0))' : 'v'}; }`;
 }
 
 // ---- forward ----
@@ -42,10 +41,7 @@ struct P { planes: u32, S4: u32, T: u32, p0: u32 }
 @group(0) @binding(0) var<uniform> u: P;
 @group(0) @binding(1) var<storage, read> X: array<V>;
 @group(0) @binding(2) var<storage, read_write> PART: array<vec4<f32>>; // count, mean, M2 per invocation
-@compute @workgroup_size(64)
-fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
-  let t = inv_index(wid, nwg, li);
-  if (t >= u.planes * u.T) { return; }
+${flatMain('t', 'u.planes * u.T')}
   let p = t / u.T;
   let sub = t - p * u.T;
   let base = p * u.S4;
@@ -103,10 +99,7 @@ struct P { planes: u32, S4: u32, T: u32, p0: u32 }
 @group(0) @binding(1) var<storage, read> X: array<V>;
 @group(0) @binding(2) var<storage, read> PS: array<vec4<f32>>;
 @group(0) @binding(3) var<storage, read_write> Y: array<V>;
-@compute @workgroup_size(64)
-fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
-  let t = inv_index(wid, nwg, li);
-  if (t >= u.planes * u.T) { return; }
+${flatMain('t', 'u.planes * u.T')}
   let p = t / u.T;
   let sub = t - p * u.T;
   let base = p * u.S4;
@@ -130,10 +123,7 @@ struct P { planes: u32, S4: u32, T: u32, p0: u32 }
 @group(0) @binding(2) var<storage, read> G: array<V>;
 @group(0) @binding(3) var<storage, read> PS: array<vec4<f32>>;
 @group(0) @binding(4) var<storage, read_write> PB: array<vec2<f32>>; // sum g', sum g' * (x - mean)
-@compute @workgroup_size(64)
-fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
-  let t = inv_index(wid, nwg, li);
-  if (t >= u.planes * u.T) { return; }
+${flatMain('t', 'u.planes * u.T')}
   let p = t / u.T;
   let sub = t - p * u.T;
   let base = p * u.S4;
@@ -214,10 +204,7 @@ struct P { planes: u32, S4: u32, T: u32, p0: u32 }
 ${silu ? '@group(0) @binding(3) var<storage, read> PS: array<vec4<f32>>;' : ''}
 @group(0) @binding(${silu ? 4 : 3}) var<storage, read> CO: array<vec4<f32>>;
 @group(0) @binding(${silu ? 5 : 4}) var<storage, read_write> DX: array<V>;
-@compute @workgroup_size(64)
-fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
-  let t = inv_index(wid, nwg, li);
-  if (t >= u.planes * u.T) { return; }
+${flatMain('t', 'u.planes * u.T')}
   let p = t / u.T;
   let sub = t - p * u.T;
   let base = p * u.S4;

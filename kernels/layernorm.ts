@@ -2,7 +2,7 @@
 // the centred values), one workgroup per row (one invocation per row for short rows). The forward saves mean and rstd per row for the backward.
 import { rt, Uniforms } from '../engine/runtime.js';
 import { ShapeError, Tensor, record, wantsGrad } from '../engine/tensor.js';
-import { grid, WG_INDEX } from './util.js';
+import { grid, WG_INDEX, flatMain } from './util.js';
 import { ROW_REDUCE } from './rowwise.js';
 
 const FORWARD = /* wgsl */ `
@@ -15,10 +15,7 @@ struct P { rows: u32, L: u32, eps: f32, _0: u32 }
 @group(0) @binding(3) var<storage, read> Bv: array<f32>;
 @group(0) @binding(4) var<storage, read_write> Y: array<f32>;
 @group(0) @binding(5) var<storage, read_write> S: array<f32>; // [rows, 2]: mean, rstd
-@compute @workgroup_size(64)
-fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
-  let row = wg_index(wid, nwg);
-  if (row >= u.rows) { return; }
+${flatMain('row', 'u.rows', 'workgroup')}
   let base = row * u.L;
   let n = f32(u.L);
   var s = 0.0;
@@ -41,10 +38,7 @@ struct P { rows: u32, L: u32, eps: f32, _0: u32 }
 @group(0) @binding(3) var<storage, read> S: array<f32>;
 @group(0) @binding(4) var<storage, read> G: array<f32>;
 @group(0) @binding(5) var<storage, read_write> DX: array<f32>;
-@compute @workgroup_size(64)
-fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
-  let row = wg_index(wid, nwg);
-  if (row >= u.rows) { return; }
+${flatMain('row', 'u.rows', 'workgroup')}
   let base = row * u.L;
   let mean = S[2u * row];
   let rstd = S[2u * row + 1u];
@@ -77,10 +71,7 @@ struct P { rows: u32, L: u32, eps: f32, _0: u32 }
 @group(0) @binding(3) var<storage, read> Bv: array<f32>;
 @group(0) @binding(4) var<storage, read_write> Y: array<f32>;
 @group(0) @binding(5) var<storage, read_write> S: array<f32>;
-@compute @workgroup_size(64)
-fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
-  let row = wg_index(wid, nwg) * 64u + li;
-  if (row >= u.rows) { return; }
+${flatMain('row', 'u.rows')}
   let base = row * u.L;
   let n = f32(u.L);
   var s = 0.0;
@@ -103,10 +94,7 @@ struct P { rows: u32, L: u32, eps: f32, _0: u32 }
 @group(0) @binding(3) var<storage, read> S: array<f32>;
 @group(0) @binding(4) var<storage, read> G: array<f32>;
 @group(0) @binding(5) var<storage, read_write> DX: array<f32>;
-@compute @workgroup_size(64)
-fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
-  let row = wg_index(wid, nwg) * 64u + li;
-  if (row >= u.rows) { return; }
+${flatMain('row', 'u.rows')}
   let base = row * u.L;
   let mean = S[2u * row];
   let rstd = S[2u * row + 1u];

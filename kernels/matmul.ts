@@ -15,7 +15,7 @@
 // All are tested; the runtime picks by adapter class unless told otherwise (`setMatmulVariant`).
 import { rt, Uniforms } from '../engine/runtime.js';
 import { ShapeError, Tensor, record, wantsGrad } from '../engine/tensor.js';
-import { grid, memoKernel, WG_INDEX } from './util.js';
+import { grid, memoKernel, WG_INDEX, flatMain } from './util.js';
 import { reshape } from './shape.js';
 import { sumTo } from './reduce.js';
 
@@ -264,10 +264,7 @@ struct P { R: u32, Cc: u32, Rq: u32, Cq: u32, inS: u32, outS: u32, _0: u32, _1: 
 @group(0) @binding(0) var<uniform> u: P;
 @group(0) @binding(1) var<storage, read> X: array<${vec ? `vec4<${ty}>` : ty}>;
 @group(0) @binding(2) var<storage, read_write> Y: array<vec4<f32>>;
-@compute @workgroup_size(64)
-fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
-  let i = wg_index(wid, nwg) * 64u + li;
-  if (i >= u.Rq * u.Cq) { return; }
+${flatMain('i', 'u.Rq * u.Cq')}
   let cq = i / u.Rq;
   let rq = i - cq * u.Rq;
   let b = wid.z;

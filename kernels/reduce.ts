@@ -3,7 +3,7 @@
 // invocation per output; large ones a 64-wide workgroup per output with a tree in workgroup memory.
 import { rt, Uniforms } from '../engine/runtime.js';
 import { ShapeError, Tensor, record } from '../engine/tensor.js';
-import { collapseDims, grid, normAxis, prod, stridesOf, WG_INDEX, memoKernel } from './util.js';
+import { collapseDims, grid, normAxis, prod, stridesOf, WG_INDEX, memoKernel, flatMain } from './util.js';
 import { broadcastTo, reshape } from './shape.js';
 import { mul, scale, equal, div } from './elementwise.js';
 
@@ -32,10 +32,7 @@ struct P { nout: u32, nred: u32, _0: u32, _1: u32, ksh: array<vec4<u32>, 2>, kst
 @group(0) @binding(2) var<storage, read_write> Y: array<f32>;`;
   if (!wide)
     return /* wgsl */ `${head}
-@compute @workgroup_size(64)
-fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
-  let o = wg_index(wid, nwg) * 64u + li;
-  if (o >= u.nout) { return; }
+${flatMain('o', 'u.nout')}
   ${decode('k', keptRank, 'o', 'k')}
   var acc = ${init};
   for (var r = 0u; r < u.nred; r++) {
@@ -46,10 +43,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
 }`;
   return /* wgsl */ `${head}
 var<workgroup> part: array<f32, 64>;
-@compute @workgroup_size(64)
-fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
-  let o = wg_index(wid, nwg);
-  if (o >= u.nout) { return; }
+${flatMain('o', 'u.nout', 'workgroup')}
   ${decode('k', keptRank, 'o', 'k')}
   var acc = ${init};
   for (var r = li; r < u.nred; r += 64u) {

@@ -8,7 +8,7 @@
 // Tensors larger than one storage binding are processed in chunks of rows bound at aligned offsets.
 import { rt, Uniforms, type BufferBinding } from '../engine/runtime.js';
 import { ShapeError, Tensor, record } from '../engine/tensor.js';
-import { grid, WG_INDEX } from './util.js';
+import { grid, WG_INDEX, flatMain } from './util.js';
 
 function window(t: Tensor, start: number, count: number): { bind: BufferBinding; shift: number } {
   const r = rt();
@@ -34,10 +34,7 @@ struct P { n: u32, W: u32, inShift: u32, outShift: u32 }
 @group(0) @binding(0) var<uniform> u: P;
 @group(0) @binding(1) var<storage, read> X: array<f32>;
 @group(0) @binding(2) var<storage, read_write> Y: array<f32>;
-@compute @workgroup_size(64)
-fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
-  let e = wg_index(wid, nwg) * 64u + li;
-  if (e >= u.n) { return; }
+${flatMain('e', 'u.n')}
   let r = e / u.W;
   let x = e % u.W;
   let W2 = 2u * u.W;
@@ -152,10 +149,7 @@ struct P { n: u32, Lin: u32, Lout: u32, inner: u32, inShift: u32, outShift: u32,
 @group(0) @binding(2) var<storage, read> IDX: array<u32>;
 @group(0) @binding(3) var<storage, read> WT: array<f32>;
 @group(0) @binding(4) var<storage, read_write> Y: array<f32>;
-@compute @workgroup_size(64)
-fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
-  let e = wg_index(wid, nwg) * 64u + li;
-  if (e >= u.n) { return; }
+${flatMain('e', 'u.n')}
   let k = e % u.inner;
   let t = e / u.inner;
   let i = t % u.Lout;

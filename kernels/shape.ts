@@ -3,7 +3,7 @@
 // *write* (Y[base + sum c_d * s_d] = X[o]) that places a block inside a larger tensor.
 import { rt, Uniforms } from '../engine/runtime.js';
 import { ShapeError, Tensor, wantsGrad, record } from '../engine/tensor.js';
-import { broadcastStrides, collapseDims, grid, normAxis, prod, sameShape, stridesOf, WG_INDEX, memoKernel } from './util.js';
+import { broadcastStrides, collapseDims, grid, normAxis, prod, sameShape, stridesOf, WG_INDEX, memoKernel, flatMain } from './util.js';
 import { zeros } from './elementwise.js';
 import { sumTo } from './reduce.js';
 
@@ -22,10 +22,7 @@ struct P { n: u32, base: u32, _0: u32, _1: u32, sh: array<vec4<u32>, 2>, st: arr
 @group(0) @binding(0) var<uniform> u: P;
 @group(0) @binding(1) var<storage, read> X: array<${elem}>;
 @group(0) @binding(2) var<storage, read_write> Y: array<${elem}>;
-@compute @workgroup_size(64)
-fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
-  let o = wg_index(wid, nwg) * 64u + li;
-  if (o >= u.n) { return; }
+${flatMain('o', 'u.n')}
   var rem = o;
   var off = u.base;
   ${lines.join('\n  ')}
@@ -207,10 +204,7 @@ struct P { n: u32, d: u32, _0: u32, _1: u32 }
 @group(0) @binding(1) var<storage, read> T: array<f32>;
 @group(0) @binding(2) var<storage, read> I: array<i32>;
 @group(0) @binding(3) var<storage, read_write> Y: array<f32>;
-@compute @workgroup_size(64)
-fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
-  let o = wg_index(wid, nwg) * 64u + li;
-  if (o >= u.n) { return; }
+${flatMain('o', 'u.n')}
   let row = o / u.d;
   Y[o] = T[u32(I[row]) * u.d + o % u.d];
 }`;
@@ -255,10 +249,7 @@ struct P { n: u32, d: u32, _0: u32, _1: u32 }
 @group(0) @binding(3) var<storage, read> S: array<i32>;
 @group(0) @binding(4) var<storage, read> F: array<i32>;
 @group(0) @binding(5) var<storage, read_write> Y: array<f32>;
-@compute @workgroup_size(64)
-fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
-  let o = wg_index(wid, nwg) * 64u + li;
-  if (o >= u.n) { return; }
+${flatMain('o', 'u.n')}
   let k = o / u.d;
   let c = o % u.d;
   var acc = 0.0;

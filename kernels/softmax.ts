@@ -1,7 +1,7 @@
 // Softmax over the last axis: one workgroup per row, max-subtracted, f32. Backward: dx = y * (g - sum(g * y)).
 import { rt, Uniforms } from '../engine/runtime.js';
 import { ShapeError, Tensor, record } from '../engine/tensor.js';
-import { grid, WG_INDEX } from './util.js';
+import { grid, WG_INDEX, flatMain } from './util.js';
 import { ROW_REDUCE } from './rowwise.js';
 
 const FORWARD = /* wgsl */ `
@@ -11,10 +11,7 @@ struct P { rows: u32, L: u32, scale: f32, _0: u32 }
 @group(0) @binding(0) var<uniform> u: P;
 @group(0) @binding(1) var<storage, read> X: array<f32>;
 @group(0) @binding(2) var<storage, read_write> Y: array<f32>;
-@compute @workgroup_size(64)
-fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
-  let row = wg_index(wid, nwg);
-  if (row >= u.rows) { return; }
+${flatMain('row', 'u.rows', 'workgroup')}
   let base = row * u.L;
   var m = -3.4e38;
   for (var i = li; i < u.L; i += 64u) { m = max(m, X[base + i] * u.scale); }
@@ -34,10 +31,7 @@ struct P { rows: u32, L: u32, scale: f32, _0: u32 }
 @group(0) @binding(1) var<storage, read> Y: array<f32>;
 @group(0) @binding(2) var<storage, read> G: array<f32>;
 @group(0) @binding(3) var<storage, read_write> DX: array<f32>;
-@compute @workgroup_size(64)
-fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
-  let row = wg_index(wid, nwg);
-  if (row >= u.rows) { return; }
+${flatMain('row', 'u.rows', 'workgroup')}
   let base = row * u.L;
   var d = 0.0;
   for (var i = li; i < u.L; i += 64u) { d += G[base + i] * Y[base + i]; }

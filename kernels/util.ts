@@ -78,6 +78,18 @@ export function grid(n: number, maxX = 65535): [number, number] {
 /** WGSL: the flat workgroup index for a `grid()` dispatch. */
 export const WG_INDEX = /* wgsl */ `fn wg_index(wid: vec3<u32>, nwg: vec3<u32>) -> u32 { return wid.x + wid.y * nwg.x; }`;
 
+/**
+ * WGSL: the opening of a 64-wide kernel dispatched with `grid()` (the shader includes WG_INDEX), through its
+ * bounds check: `let ${v}` is the invocation's flat index ('invocation') or the workgroup's ('workgroup'), and
+ * those at or past `count` (a u32 expression) return. The body and the closing brace follow.
+ */
+export function flatMain(v: string, count: string, per: 'invocation' | 'workgroup' = 'invocation'): string {
+  return `@compute @workgroup_size(64)
+fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
+  let ${v} = wg_index(wid, nwg)${per === 'invocation' ? ' * 64u + li' : ''};
+  if (${v} >= ${count}) { return; }`;
+}
+
 export function assertDtype(op: string, t: Tensor, ...allowed: string[]) {
   if (!allowed.includes(t.dtype)) throw new ShapeError(`${op}: expected dtype ${allowed.join(' or ')}, got ${t.dtype} for [${t.shape}]`);
 }

@@ -18,7 +18,7 @@
 // in chunks of tiles that stay within `CHUNK_BYTES` (and the binding limit), so memory stays bounded.
 import { rt, Uniforms, type Binding } from '../engine/runtime.js';
 import { Tensor } from '../engine/tensor.js';
-import { grid, WG_INDEX, memoKernel } from './util.js';
+import { grid, WG_INDEX, memoKernel, flatMain } from './util.js';
 import { matmulRaw } from './matmul.js';
 import { linearLoad, linearTexture, linearTextureFits } from './staging.js';
 
@@ -145,10 +145,7 @@ const STRUCT = /* wgsl */ `struct P {
   r0: u32, accum: u32, nc: u32, _1: u32 }
 @group(0) @binding(0) var<uniform> u: P;`;
 
-const MAIN = /* wgsl */ `@compute @workgroup_size(64)
-fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
-  let i = wg_index(wid, nwg) * 64u + li;
-  if (i >= u.nInv) { return; }`;
+const MAIN = flatMain('i', 'u.nInv');
 
 /**
  * Per component j: channel c${j} (< u.nc valid) and tile t${j} (< u.tEnd valid), ok${j} both, and the tile's

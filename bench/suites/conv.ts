@@ -6,6 +6,7 @@
 // flops of one pass = 2 * N * O * Ho * Wo * C * kh * kw (all three passes do the same multiply-adds).
 import { Tensor, grad, tidy } from '../../engine/index.js';
 import { conv2d, conv2dRaw, setConv2dWinograd } from '../../kernels/conv2d.js';
+import { setWinogradTextureLoads } from '../../kernels/winograd.js';
 import { gpuFn, loadJax, loadTfjs, randn, tfDone, jaxDone, disposeAll, withSetting, type TfT, type BenchCase, type BenchSuite } from '../lib.js';
 
 interface Shape {
@@ -49,6 +50,9 @@ function oursCases(s: Shape): BenchCase[] {
   // the direct kernels, where the adapter's default is Winograd (CPU adapters), for comparison
   const direct = (name: string, fn: () => Tensor): BenchCase =>
     mk(`${name} [direct]`, name === 'conv2d' ? 'fwd' : 'bwd', 1, () => withSetting(() => setConv2dWinograd('never'), () => setConv2dWinograd('auto'), fn));
+  // Winograd's transforms reading their inputs from the buffers instead of staging textures (CPU adapters)
+  const buffers = (name: string, fn: () => Tensor): BenchCase =>
+    mk(`${name} [transforms from buffers]`, name === 'conv2d' ? 'fwd' : 'bwd', 1, () => withSetting(() => setWinogradTextureLoads(false), () => setWinogradTextureLoads(true), fn));
   return [
     mk('conv2d', 'fwd', 1, () => conv2dRaw.forward(x, w, b, opts)),
     mk('conv2d dX', 'bwd', 1, () => conv2dRaw.backwardData(gy, x, w, opts)),
@@ -56,6 +60,9 @@ function oursCases(s: Shape): BenchCase[] {
     direct('conv2d', () => conv2dRaw.forward(x, w, b, opts)),
     direct('conv2d dX', () => conv2dRaw.backwardData(gy, x, w, opts)),
     direct('conv2d dW', () => conv2dRaw.backwardWeight(gy, x, w, opts)),
+    buffers('conv2d', () => conv2dRaw.forward(x, w, b, opts)),
+    buffers('conv2d dX', () => conv2dRaw.backwardData(gy, x, w, opts)),
+    buffers('conv2d dW', () => conv2dRaw.backwardWeight(gy, x, w, opts)),
     mk('conv2d autodiff', 'fwd+bwd', 3, () =>
       tidy(() => {
         const xx = x.detach().requireGrad();

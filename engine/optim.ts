@@ -81,6 +81,7 @@ export class Adam {
           bindings: [g, p, s.m, s.v].map((x) => ({ buffer: x.buffer })),
           workgroups: grid(Math.ceil(p.size / 64)),
         });
+        p.markModified();
       });
     });
   }

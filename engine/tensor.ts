@@ -23,6 +23,10 @@ let nextId = 1;
 
 class Storage {
   refs = 1;
+  /** in-place changes of the data so far (`Tensor.markModified`) */
+  version = 0;
+  /** run when the last tensor on this storage is disposed */
+  releaseHooks?: (() => void)[];
   constructor(readonly buffer: GPUBuffer) {}
 }
 
@@ -119,6 +123,25 @@ export class Tensor {
     return new Tensor([...shape], this.dtype, this._storage!);
   }
 
+  /** The storage this tensor shares with its views, as an opaque identity (a key for caches of derived data). */
+  get storageKey(): object {
+    this.buffer; // throws when disposed
+    return this._storage!;
+  }
+  /** How many times the data has been changed in place (`markModified`); caches of derived data compare it. */
+  get version(): number {
+    return this._storage?.version ?? -1;
+  }
+  /** Record an in-place change of the data: every kernel that writes into an existing tensor calls this. */
+  markModified() {
+    if (this._storage) this._storage.version++;
+  }
+  /** Run `fn` once, when the storage is freed (this tensor and all its views disposed). */
+  onStorageRelease(fn: () => void) {
+    this.buffer; // throws when disposed
+    (this._storage!.releaseHooks ??= []).push(fn);
+  }
+
   /** A view of the same data that is cut from the autodiff graph. */
   detach(): Tensor {
     return this.view(this.shape);
@@ -132,7 +155,12 @@ export class Tensor {
 
   dispose() {
     if (!this._storage) return;
-    if (--this._storage.refs === 0) rt().release(this._storage.buffer);
+    if (--this._storage.refs === 0) {
+      rt().release(this._storage.buffer);
+      const hooks = this._storage.releaseHooks;
+      this._storage.releaseHooks = undefined;
+      hooks?.forEach((fn) => fn());
+    }
     this._storage = null;
     this.node = null;
     if (this.graphHeld) {

@@ -281,8 +281,13 @@ ${flatMain('i', 'u.Rq * u.Cq')}
 
 /** K-major copy [batch, Cc, ceil4(R)] of t [batch, R, Cc]. */
 function kmajorCopy(t: Tensor, batch: number, R: number, Cc: number): Tensor {
+  const out = Tensor.empty([batch, Cc, Math.ceil(R / 4) * 4], 'f32', 'matmul_kmajor');
+  kmajorCopyInto(t, batch, R, Cc, out.buffer);
+  return out;
+}
+
+function kmajorCopyInto(t: Tensor, batch: number, R: number, Cc: number, out: GPUBuffer) {
   const Rp = Math.ceil(R / 4) * 4;
-  const out = Tensor.empty([batch, Cc, Rp], 'f32', 'matmul_kmajor');
   const vec = Cc % 4 === 0;
   const Rq = Rp / 4;
   const Cq = Math.ceil(Cc / 4);
@@ -291,10 +296,96 @@ function kmajorCopy(t: Tensor, batch: number, R: number, Cc: number): Tensor {
     name: 'matmul_transpose',
     code: transposeKernel(t.dtype === 'f16', vec),
     uniforms: new Uniforms().u32(R, Cc, Rq, Cq, R * Cc, Cc * Rp, 0, 0).done(),
-    bindings: [{ buffer: t.buffer }, { buffer: out.buffer }],
+    bindings: [{ buffer: t.buffer }, { buffer: out }],
     workgroups: [x, y, batch],
   });
-  return out;
+}
+
+// K-major weight copies. x @ Wᵀ (every linear layer) needs W [N, K] copied K-major for the K-major tile, and at
+// small M (the UNet's 8x8 level, the text context's 154 rows) that copy costs as much as the tile saves, so the
+// general kernel runs there. A model's weights are multiplied many times unchanged (every UNet call of a sampler),
+// so from the second multiplication by the same frozen weight (requiresGrad false, same data version) its K-major
+// copy is kept and reused: on lavapipe 1.3-1.7x faster than the general kernel at M = 32..154 and no per-call copy
+// at larger M (bench/README.md). The copies are counted as pooled memory, freed by `rt().releasePool()` (also
+// under memory pressure), with the weight, or when the weight changes in place (`Tensor.markModified`), and stop
+// being made past the cap (`setMatmulWeightCacheBytes`, default 1.5 GiB: the SD 2.1 UNet needs 1.15 GiB; 0 turns it off). No eviction: the
+// weights are reused in a fixed cycle, where least-recently-used eviction would evict every copy before its reuse.
+interface WeightEntry {
+  /** the operand's layout the copy is for: batch, N, K */
+  dims: string;
+  version: number;
+  uses: number;
+  copy: GPUBuffer | null;
+  bytes: number;
+}
+const weightCaches = new WeakMap<object, Map<object, WeightEntry>>();
+let weightCacheCap = 1.5 * 2 ** 30;
+/** Cap on the K-major weight copies kept between calls (bytes; default 1.5 GiB; 0: none are kept). */
+export function setMatmulWeightCacheBytes(bytes: number) {
+  weightCacheCap = bytes;
+}
+/** Bytes of K-major weight copies currently kept (tests, memory reports). */
+export function matmulWeightCacheBytes(): number {
+  let n = 0;
+  const c = weightCaches.get(rt());
+  if (c) for (const e of c.values()) if (e.copy) n += e.bytes;
+  return n;
+}
+
+function weightCache(): Map<object, WeightEntry> {
+  const r = rt();
+  let c = weightCaches.get(r);
+  if (!c) {
+    const m = new Map<object, WeightEntry>();
+    weightCaches.set(r, (c = m));
+    // the entries stay (each removes itself when its weight is freed); their copies go
+    r.onReleasePool(() => {
+      for (const e of m.values()) (drop(e), (e.uses = 0));
+    });
+  }
+  return c;
+}
+function drop(e: WeightEntry) {
+  if (!e.copy) return;
+  e.copy.destroy(); // releasePool and the callers below flush first: queued kernels keep it alive
+  rt().cacheBytes(-e.bytes);
+  e.copy = null;
+}
+
+/**
+ * The cache entry of weight b (K-major copy [batch, K, ceil4(N)] of b [batch, N, K]) if one exists or is made now,
+ * else null: b changes (requires grad), is used for the first time, or the cap is reached.
+ */
+function cachedWeight(b: Tensor, batch: number, N: number, K: number): GPUBuffer | null {
+  if (b.requiresGrad || weightCacheCap <= 0) return null;
+  const c = weightCache();
+  const key = b.storageKey;
+  const dims = `${batch} ${N} ${K}`;
+  let e = c.get(key);
+  if (e && e.dims !== dims) return null; // the same data seen with another shape: not cached
+  if (!e) {
+    const entry: WeightEntry = { dims, version: b.version, uses: 0, copy: null, bytes: 4 * batch * K * Math.ceil(N / 4) * 4 };
+    c.set(key, (e = entry));
+    b.onStorageRelease(() => {
+      if (entry.copy) rt().flush();
+      drop(entry);
+      c.delete(key);
+    });
+  } else if (e.version !== b.version) {
+    // changed in place since the copy was made: start over
+    if (e.copy) rt().flush();
+    drop(e);
+    e.version = b.version;
+    e.uses = 0;
+  }
+  e.uses++;
+  if (e.copy) return e.copy;
+  if (e.uses < 2 || matmulWeightCacheBytes() + e.bytes > weightCacheCap) return null;
+  const r = rt();
+  e.copy = r.device.createBuffer({ size: e.bytes, usage: GPUBufferUsage.STORAGE, label: 'matmul_kmajor_weight' });
+  r.cacheBytes(e.bytes);
+  kmajorCopyInto(b, batch, N, K, e.copy);
+  return e.copy;
 }
 
 export type KMajorMode = 'auto' | 'always' | 'never';
@@ -354,9 +445,11 @@ export function matmulRaw(a: Tensor, b: Tensor, opts: MatmulOptions = {}): Tenso
   // transposed (then it must be f32); otherwise a K-major copy is made
   if (variant === 'subgroup' && S === 8 && N % 4 === 0 && !(transA && M % 4 !== 0) && !(f16 && !transB) && kmajorMode !== 'never') {
     const copyA = !transA;
-    const copyB = transB;
     // the copies (rows padded to 4) must fit a binding like the operands themselves
     const fits = 4 * Math.max(Ba * K * Math.ceil(M / 4) * 4, Bb * K * N) <= r.maxBindingBytes;
+    // a frozen weight's K-major copy, kept from an earlier call or made now to keep (x @ Wᵀ)
+    const cached = fits && transB && kmajorMode === 'auto' && kmajorPays(M, N, K, copyA, false) ? cachedWeight(b, Bb, N, K) : null;
+    const copyB = transB && !cached;
     if (fits && kmajorPays(M, N, K, copyA, copyB)) {
       const ak = copyA ? kmajorCopy(a, Ba, M, K) : a;
       const bk = copyB ? kmajorCopy(b, Bb, N, K) : b;
@@ -365,7 +458,7 @@ export function matmulRaw(a: Tensor, b: Tensor, opts: MatmulOptions = {}): Tenso
         name: 'matmul_kmajor',
         code: kmajorKernel(!!bias),
         uniforms: new Uniforms().u32(M, M4, N / 4, K, Ba === 1 ? 0 : K * M4, Bb === 1 ? 0 : (K * N) / 4, (M * N) / 4, 0).done(),
-        bindings: [{ buffer: ak.buffer }, { buffer: bk.buffer }, ...(bias ? [{ buffer: bias.buffer }] : []), { buffer: out.buffer }],
+        bindings: [{ buffer: ak.buffer }, { buffer: cached ?? bk.buffer }, ...(bias ? [{ buffer: bias.buffer }] : []), { buffer: out.buffer }],
         workgroups: [Math.ceil(N / 32), Math.ceil(M / KM_ROWS), batch],
       });
       if (ak !== a) ak.dispose();

@@ -1,8 +1,18 @@
 // matmul: every tiling ('subgroup', 'register', 'shared') against the float64 reference on odd shapes,
 // transposes, batches and batch broadcasting, with bias and f16 weights; backward against finite differences.
 import { afterEach, beforeAll, describe, expect, it } from 'vitest';
-import { Tensor, rt, tidy } from '../../engine/index.js';
-import { matmul, matmulRaw, linear, setMatmulKMajor, setMatmulVariant, matmulVariant, type MatmulVariant } from '../../kernels/matmul.js';
+import { AdamW, Tensor, rt, tidy } from '../../engine/index.js';
+import {
+  matmul,
+  matmulRaw,
+  linear,
+  matmulWeightCacheBytes,
+  setMatmulKMajor,
+  setMatmulVariant,
+  setMatmulWeightCacheBytes,
+  matmulVariant,
+  type MatmulVariant,
+} from '../../kernels/matmul.js';
 import * as R from '../../kernels/core.ref.js';
 import { checkGrad, dispatchedBy, expectClose, gpu, rand } from '../helpers/check.js';
 
@@ -172,4 +182,88 @@ describe('matmul backward vs finite differences', () => {
         );
       }
     });
+});
+
+describe('K-major weight copies (CPU adapters with 8-wide subgroups)', () => {
+  // 40 rows: x @ Wᵀ takes the K-major tile only without the per-call weight copy (M N K >= 128 M K, not with
+  // N K copied as well), so the kernel names show whether the kept copy was used
+  const [M, K, N] = [40, 36, 132];
+  const eight = () => {
+    const g = rt().gpu;
+    return matmulVariant() === 'subgroup' && g.features.has('subgroups') && g.subgroupMinSize === 8 && g.subgroupMaxSize === 8;
+  };
+  const ref = (x: Float32Array, w: Float32Array) => R.rmatmul(R.rt64(x, [M, K]), R.rt64(w, [N, K]), false, true).data;
+  afterEach(() => setMatmulWeightCacheBytes(1.5 * 2 ** 30));
+
+  it('a frozen weight is copied K-major from its second use on, reused, refreshed when it changes in place, freed with it', async (ctx) => {
+    if (!eight()) ctx.skip();
+    rt().releasePool();
+    const x = Tensor.from(rand(M * K, 1), [M, K]);
+    let wData = rand(N * K, 2);
+    const w = Tensor.from(wData, [N, K]);
+    const call = async () => {
+      let y: Tensor | null = null;
+      const names = await dispatchedBy(() => {
+        y = linear(x, w);
+      });
+      expectClose(await y!.data(), ref(await x.data() as Float32Array, wData), 2e-5, `x @ Wᵀ [${M}x${K}] [${N}x${K}]ᵀ`);
+      y!.dispose();
+      return names;
+    };
+    // first use: the general kernel, nothing kept
+    expect(await call()).toEqual(['matmul_subgroup']);
+    expect(matmulWeightCacheBytes()).toBe(0);
+    // second use: the copy is made and kept (pooled memory), then the K-major tile (with A's copy only)
+    expect(await call()).toEqual(['matmul_transpose', 'matmul_transpose', 'matmul_kmajor']);
+    const bytes = 4 * K * N;
+    expect(matmulWeightCacheBytes()).toBe(bytes);
+    expect(rt().memory().pooledBytes).toBeGreaterThanOrEqual(bytes);
+    expect(await call()).toEqual(['matmul_transpose', 'matmul_kmajor']);
+    // an in-place update (here an optimizer step) makes the copy stale: dropped, and made again on the second use
+    w.requireGrad();
+    const opt = new AdamW([w], { lr: 0.1 });
+    const g = Tensor.from(rand(N * K, 3), [N, K]);
+    opt.step([g]);
+    w.requireGrad(false);
+    wData = (await w.data()) as Float32Array;
+    expect(await call()).toEqual(['matmul_subgroup']);
+    expect(matmulWeightCacheBytes()).toBe(0);
+    expect(await call()).toEqual(['matmul_transpose', 'matmul_transpose', 'matmul_kmajor']);
+    expect(matmulWeightCacheBytes()).toBe(bytes);
+    // releasePool frees the copies; disposing the weight frees its copy
+    rt().releasePool();
+    expect(matmulWeightCacheBytes()).toBe(0);
+    await call();
+    await call();
+    expect(matmulWeightCacheBytes()).toBe(bytes);
+    w.dispose();
+    expect(matmulWeightCacheBytes()).toBe(0);
+    [x, g].forEach((t) => t.dispose());
+  });
+
+  it('no copies for weights that require gradients, past the cap, or with the cache off', async (ctx) => {
+    if (!eight()) ctx.skip();
+    rt().releasePool();
+    const x = Tensor.from(rand(M * K, 1), [M, K]);
+    const wData = rand(N * K, 2);
+    const w = Tensor.from(wData, [N, K]);
+    const twice = async () => {
+      for (let i = 0; i < 2; i++) {
+        const y = linear(x, w);
+        expectClose(await y.data(), ref(await x.data() as Float32Array, wData), 2e-5, 'x @ Wᵀ');
+        y.dispose();
+      }
+    };
+    w.requireGrad();
+    await twice();
+    expect(matmulWeightCacheBytes()).toBe(0);
+    w.requireGrad(false);
+    setMatmulWeightCacheBytes(4 * K * N - 1);
+    await twice();
+    expect(matmulWeightCacheBytes()).toBe(0);
+    setMatmulWeightCacheBytes(0);
+    await twice();
+    expect(matmulWeightCacheBytes()).toBe(0);
+    [x, w].forEach((t) => t.dispose());
+  });
 });

@@ -319,10 +319,11 @@ interface WeightEntry {
   bytes: number;
 }
 const weightCaches = new WeakMap<object, Map<object, WeightEntry>>();
-let weightCacheCap = 1.5 * 2 ** 30;
-/** Cap on the K-major weight copies kept between calls (bytes; default 1.5 GiB; 0: none are kept). */
-export function setMatmulWeightCacheBytes(bytes: number) {
-  weightCacheCap = bytes;
+const WEIGHT_CACHE_DEFAULT = 1.5 * 2 ** 30;
+let weightCacheCap = WEIGHT_CACHE_DEFAULT;
+/** Cap on the K-major weight copies kept between calls (bytes; 0: none are kept; null: the default, 1.5 GiB). */
+export function setMatmulWeightCacheBytes(bytes: number | null) {
+  weightCacheCap = bytes ?? WEIGHT_CACHE_DEFAULT;
 }
 /** Bytes of K-major weight copies currently kept (tests, memory reports). */
 export function matmulWeightCacheBytes(): number {

@@ -2,7 +2,7 @@
 // dB = Aᵀ @ dC) and a full autodiff step; the same matmuls through @tensorflow/tfjs-backend-webgpu and
 // @jax-js/jax on the same adapter.
 import { Tensor, grad, tidy } from '../../engine/index.js';
-import { matmul, matmulRaw, setMatmulKMajor, setMatmulVariant, type MatmulVariant } from '../../kernels/matmul.js';
+import { matmul, matmulRaw, setMatmulKMajor, setMatmulVariant, setMatmulWeightCacheBytes, type MatmulVariant } from '../../kernels/matmul.js';
 import { gpuFn, loadJax, loadTfjs, randn, withSetting, type BenchCase, type BenchSuite } from '../lib.js';
 
 const SHAPES: [number, number, number][] = [
@@ -41,7 +41,11 @@ function oursCases(M: number, K: number, N: number): BenchCase[] {
     mk('matmul', 'fwd', flops, () => matmulRaw(A, B)),
     forced('register'),
     general,
+    // B is frozen here: from the second call on its K-major copy is kept (CPU adapters); the second row copies it every call
     mk('matmul dA=dC@Bᵀ', 'bwd', flops, () => matmulRaw(G, B, { transB: true })),
+    mk('matmul dA=dC@Bᵀ [no weight cache]', 'bwd', flops, () =>
+      withSetting(() => setMatmulWeightCacheBytes(0), () => setMatmulWeightCacheBytes(null), () => matmulRaw(G, B, { transB: true })),
+    ),
     mk('matmul dB=Aᵀ@dC', 'bwd', flops, () => matmulRaw(A, G, { transA: true })),
     mk('matmul autodiff', 'fwd+bwd', 3 * flops, () =>
       tidy(() => {

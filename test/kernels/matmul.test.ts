@@ -193,7 +193,7 @@ describe('K-major weight copies (CPU adapters with 8-wide subgroups)', () => {
     return matmulVariant() === 'subgroup' && g.features.has('subgroups') && g.subgroupMinSize === 8 && g.subgroupMaxSize === 8;
   };
   const ref = (x: Float32Array, w: Float32Array) => R.rmatmul(R.rt64(x, [M, K]), R.rt64(w, [N, K]), false, true).data;
-  afterEach(() => setMatmulWeightCacheBytes(1.5 * 2 ** 30));
+  afterEach(() => setMatmulWeightCacheBytes(null));
 
   it('a frozen weight is copied K-major from its second use on, reused, refreshed when it changes in place, freed with it', async (ctx) => {
     if (!eight()) ctx.skip();

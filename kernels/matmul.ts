@@ -304,7 +304,7 @@ function kmajorCopyInto(t: Tensor, batch: number, R: number, Cc: number, out: GP
 // K-major weight copies. x @ Wᵀ (every linear layer) needs W [N, K] copied K-major for the K-major tile, and at
 // small M (the UNet's 8x8 level, the text context's 154 rows) that copy costs as much as the tile saves, so the
 // general kernel runs there. A model's weights are multiplied many times unchanged (every UNet call of a sampler),
-// so from the second multiplication by the same frozen weight (requiresGrad false, same data version) its K-major
+// so from the second multiplication by the same frozen f32 weight (requiresGrad false, same data version) its K-major
 // copy is kept and reused: on lavapipe 1.3-1.7x faster than the general kernel at M = 32..154 and no per-call copy
 // at larger M (bench/README.md). The copies are counted as pooled memory, freed by `rt().releasePool()` (also
 // under memory pressure), with the weight, or when the weight changes in place (`Tensor.markModified`), and stop
@@ -358,7 +358,8 @@ function drop(e: WeightEntry) {
  * else null: b changes (requires grad), is used for the first time, or the cap is reached.
  */
 function cachedWeight(b: Tensor, batch: number, N: number, K: number): GPUBuffer | null {
-  if (b.requiresGrad || weightCacheCap <= 0) return null;
+  // f16 weights are not copied: their f32 copies would take back the memory the user chose f16 to save
+  if (b.requiresGrad || b.dtype !== 'f32' || weightCacheCap <= 0) return null;
   const c = weightCache();
   const key = b.storageKey;
   const dims = `${batch} ${N} ${K}`;

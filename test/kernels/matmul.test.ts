@@ -241,7 +241,7 @@ describe('K-major weight copies (CPU adapters with 8-wide subgroups)', () => {
     [x, g].forEach((t) => t.dispose());
   });
 
-  it('no copies for weights that require gradients, past the cap, or with the cache off', async (ctx) => {
+  it('no copies for weights that require gradients, past the cap, with the cache off, or in f16', async (ctx) => {
     if (!eight()) ctx.skip();
     rt().releasePool();
     const x = Tensor.from(rand(M * K, 1), [M, K]);
@@ -264,6 +264,15 @@ describe('K-major weight copies (CPU adapters with 8-wide subgroups)', () => {
     setMatmulWeightCacheBytes(0);
     await twice();
     expect(matmulWeightCacheBytes()).toBe(0);
+    setMatmulWeightCacheBytes(null);
+    // f16 weights (chosen to save memory) get no f32 copies
+    if (rt().features.has('shader-f16')) {
+      const w16 = Tensor.from(wData, [N, K], 'f16');
+      for (let i = 0; i < 2; i++) linear(x, w16).dispose();
+      await rt().sync();
+      expect(matmulWeightCacheBytes()).toBe(0);
+      w16.dispose();
+    }
     [x, w].forEach((t) => t.dispose());
   });
 });

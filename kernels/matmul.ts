@@ -303,13 +303,15 @@ function kmajorCopyInto(t: Tensor, batch: number, R: number, Cc: number, out: GP
 
 // K-major weight copies. x @ Wᵀ (every linear layer) needs W [N, K] copied K-major for the K-major tile, and at
 // small M (the UNet's 8x8 level, the text context's 154 rows) that copy costs as much as the tile saves, so the
-// general kernel runs there. A model's weights are multiplied many times unchanged (every UNet call of a sampler),
-// so from the second multiplication by the same frozen f32 weight (requiresGrad false, same data version) its K-major
-// copy is kept and reused: on lavapipe 1.3-1.7x faster than the general kernel at M = 32..154 and no per-call copy
-// at larger M (bench/README.md). The copies are counted as pooled memory, freed by `rt().releasePool()` (also
-// under memory pressure), with the weight, or when the weight changes in place (`Tensor.markModified`), and stop
-// being made past the cap (`setMatmulWeightCacheBytes`, default 1.5 GiB: the SD 2.1 UNet needs 1.15 GiB; 0 turns it off). No eviction: the
-// weights are reused in a fixed cycle, where least-recently-used eviction would evict every copy before its reuse.
+// general kernel ran there. A model's weights are multiplied many times unchanged (every UNet call of a sampler),
+// so from the second multiplication by the same frozen f32 weight (requiresGrad false, same data version) its
+// K-major copy is kept and reused: on lavapipe 1.2-1.8x faster than the general kernel at M = 32..154, and no
+// per-call copy at larger M (bench/README.md). The copies count as pooled memory and are freed by
+// `rt().releasePool()` (which the runtime also calls when an allocation would pass its memory cap), with the
+// weight, or when the weight changes in place (`Tensor.markModified`); none are made past the cap
+// (`setMatmulWeightCacheBytes`, default 1.5 GiB: the SD 2.1 UNet needs 1.15 GiB; 0 turns the cache off). No
+// eviction: weights come back in a fixed cycle, where evicting the least recently used would evict every copy
+// before its reuse.
 interface WeightEntry {
   /** the operand's layout the copy is for: batch, N, K */
   dims: string;
@@ -354,8 +356,8 @@ function drop(e: WeightEntry) {
 }
 
 /**
- * The cache entry of weight b (K-major copy [batch, K, ceil4(N)] of b [batch, N, K]) if one exists or is made now,
- * else null: b changes (requires grad), is used for the first time, or the cap is reached.
+ * The kept K-major copy [batch, K, ceil4(N)] of weight b [batch, N, K], made now if this is its second use, else
+ * null: b may change (requires grad) or is f16, it is its first use (since it last changed), or the cap is reached.
  */
 function cachedWeight(b: Tensor, batch: number, N: number, K: number): GPUBuffer | null {
   // f16 weights are not copied: their f32 copies would take back the memory the user chose f16 to save

@@ -84,9 +84,12 @@ export function stagingTexture(role: string, size: [number, number, number]): GP
 export const LINEAR_WIDTH = 4096;
 const LINEAR_SHIFT = Math.log2(LINEAR_WIDTH);
 
+/** rows of the linear texture for `vec4s` values: rounded up to a multiple of 16, so that similar sizes share one */
+const linearRows = (vec4s: number) => Math.ceil(Math.max(1, Math.ceil(vec4s / LINEAR_WIDTH)) / 16) * 16;
+
 /** Whether `vec4s` values fit one linear texture on this device. */
 export function linearTextureFits(vec4s: number): boolean {
-  return Math.ceil(vec4s / LINEAR_WIDTH) <= rt().gpu.limits.maxTextureDimension2D;
+  return linearRows(vec4s) <= rt().gpu.limits.maxTextureDimension2D;
 }
 
 /**
@@ -96,9 +99,7 @@ export function linearTextureFits(vec4s: number): boolean {
 export function linearTexture(t: Tensor, vec4s: number, role: string): GPUTextureView {
   const full = Math.floor(vec4s / LINEAR_WIDTH);
   const rest = vec4s - full * LINEAR_WIDTH;
-  const rows = full + (rest > 0 ? 1 : 0);
-  // heights rounded up to a multiple of 16 rows, so that calls of similar sizes share a texture
-  const tex = stagingTexture(role, [LINEAR_WIDTH, Math.ceil(Math.max(1, rows) / 16) * 16, 1]);
+  const tex = stagingTexture(role, [LINEAR_WIDTH, linearRows(vec4s), 1]);
   const r = rt();
   const rowBytes = LINEAR_WIDTH * 16;
   if (full > 0) r.copyToTexture(t.buffer, 0, rowBytes, full, tex, [LINEAR_WIDTH, full, 1]);

@@ -15,7 +15,7 @@
 // All are tested; the runtime picks by adapter class unless told otherwise (`setMatmulVariant`).
 import { rt, Uniforms } from '../engine/runtime.js';
 import { ShapeError, Tensor, record, wantsGrad } from '../engine/tensor.js';
-import { grid, memoKernel, WG_INDEX, flatMain } from './util.js';
+import { grid, memoKernel, WG_INDEX, flatMain, perRuntime } from './util.js';
 import { reshape } from './shape.js';
 import { sumTo } from './reduce.js';
 
@@ -320,7 +320,6 @@ interface WeightEntry {
   copy: GPUBuffer | null;
   bytes: number;
 }
-const weightCaches = new WeakMap<object, Map<object, WeightEntry>>();
 const WEIGHT_CACHE_DEFAULT = 1.5 * 2 ** 30;
 let weightCacheCap = WEIGHT_CACHE_DEFAULT;
 /** Cap on the K-major weight copies kept between calls (bytes; 0: none are kept; null: the default, 1.5 GiB). */
@@ -330,24 +329,17 @@ export function setMatmulWeightCacheBytes(bytes: number | null) {
 /** Bytes of K-major weight copies currently kept (tests, memory reports). */
 export function matmulWeightCacheBytes(): number {
   let n = 0;
-  const c = weightCaches.get(rt());
-  if (c) for (const e of c.values()) if (e.copy) n += e.bytes;
+  for (const e of weightCache().values()) if (e.copy) n += e.bytes;
   return n;
 }
 
-function weightCache(): Map<object, WeightEntry> {
-  const r = rt();
-  let c = weightCaches.get(r);
-  if (!c) {
-    const m = new Map<object, WeightEntry>();
-    weightCaches.set(r, (c = m));
-    // the entries stay (each removes itself when its weight is freed); their copies go
-    r.onReleasePool(() => {
-      for (const e of m.values()) (drop(e), (e.uses = 0));
-    });
-  }
-  return c;
-}
+// the entries stay on releasePool (each removes itself when its weight is freed); their copies go
+const weightCache = perRuntime(
+  () => new Map<object, WeightEntry>(),
+  (m) => {
+    for (const e of m.values()) (drop(e), (e.uses = 0));
+  },
+);
 function drop(e: WeightEntry) {
   if (!e.copy) return;
   e.copy.destroy(); // releasePool and the callers below flush first: queued kernels keep it alive

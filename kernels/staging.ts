@@ -14,8 +14,8 @@
 // (`setStagingTextureCacheBytes`).
 import { rt } from '../engine/runtime.js';
 import type { Tensor } from '../engine/tensor.js';
+import { perRuntime } from './util.js';
 
-const caches = new WeakMap<object, Map<string, GPUTexture>>();
 let capBytes = 256 * 2 ** 20;
 
 /** Cap on the staging textures kept between calls (bytes; default 256 MiB); the least recently used go first. */
@@ -25,20 +25,13 @@ export function setStagingTextureCacheBytes(bytes: number) {
 
 const texBytes = (x: GPUTexture) => x.width * x.height * x.depthOrArrayLayers * 16;
 
-function cache(): Map<string, GPUTexture> {
-  const r = rt();
-  let c = caches.get(r);
-  if (!c) {
-    const m = new Map<string, GPUTexture>();
-    caches.set(r, (c = m));
-    // releasePool flushes first: submitted work keeps a destroyed texture alive until it is done
-    r.onReleasePool(() => {
-      for (const x of m.values()) (x.destroy(), r.cacheBytes(-texBytes(x)));
-      m.clear();
-    });
-  }
-  return c;
-}
+const cache = perRuntime(
+  () => new Map<string, GPUTexture>(),
+  (m) => {
+    for (const x of m.values()) (x.destroy(), rt().cacheBytes(-texBytes(x)));
+    m.clear();
+  },
+);
 
 /**
  * An rgba32float texture [w, h, layers] for `role` (usable as a storage or sampled texture and as a copy

@@ -1,6 +1,7 @@
 // Small helpers shared by the kernel families: shape arithmetic, dispatch grids, the uniform layout of
 // shapes/strides (up to MAX_RANK dims, packed as vec4<u32> arrays), and the WGSL that decodes them.
 import { ShapeError, Tensor } from '../engine/tensor.js';
+import { rt } from '../engine/runtime.js';
 
 export const MAX_RANK = 8;
 
@@ -124,4 +125,23 @@ export function memoKernel<A extends unknown[]>(gen: (...args: A) => string): (.
 /** Forget every memoized kernel source (after changing a module-level tuning that generators read). */
 export function clearKernelMemos() {
   for (const m of kernelMemos) m.clear();
+}
+
+/**
+ * A value a kernel module keeps per runtime (its cache of textures or buffers), made on first use; `drop` frees
+ * what it holds when the runtime's `releasePool()` runs (which flushes first: submitted work keeps destroyed
+ * resources alive until it is done).
+ */
+export function perRuntime<T>(make: () => T, drop: (v: T) => void): () => T {
+  const store = new WeakMap<object, T>();
+  return () => {
+    const r = rt();
+    let v = store.get(r);
+    if (v === undefined) {
+      const made = make();
+      store.set(r, (v = made));
+      r.onReleasePool(() => drop(made));
+    }
+    return v;
+  };
 }

@@ -195,12 +195,17 @@ describe('K-major weight copies (CPU adapters with 8-wide subgroups)', () => {
   const ref = (x: Float32Array, w: Float32Array) => R.rmatmul(R.rt64(x, [M, K]), R.rt64(w, [N, K]), false, true).data;
   afterEach(() => setMatmulWeightCacheBytes(null));
 
+  /** an input and a frozen weight, with no copies kept from earlier tests */
+  const setup = () => {
+    rt().releasePool();
+    const wData = rand(N * K, 2);
+    return { x: Tensor.from(rand(M * K, 1), [M, K]), wData, w: Tensor.from(wData, [N, K]) };
+  };
+
   it('a frozen weight is copied K-major from its second use on, reused, refreshed when it changes in place, freed with it', async (ctx) => {
     if (!eight()) ctx.skip();
-    rt().releasePool();
-    const x = Tensor.from(rand(M * K, 1), [M, K]);
-    let wData = rand(N * K, 2);
-    const w = Tensor.from(wData, [N, K]);
+    const { x, w, ...rest } = setup();
+    let wData = rest.wData;
     const call = async () => {
       let y: Tensor | null = null;
       const names = await dispatchedBy(() => {
@@ -243,10 +248,7 @@ describe('K-major weight copies (CPU adapters with 8-wide subgroups)', () => {
 
   it('no copies for weights that require gradients, past the cap, with the cache off, or in f16', async (ctx) => {
     if (!eight()) ctx.skip();
-    rt().releasePool();
-    const x = Tensor.from(rand(M * K, 1), [M, K]);
-    const wData = rand(N * K, 2);
-    const w = Tensor.from(wData, [N, K]);
+    const { x, w, wData } = setup();
     const twice = async () => {
       for (let i = 0; i < 2; i++) {
         const y = linear(x, w);

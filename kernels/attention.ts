@@ -545,10 +545,13 @@ function rowSource(n: number, name: string, tex: boolean): string {
     ? `@group(0) @binding(${n}) var ${name}T: texture_storage_2d_array<rgba32float, read>;`
     : `@group(0) @binding(${n}) var<storage, read> ${name}: array<vec4<f32>>;`;
 }
-/** `let ${out}c = ...` for the n4 vec4 of the row `row` of head h in batch item b (buffer offset `at`) */
+/** WGSL: vec4 c of row `row` of head h in batch item b (n4 vec4s a head), from the buffer (at buffer offset `at`) or the texture */
+function rowElem(name: string, tex: boolean, at: string, row: string, n4: number, c: number): string {
+  return tex ? `textureLoad(${name}T, vec2<u32>(h * ${n4}u + ${c}u, ${row}), b)` : `${name}[${at} + ${c}u]`;
+}
+/** `let ${out}c = ...` for the n4 vec4s of that row */
 function rowLoads(out: string, name: string, tex: boolean, at: string, row: string, n4: number): string {
-  if (!tex) return `let ${out}r = ${at};\n    ` + range(n4).map((c) => `let ${out}${c} = ${name}[${out}r + ${c}u];`).join(' ');
-  return range(n4).map((c) => `let ${out}${c} = textureLoad(${name}T, vec2<u32>(h * ${n4}u + ${c}u, ${row}), b);`).join(' ');
+  return `let ${out}r = ${at};\n    ` + range(n4).map((c) => `let ${out}${c} = ${rowElem(name, tex, `${out}r`, row, n4, c)};`).join(' ');
 }
 /** the backward kernels' inputs, with Q and dO (`texQG`) or K and V (`texKV`) as textures */
 function bwdBindings(texQG: boolean, texKV: boolean): string {
@@ -610,12 +613,9 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(subgroup_invocation_id) 
   let vb = b * u.Sk * vs + h * ${DV4}u;
   ${Rs.map(
     (r) => `let i${r} = row0 + ${r * SG}u + lane;
-  ${
-    texQ
-      ? C.map((c) => `let q${r}_${c} = textureLoad(QT, vec2<u32>(h * ${D4}u + ${c}u, min(i${r}, u.Sq - 1u)), b) * u.c;`).join(' ')
-      : `let qb${r} = (b * u.Sq + min(i${r}, u.Sq - 1u)) * ks + h * ${D4}u;
-  ${C.map((c) => `let q${r}_${c} = Q[qb${r} + ${c}u] * u.c;`).join(' ')}`
-  }
+  let ic${r} = min(i${r}, u.Sq - 1u);
+  let qb${r} = (b * u.Sq + ic${r}) * ks + h * ${D4}u;
+  ${C.map((c) => `let q${r}_${c} = ${rowElem('Q', texQ, `qb${r}`, `ic${r}`, D4, c)} * u.c;`).join(' ')}
   ${CV.map((c) => `var o${r}_${c} = vec4<f32>(0.0);`).join(' ')}
   var m${r} = ${NEG};
   var l${r} = 0.0;
@@ -683,8 +683,8 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(subgroup_invocation_id) 
   let qb${r} = (b * u.Sq + ic${r}) * ks + h * ${D4}u;
   let gb${r} = (b * u.Sq + ic${r}) * vs + h * ${DV4}u;
   let ld${r} = LD[(b * u.H + h) * u.Sq + ic${r}];
-  ${C.map((c) => `let q${r}_${c} = ${texQG ? `textureLoad(QT, vec2<u32>(h * ${D4}u + ${c}u, ic${r}), b)` : `Q[qb${r} + ${c}u]`} * u.c;`).join(' ')}
-  ${CV.map((c) => `let g${r}_${c} = ${texQG ? `textureLoad(DOT, vec2<u32>(h * ${DV4}u + ${c}u, ic${r}), b)` : `DO[gb${r} + ${c}u]`};`).join(' ')}
+  ${C.map((c) => `let q${r}_${c} = ${rowElem('Q', texQG, `qb${r}`, `ic${r}`, D4, c)} * u.c;`).join(' ')}
+  ${CV.map((c) => `let g${r}_${c} = ${rowElem('DO', texQG, `gb${r}`, `ic${r}`, DV4, c)};`).join(' ')}
   ${C.map((c) => `var dq${r}_${c} = vec4<f32>(0.0);`).join(' ')}
   let kend${r} = ${causal ? `min(u.Sk, ic${r} + 1u)` : 'u.Sk'};`,
   ).join('\n  ')}
@@ -843,7 +843,7 @@ function rowsFromTextures(d: Dims): boolean {
   return (
     !g.compat && // compatibility mode restricts storage textures
     g.wgslFeatures.has('readonly_and_readwrite_storage_textures') &&
-    (lim.maxStorageTexturesPerShaderStage ?? 0) >= 2 &&
+    (lim.maxStorageTexturesPerShaderStage ?? 0) >= 4 && // dQ reading its own rows too binds Q, K, V and dO
     d.H * Math.max(d.D, d.Dv) / 4 <= lim.maxTextureDimension2D &&
     Math.max(d.Sq, d.Sk) <= lim.maxTextureDimension2D &&
     d.B <= lim.maxTextureArrayLayers

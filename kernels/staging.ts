@@ -23,7 +23,10 @@ export function setStagingTextureCacheBytes(bytes: number) {
   capBytes = bytes;
 }
 
-const texBytes = (x: GPUTexture) => x.width * x.height * x.depthOrArrayLayers * 16;
+/** storage formats of staging textures: f32 values, or f16 values (f16 activations; read back as f32 in shaders) */
+export type StagingFormat = 'rgba32float' | 'rgba16float';
+const texelBytes = (f: GPUTextureFormat) => (f === 'rgba16float' ? 8 : 16);
+const texBytes = (x: GPUTexture) => x.width * x.height * x.depthOrArrayLayers * texelBytes(x.format);
 
 const cache = perRuntime(
   () => new Map<string, GPUTexture>(),
@@ -34,17 +37,17 @@ const cache = perRuntime(
 );
 
 /**
- * An rgba32float texture [w, h, layers] for `role` (usable as a storage or sampled texture and as a copy
- * destination), from the cache or new; its previous contents are undefined.
+ * A texture [w, h, layers] of `format` (default rgba32float) for `role` (usable as a storage or sampled texture
+ * and as a copy destination), from the cache or new; its previous contents are undefined.
  */
-export function stagingTexture(role: string, size: [number, number, number]): GPUTexture {
+export function stagingTexture(role: string, size: [number, number, number], format: StagingFormat = 'rgba32float'): GPUTexture {
   const r = rt();
   const c = cache();
-  const key = `${role} ${size.join('x')}`;
+  const key = `${role} ${size.join('x')} ${format}`;
   let tex = c.get(key);
   if (tex) c.delete(key); // re-inserted below: the map's order is least recently used first
   else {
-    let bytes = size[0] * size[1] * size[2] * 16;
+    let bytes = size[0] * size[1] * size[2] * texelBytes(format);
     for (const x of c.values()) bytes += texBytes(x);
     if (bytes > capBytes) {
       r.flush(); // pending kernels may use the textures destroyed here; submitted work keeps them alive
@@ -58,7 +61,7 @@ export function stagingTexture(role: string, size: [number, number, number]): GP
     }
     tex = r.device.createTexture({
       size,
-      format: 'rgba32float',
+      format,
       usage: GPUTextureUsage.STORAGE_BINDING | GPUTextureUsage.TEXTURE_BINDING | GPUTextureUsage.COPY_DST,
       label: `staging_${role}`,
     });
@@ -87,14 +90,16 @@ export function linearTextureFits(vec4s: number): boolean {
 
 /**
  * The first `vec4s` vec4 values of `t` copied into a linear texture for `role` (a 2D view, for `texture_2d<f32>`
- * bindings read with `linearLoad`). The caller checks `linearTextureFits`.
+ * bindings read with `linearLoad`; an f16 tensor goes to an rgba16float texture, which shaders read as f32).
+ * The caller checks `linearTextureFits`.
  */
 export function linearTexture(t: Tensor, vec4s: number, role: string): GPUTextureView {
   const full = Math.floor(vec4s / LINEAR_WIDTH);
   const rest = vec4s - full * LINEAR_WIDTH;
-  const tex = stagingTexture(role, [LINEAR_WIDTH, linearRows(vec4s), 1]);
+  const format: StagingFormat = t.dtype === 'f16' ? 'rgba16float' : 'rgba32float';
+  const tex = stagingTexture(role, [LINEAR_WIDTH, linearRows(vec4s), 1], format);
   const r = rt();
-  const rowBytes = LINEAR_WIDTH * 16;
+  const rowBytes = LINEAR_WIDTH * texelBytes(format);
   if (full > 0) r.copyToTexture(t.buffer, 0, rowBytes, full, tex, [LINEAR_WIDTH, full, 1]);
   if (rest > 0) r.copyToTexture(t.buffer, full * rowBytes, rowBytes, 1, tex, [rest, 1, 1], [0, full, 0]);
   return tex.createView();

@@ -91,6 +91,41 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
   if (${v} >= ${count}) { return; }`;
 }
 
+// ---- storage dtypes of float tensors ----
+// Float tensors are stored as f32, or as f16 where the device has `shader-f16` (weights, and activations with
+// their gradients). Kernels always compute in f32: a binding is declared with its tensor's storage type
+// (`storageType`), every load is widened (`f32(X[i])`, `vec4<f32>(X[i])`: a no-op for f32) and every store
+// narrowed (`${storageType(dt)}(v)`, `vec4<${storageType(dt)}>(v)`). A gradient has the dtype of the tensor
+// it belongs to.
+
+export type FloatDType = 'f32' | 'f16';
+
+/** WGSL scalar type that stores a float tensor of dtype `dt` */
+export const storageType = (dt: string) => (dt === 'f16' ? 'f16' : 'f32');
+
+/** WGSL: the `enable f16;` directive when any of `dts` is f16 (else nothing) */
+export const enableF16 = (...dts: string[]) => (dts.includes('f16') ? 'enable f16;' : '');
+
+/**
+ * Checks that `t` (the op's argument `arg`) is a float tensor that this device can compute with: f32, or f16
+ * with `shader-f16`. Returns its dtype.
+ */
+export function floatDtype(op: string, arg: string, t: Tensor): FloatDType {
+  if (t.dtype !== 'f32' && t.dtype !== 'f16') throw new ShapeError(`${op}: ${arg} must be f32 or f16, got ${t.dtype} [${t.shape}]`);
+  if (t.dtype === 'f16' && !rt().features.has('shader-f16'))
+    throw new ShapeError(`${op}: ${arg} is f16, which needs the device feature shader-f16 (this adapter has none): use f32 tensors`);
+  return t.dtype;
+}
+
+/** Checks that every tensor in `ts` (named by `args`) has one float dtype, and returns it. */
+export function sameFloatDtype(op: string, ts: Tensor[], args: string[]): FloatDType {
+  const dt = floatDtype(op, args[0], ts[0]);
+  for (let i = 1; i < ts.length; i++)
+    if (floatDtype(op, args[i], ts[i]) !== dt)
+      throw new ShapeError(`${op}: ${args[i]} is ${ts[i].dtype} but ${args[0]} is ${dt}: the activations and their gradients must share one dtype (cast() converts)`);
+  return dt;
+}
+
 export function assertDtype(op: string, t: Tensor, ...allowed: string[]) {
   if (!allowed.includes(t.dtype)) throw new ShapeError(`${op}: expected dtype ${allowed.join(' or ')}, got ${t.dtype} for [${t.shape}]`);
 }

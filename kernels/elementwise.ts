@@ -3,9 +3,11 @@
 // Same-shape operands take the vec4 fast path (4 elements per invocation, no index math); broadcast
 // operands decode the output index with rank-specialised code. Tensors larger than one storage binding
 // are processed in chunks bound at offsets. Each op's backward rule sits right below its forward.
+// Operands may be f32 or f16 (storage only: expressions compute in f32); the result is f16 when every operand
+// is f16, else f32 (as in PyTorch, f16 with f32 gives f32). `cast` converts between the two.
 import { rt, Uniforms } from '../engine/runtime.js';
 import { ShapeError, Tensor, wantsGrad, record } from '../engine/tensor.js';
-import { broadcastShapes, broadcastStrides, collapseDims, grid, prod, sameShape, stridesOf, WG_INDEX, memoKernel, flatMain } from './util.js';
+import { broadcastShapes, broadcastStrides, collapseDims, grid, prod, sameShape, stridesOf, WG_INDEX, memoKernel, flatMain, floatDtype, needF16, storageType, enableF16, type FloatDType } from './util.js';
 import { sumTo } from './reduce.js';
 
 /** WGSL helpers usable in expressions (vec4 versions). */
@@ -85,15 +87,17 @@ const TERNARY: Record<string, string> = {
 };
 
 const contiguousKernel = memoKernel(contiguousKernelSource);
-function contiguousKernelSource(def: ElementwiseDef, per: number): string {
+/** `dts`: the storage dtypes of the operands, then of the output */
+function contiguousKernelSource(def: ElementwiseDef, per: number, dts: FloatDType[]): string {
   const names = ['a', 'b', 'c'].slice(0, def.arity);
-  return /* wgsl */ `
+  const yt = storageType(dts[def.arity]);
+  return /* wgsl */ `${enableF16(...dts)}
 ${PRELUDE}
 ${WG_INDEX}
 struct P { n: u32, _0: u32, p0: f32, p1: f32 }
 @group(0) @binding(0) var<uniform> u: P;
-${names.map((x, i) => `@group(0) @binding(${i + 1}) var<storage, read> ${x.toUpperCase()}: array<vec4<f32>>;`).join('\n')}
-@group(0) @binding(${def.arity + 1}) var<storage, read_write> Y: array<vec4<f32>>;
+${names.map((x, i) => `@group(0) @binding(${i + 1}) var<storage, read> ${x.toUpperCase()}: array<vec4<${storageType(dts[i])}>>;`).join('\n')}
+@group(0) @binding(${def.arity + 1}) var<storage, read_write> Y: array<vec4<${yt}>>;
 @compute @workgroup_size(64)
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
   let base = wg_index(wid, nwg) * ${64 * per}u + li;
@@ -101,8 +105,8 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
   for (var j = 0u; j < ${per}u; j++) {
     let i = base + j * 64u;
     if (i >= u.n) { return; }
-    ${names.map((x) => `let ${x} = ${x.toUpperCase()}[i];`).join(' ')}
-    Y[i] = ${def.expr};
+    ${names.map((x) => `let ${x} = vec4<f32>(${x.toUpperCase()}[i]);`).join(' ')}
+    Y[i] = vec4<${yt}>(${def.expr});
   }
 }`;
 }
@@ -116,18 +120,19 @@ export function elementsPerInvocation(): number {
 }
 
 const broadcastKernel = memoKernel(broadcastKernelSource);
-function broadcastKernelSource(def: ElementwiseDef, rank: number): string {
+function broadcastKernelSource(def: ElementwiseDef, rank: number, dts: FloatDType[]): string {
   const names = ['a', 'b', 'c'].slice(0, def.arity);
+  const yt = storageType(dts[def.arity]);
   const dims = [...Array(rank).keys()].reverse();
   // shape/strides live in vec4 arrays: sh[d/4][d%4]
   const at = (arr: string, d: number) => `u.${arr}[${d >> 2}][${d & 3}]`;
-  return /* wgsl */ `
+  return /* wgsl */ `${enableF16(...dts)}
 ${PRELUDE}
 ${WG_INDEX}
 struct P { n: u32, _0: u32, p0: f32, p1: f32, sh: array<vec4<u32>, 2>, ${names.map((x) => `s${x}: array<vec4<u32>, 2>`).join(', ')} }
 @group(0) @binding(0) var<uniform> u: P;
-${names.map((x, i) => `@group(0) @binding(${i + 1}) var<storage, read> ${x.toUpperCase()}: array<f32>;`).join('\n')}
-@group(0) @binding(${def.arity + 1}) var<storage, read_write> Y: array<f32>;
+${names.map((x, i) => `@group(0) @binding(${i + 1}) var<storage, read> ${x.toUpperCase()}: array<${storageType(dts[i])}>;`).join('\n')}
+@group(0) @binding(${def.arity + 1}) var<storage, read_write> Y: array<${yt}>;
 @compute @workgroup_size(64)
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
   let i4 = (wg_index(wid, nwg) * 64u + li) * 4u;
@@ -143,19 +148,24 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
         (d) => `{ let c = rem % ${at('sh', d)}; rem = rem / ${at('sh', d)}; ${names.map((x) => `o${x} += c * ${at('s' + x, d)};`).join(' ')} }`,
       )
       .join('\n    ')}
-    ${names.map((x) => `${x}[k] = ${x.toUpperCase()}[o${x}];`).join(' ')}
+    ${names.map((x) => `${x}[k] = f32(${x.toUpperCase()}[o${x}]);`).join(' ')}
   }
   let y = ${def.expr};
-  for (var k = 0u; k < 4u; k++) { if (i4 + k < u.n) { Y[i4 + k] = y[k]; } }
+  for (var k = 0u; k < 4u; k++) { if (i4 + k < u.n) { Y[i4 + k] = ${yt}(y[k]); } }
 }`;
 }
 
-/** Run an elementwise op (no autodiff). Inputs are broadcast to a common shape. */
-export function elementwise(name: string, def: ElementwiseDef, inputs: Tensor[], p0 = 0, p1 = 0, outShape?: number[]): Tensor {
-  for (const t of inputs)
-    if (t.dtype !== 'f32') throw new ShapeError(`${name}: expected f32 tensors, got ${t.dtype} [${t.shape}]`);
+/**
+ * Run an elementwise op (no autodiff). Inputs are broadcast to a common shape. The result is f16 when every
+ * input is f16 (or `outDtype` says so), else f32.
+ */
+export function elementwise(name: string, def: ElementwiseDef, inputs: Tensor[], p0 = 0, p1 = 0, outShape?: number[], outDtype?: FloatDType): Tensor {
+  const dts = inputs.map((t, i) => floatDtype(name, inputs.length > 1 ? `operand ${i}` : 'input', t));
+  const yt: FloatDType = outDtype ?? (dts.length && dts.every((d) => d === 'f16') ? 'f16' : 'f32');
+  if (yt === 'f16') needF16(name, 'the output');
+  dts.push(yt);
   const shape = outShape ?? inputs.map((t) => [...t.shape]).reduce((s, t) => broadcastShapes(name, s, t));
-  const out = Tensor.empty(shape, 'f32', name);
+  const out = Tensor.empty(shape, yt, name);
   const n = prod(shape);
   if (n === 0) return out;
   const r = rt();
@@ -164,10 +174,13 @@ export function elementwise(name: string, def: ElementwiseDef, inputs: Tensor[],
     const n4 = Math.ceil(n / 4);
     const chunk = Math.floor(r.maxBindingBytes / 16 / 64) * 64; // vec4s per chunk, 256-byte aligned offsets
     const per = elementsPerInvocation();
-    const code = contiguousKernel(def, per);
+    const code = contiguousKernel(def, per, dts);
     for (let start = 0; start < n4; start += chunk) {
       const cnt = Math.min(chunk, n4 - start);
-      const bind = (t: Tensor) => ({ buffer: t.buffer, offset: start * 16, size: Math.min(cnt * 16, t.buffer.size - start * 16) });
+      const bind = (t: Tensor) => {
+        const v4 = t.dtype === 'f16' ? 8 : 16;
+        return { buffer: t.buffer, offset: start * v4, size: Math.min(cnt * v4, t.buffer.size - start * v4) };
+      };
       r.dispatch({
         name,
         code,
@@ -187,7 +200,7 @@ export function elementwise(name: string, def: ElementwiseDef, inputs: Tensor[],
   for (let k = 0; k < inputs.length; k++) uni.u32(...pad(strides[k]));
   r.dispatch({
     name,
-    code: broadcastKernel(def, cs.length),
+    code: broadcastKernel(def, cs.length, dts),
     uniforms: uni.done(),
     bindings: [...inputs.map((t) => ({ buffer: t.buffer })), { buffer: out.buffer }],
     workgroups: grid(Math.ceil(n / 256)),
@@ -279,39 +292,56 @@ export function cos(x: Tensor) {
 }
 
 // ---------------- creation ----------------
-const FULL = /* wgsl */ `
+const fullKernel = memoKernel(
+  (dt: FloatDType) => /* wgsl */ `${enableF16(dt)}
 ${WG_INDEX}
 struct P { n: u32, _0: u32, v: f32, _1: f32 }
 @group(0) @binding(0) var<uniform> u: P;
-@group(0) @binding(1) var<storage, read_write> Y: array<vec4<f32>>;
+@group(0) @binding(1) var<storage, read_write> Y: array<vec4<${storageType(dt)}>>;
 ${flatMain('i', 'u.n')}
-  Y[i] = vec4<f32>(u.v);
-}`;
+  Y[i] = vec4<${storageType(dt)}>(vec4<f32>(u.v));
+}`,
+);
 
-export function full(shape: readonly number[], v: number): Tensor {
-  const out = Tensor.empty(shape, 'f32', 'full');
+/** A tensor of `shape` filled with `v` (f32, or f16 storage). */
+export function full(shape: readonly number[], v: number, dtype: FloatDType = 'f32'): Tensor {
+  if (dtype === 'f16') needF16('full', 'the dtype');
+  const out = Tensor.empty(shape, dtype, 'full');
   const n = prod(shape);
   if (n === 0) return out;
   const r = rt();
   const n4 = Math.ceil(n / 4);
+  const v4 = dtype === 'f16' ? 8 : 16;
   const chunk = Math.floor(r.maxBindingBytes / 16 / 64) * 64;
-  const code = FULL;
+  const code = fullKernel(dtype);
   for (let start = 0; start < n4; start += chunk) {
     const cnt = Math.min(chunk, n4 - start);
     r.dispatch({
       name: 'full',
       code,
       uniforms: new Uniforms().u32(cnt, 0).f32(v, 0).done(),
-      bindings: [{ buffer: out.buffer, offset: start * 16, size: Math.min(cnt * 16, out.buffer.size - start * 16) }],
+      bindings: [{ buffer: out.buffer, offset: start * v4, size: Math.min(cnt * v4, out.buffer.size - start * v4) }],
       workgroups: grid(Math.ceil(cnt / 64)),
     });
   }
   return out;
 }
-export const zeros = (shape: readonly number[]) => full(shape, 0);
-export const ones = (shape: readonly number[]) => full(shape, 1);
-export const zerosLike = (t: Tensor) => full(t.shape, 0);
-export const onesLike = (t: Tensor) => full(t.shape, 1);
+export const zeros = (shape: readonly number[], dtype: FloatDType = 'f32') => full(shape, 0, dtype);
+export const ones = (shape: readonly number[], dtype: FloatDType = 'f32') => full(shape, 1, dtype);
+/** zeros / ones of `t`'s shape and dtype */
+export const zerosLike = (t: Tensor) => full(t.shape, 0, t.dtype === 'f16' ? 'f16' : 'f32');
+export const onesLike = (t: Tensor) => full(t.shape, 1, t.dtype === 'f16' ? 'f16' : 'f32');
+
+/**
+ * `x` stored as `dtype` ('f32' or 'f16'; f16 needs the device's shader-f16): values are rounded to nearest
+ * when narrowing. The gradient is cast back to x's dtype. Returns x itself when it already has the dtype.
+ */
+export function cast(x: Tensor, dtype: FloatDType): Tensor {
+  const from = floatDtype('cast', 'input', x);
+  if (from === dtype) return x;
+  const y = elementwise('cast', { arity: 1, expr: 'a' }, [x], 0, 0, undefined, dtype);
+  return record(y, 'cast', [x], (g) => [cast(g, from)]);
+}
 
 // ---------------- binary ops ----------------
 function reduceGrad(g: Tensor, shape: readonly number[]): Tensor {
@@ -363,13 +393,13 @@ export function equal(a: Tensor, b: Tensor) {
 
 /** cond != 0 ? a : b, broadcasting all three; no gradient to cond. */
 export function where(cond: Tensor, a: Tensor, b: Tensor): Tensor {
-  const y = elementwise('where', { arity: 3, expr: TERNARY.where }, [cond, a, b]);
+  // the result's dtype follows a and b (the condition's storage does not matter)
+  const sel = (x: Tensor, y: Tensor) =>
+    elementwise('where', { arity: 3, expr: TERNARY.where }, [cond, x, y], 0, 0, undefined, x.dtype === 'f16' && y.dtype === 'f16' ? 'f16' : 'f32');
+  const y = sel(a, b);
   return record(y, 'where', [a, b], (g) => {
     const z = zerosLike(g);
-    return [
-      wantsGrad(a) ? reduceGrad(elementwise('where', { arity: 3, expr: TERNARY.where }, [cond, g, z]), a.shape) : null,
-      wantsGrad(b) ? reduceGrad(elementwise('where', { arity: 3, expr: TERNARY.where }, [cond, z, g]), b.shape) : null,
-    ];
+    return [wantsGrad(a) ? reduceGrad(sel(g, z), a.shape) : null, wantsGrad(b) ? reduceGrad(sel(z, g), b.shape) : null];
   });
 }
 

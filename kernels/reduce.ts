@@ -3,7 +3,7 @@
 // invocation per output; large ones a 64-wide workgroup per output with a tree in workgroup memory.
 import { rt, Uniforms } from '../engine/runtime.js';
 import { ShapeError, Tensor, record } from '../engine/tensor.js';
-import { collapseDims, grid, normAxis, prod, stridesOf, WG_INDEX, memoKernel, flatMain } from './util.js';
+import { collapseDims, grid, normAxis, prod, stridesOf, WG_INDEX, memoKernel, flatMain, floatDtype, storageType, enableF16, type FloatDType } from './util.js';
 import { broadcastTo, reshape } from './shape.js';
 import { mul, scale, equal, div } from './elementwise.js';
 
@@ -21,15 +21,16 @@ function decode(prefix: string, rank: number, idx: string, field: string): strin
 }
 
 const kernel = memoKernel(kernelSource);
-function kernelSource(op: ReduceOp, keptRank: number, redRank: number, wide: boolean): string {
+function kernelSource(op: ReduceOp, keptRank: number, redRank: number, wide: boolean, dt: FloatDType): string {
   const init = op === 'sum' ? '0.0' : '-3.4e38';
   const comb = (a: string, b: string) => (op === 'sum' ? `${a} + ${b}` : `max(${a}, ${b})`);
-  const head = /* wgsl */ `
+  const ty = storageType(dt);
+  const head = /* wgsl */ `${enableF16(dt)}
 ${WG_INDEX}
 struct P { nout: u32, nred: u32, _0: u32, _1: u32, ksh: array<vec4<u32>, 2>, kst: array<vec4<u32>, 2>, rsh: array<vec4<u32>, 2>, rst: array<vec4<u32>, 2> }
 @group(0) @binding(0) var<uniform> u: P;
-@group(0) @binding(1) var<storage, read> X: array<f32>;
-@group(0) @binding(2) var<storage, read_write> Y: array<f32>;`;
+@group(0) @binding(1) var<storage, read> X: array<${ty}>;
+@group(0) @binding(2) var<storage, read_write> Y: array<${ty}>;`;
   if (!wide)
     return /* wgsl */ `${head}
 ${flatMain('o', 'u.nout')}
@@ -37,9 +38,9 @@ ${flatMain('o', 'u.nout')}
   var acc = ${init};
   for (var r = 0u; r < u.nred; r++) {
     ${decode('r', redRank, 'r', 'r')}
-    acc = ${comb('acc', 'X[koff + roff]')};
+    acc = ${comb('acc', 'f32(X[koff + roff])')};
   }
-  Y[o] = acc;
+  Y[o] = ${ty}(acc);
 }`;
   return /* wgsl */ `${head}
 var<workgroup> part: array<f32, 64>;
@@ -48,7 +49,7 @@ ${flatMain('o', 'u.nout', 'workgroup')}
   var acc = ${init};
   for (var r = li; r < u.nred; r += 64u) {
     ${decode('r', redRank, 'r', 'r')}
-    acc = ${comb('acc', 'X[koff + roff]')};
+    acc = ${comb('acc', 'f32(X[koff + roff])')};
   }
   part[li] = acc;
   workgroupBarrier();
@@ -56,7 +57,7 @@ ${flatMain('o', 'u.nout', 'workgroup')}
     if (li < s) { part[li] = ${comb('part[li]', 'part[li + s]')}; }
     workgroupBarrier();
   }
-  if (li == 0u) { Y[o] = part[0]; }
+  if (li == 0u) { Y[o] = ${ty}(part[0]); }
 }`;
 }
 
@@ -67,7 +68,8 @@ function normAxes(shape: readonly number[], axes: number | number[] | undefined,
 }
 
 function reduceRaw(op: ReduceOp, x: Tensor, axes: number[], keepDims: boolean): Tensor {
-  if (x.dtype !== 'f32') throw new ShapeError(`${op}: expected f32, got ${x.dtype}`);
+  // f16 input: f16 result, accumulated in f32
+  const dt = floatDtype(op, 'input', x);
   const r = rt();
   if (x.byteLength > r.maxBindingBytes) throw new ShapeError(`${op}: input of ${x.byteLength} bytes exceeds the storage binding limit`);
   const st = stridesOf(x.shape);
@@ -75,7 +77,7 @@ function reduceRaw(op: ReduceOp, x: Tensor, axes: number[], keepDims: boolean): 
   const kept = collapseDims(x.shape.filter((_, i) => !isRed[i]), [st.filter((_, i) => !isRed[i])]);
   const red = collapseDims(x.shape.filter((_, i) => isRed[i]), [st.filter((_, i) => isRed[i])]);
   const outShape = keepDims ? x.shape.map((d, i) => (isRed[i] ? 1 : d)) : x.shape.filter((_, i) => !isRed[i]);
-  const out = Tensor.empty(outShape, 'f32', op);
+  const out = Tensor.empty(outShape, dt, op);
   const nout = prod(outShape);
   const nred = prod(red.shape);
   if (nout === 0) return out;
@@ -83,7 +85,7 @@ function reduceRaw(op: ReduceOp, x: Tensor, axes: number[], keepDims: boolean): 
   const wide = nred > 256;
   r.dispatch({
     name: op,
-    code: kernel(op, kept.shape.length, red.shape.length, wide),
+    code: kernel(op, kept.shape.length, red.shape.length, wide, dt),
     uniforms: new Uniforms(64)
       .u32(nout, nred, 0, 0)
       .u32(...pad(kept.shape, 1), ...pad(kept.strides[0], 0), ...pad(red.shape, 1), ...pad(red.strides[0], 0))

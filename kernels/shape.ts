@@ -112,7 +112,7 @@ export function slice(x: Tensor, ranges: Record<number, [number, number]> | [num
   const out = Tensor.empty(shape, x.dtype, 'slice');
   stridedCopy(x, out, shape, st, base, false);
   return record(out, 'slice', [x], (g) => {
-    const z = zeros(x.shape);
+    const z = zeros(x.shape, g.dtype === 'f16' ? 'f16' : 'f32');
     stridedCopy(g, z, shape, st, base, true);
     return [z];
   });
@@ -170,7 +170,7 @@ export function pad(x: Tensor, pads: Record<number, [number, number]> | [number,
     before[ax] = v[0];
     shape[ax] += v[0] + v[1];
   }
-  const out = zeros(shape);
+  const out = zeros(shape, x.dtype === 'f16' ? 'f16' : 'f32'); // (i32 zeros are f32 zeros' bits)
   const st = stridesOf(shape);
   stridedCopy(x, out, x.shape, st, before.reduce((a, b, i) => a + b * st[i], 0), true);
   return record(out, 'pad', [x], (g) => {

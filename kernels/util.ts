@@ -112,9 +112,14 @@ export const enableF16 = (...dts: string[]) => (dts.includes('f16') ? 'enable f1
  */
 export function floatDtype(op: string, arg: string, t: Tensor): FloatDType {
   if (t.dtype !== 'f32' && t.dtype !== 'f16') throw new ShapeError(`${op}: ${arg} must be f32 or f16, got ${t.dtype} [${t.shape}]`);
-  if (t.dtype === 'f16' && !rt().features.has('shader-f16'))
-    throw new ShapeError(`${op}: ${arg} is f16, which needs the device feature shader-f16 (this adapter has none): use f32 tensors`);
+  if (t.dtype === 'f16') needF16(op, arg);
   return t.dtype;
+}
+
+/** Throws a ShapeError naming `op` and `what` unless the device has `shader-f16` (which f16 storage needs). */
+export function needF16(op: string, what: string) {
+  if (!rt().features.has('shader-f16'))
+    throw new ShapeError(`${op}: ${what} is f16, which needs the device feature shader-f16 (this adapter has none): use f32 tensors`);
 }
 
 /** Checks that every tensor in `ts` (named by `args`) has one float dtype, and returns it. */

@@ -4,17 +4,20 @@
 // halves of dx from the same loads. Each row is split over TC invocations that each loop over columns
 // sub, sub + TC, ... (neighbouring invocations on neighbouring vec4s; many per invocation on CPU adapters,
 // where per-workgroup overhead dominates). Inputs larger than one storage binding are processed in row
-// windows bound at aligned offsets.
+// windows bound at aligned offsets. x, y, dy and dx share one storage dtype, f32 or f16 (shader-f16); the
+// arithmetic is f32 (every load widened, every store narrowed).
 import { rt, Uniforms } from '../engine/runtime.js';
 import { ShapeError, Tensor, record, wantsGrad } from '../engine/tensor.js';
-import { grid, WG_INDEX, memoKernel, flatMain } from './util.js';
+import { grid, WG_INDEX, memoKernel, flatMain, enableF16, floatDtype, sameFloatDtype, storageType } from './util.js';
 
 const kernel = memoKernel(kernelSource);
-function kernelSource(vec: boolean, backward: boolean): string {
+function kernelSource(vec: boolean, backward: boolean, dt: string): string {
   const V = vec ? 'vec4<f32>' : 'f32';
-  return /* wgsl */ `
+  const S = vec ? `vec4<${storageType(dt)}>` : storageType(dt);
+  return /* wgsl */ `${enableF16(dt)}
 ${WG_INDEX}
 alias V = ${V};
+alias S = ${S};
 // 1 + erf(z) from erfc(|z|) (Chebyshev fit with fractional error < 1.2e-7 for all z >= 0): 2 - erfc(z) for
 // z >= 0 and erfc(-z) for z < 0, which keeps the left tail of gelu accurate instead of cancelling.
 fn one_plus_erf(z: V) -> V {
@@ -27,12 +30,12 @@ fn one_plus_erf(z: V) -> V {
 }
 struct P { rows: u32, D4: u32, TC: u32, _0: u32 }
 @group(0) @binding(0) var<uniform> u: P;
-@group(0) @binding(1) var<storage, read> X: array<V>;
+@group(0) @binding(1) var<storage, read> X: array<S>;
 ${
   backward
-    ? `@group(0) @binding(2) var<storage, read> G: array<V>;
-@group(0) @binding(3) var<storage, read_write> DX: array<V>;`
-    : '@group(0) @binding(2) var<storage, read_write> Y: array<V>;'
+    ? `@group(0) @binding(2) var<storage, read> G: array<S>;
+@group(0) @binding(3) var<storage, read_write> DX: array<S>;`
+    : '@group(0) @binding(2) var<storage, read_write> Y: array<S>;'
 }
 ${flatMain('t', 'u.rows * u.TC')}
   let row = t / u.TC;
@@ -40,15 +43,15 @@ ${flatMain('t', 'u.rows * u.TC')}
   for (var c = sub; c < u.D4; c += u.TC) {
     let i = row * u.D4 + c;
     let xi = i + row * u.D4; // row * 2 * D4 + c
-    let h = X[xi];
-    let gt = X[xi + u.D4];
+    let h = V(X[xi]);
+    let gt = V(X[xi + u.D4]);
     let cdf = 0.5 * one_plus_erf(gt * 0.7071067811865476);
     ${
       backward
-        ? `let g = G[i];
-    DX[xi] = g * gt * cdf;
-    DX[xi + u.D4] = g * h * (cdf + gt * 0.3989422804014327 * exp(-0.5 * gt * gt));`
-        : 'Y[i] = h * gt * cdf;'
+        ? `let g = V(G[i]);
+    DX[xi] = S(g * gt * cdf);
+    DX[xi + u.D4] = S(g * h * (cdf + gt * 0.3989422804014327 * exp(-0.5 * gt * gt)));`
+        : 'Y[i] = S(h * gt * cdf);'
     }
   }
 }`;
@@ -70,20 +73,26 @@ function run(name: string, x: Tensor, g: Tensor | null, out: Tensor, D: number) 
   const rows = x.size / (2 * D);
   const vec = D % 4 === 0;
   const D4 = vec ? D / 4 : D;
-  const rowBytes = 2 * D * 4;
+  const bytes = x.dtype === 'f16' ? 2 : 4;
+  const rowBytes = 2 * D * bytes;
   let per = rows;
   if (rows * rowBytes > r.maxBindingBytes) {
-    const alignElems = r.offsetAlign / 4;
+    const alignElems = r.offsetAlign / bytes;
     const step = alignElems / gcd(D, alignElems); // rows per aligned offset step of the D-wide tensors
     per = Math.floor(r.maxBindingBytes / rowBytes / step) * step;
     if (per < 1) throw new ShapeError(`${name}: ${step} row(s) of ${rowBytes} bytes exceed the storage binding limit (${r.maxBindingBytes})`);
   }
-  const code = kernel(vec, !!g);
+  const code = kernel(vec, !!g, x.dtype);
   const TC = Math.ceil(D4 / (perInvocation ?? (r.gpu.adapterClass === 'cpu' ? 64 : 4)));
   for (let r0 = 0; r0 < rows; r0 += per) {
     const nr = Math.min(per, rows - r0);
     const wide = (t: Tensor) => ({ buffer: t.buffer, offset: r0 * rowBytes, size: nr * rowBytes });
-    const narrow = (t: Tensor) => ({ buffer: t.buffer, offset: (r0 * rowBytes) / 2, size: (nr * rowBytes) / 2 });
+    // a binding is whole 4-byte words: an odd number of f16 elements binds one more (the pooled buffer has it)
+    const narrow = (t: Tensor) => ({
+      buffer: t.buffer,
+      offset: (r0 * rowBytes) / 2,
+      size: Math.min(t.buffer.size - (r0 * rowBytes) / 2, Math.ceil((nr * rowBytes) / 8) * 4),
+    });
     r.dispatch({
       name,
       code,
@@ -94,17 +103,21 @@ function run(name: string, x: Tensor, g: Tensor | null, out: Tensor, D: number) 
   }
 }
 
-/** diffusers GEGLU after its projection: x [..., 2D] -> hidden * gelu(gate), [..., D] (erf GELU). Gradient for x. */
+/**
+ * diffusers GEGLU after its projection: x [..., 2D] -> hidden * gelu(gate), [..., D] (erf GELU), in x's dtype
+ * (f32, or f16 with shader-f16). Gradient for x, in x's dtype (dy must have y's).
+ */
 export function geglu(x: Tensor): Tensor {
   if (x.rank < 1 || x.shape[x.rank - 1] % 2) throw new ShapeError(`geglu: last dim must be even (2 * D), got [${x.shape}]`);
-  if (x.dtype !== 'f32') throw new ShapeError(`geglu: input must be f32, got ${x.dtype}`);
+  const dt = floatDtype('geglu', 'x', x);
   const D = x.shape[x.rank - 1] / 2;
-  const y = Tensor.empty([...x.shape.slice(0, -1), D], 'f32', 'geglu');
+  const y = Tensor.empty([...x.shape.slice(0, -1), D], dt, 'geglu');
   if (y.size === 0) return y;
   run('geglu', x, null, y, D);
   return record(y, 'geglu', [x], (g) => {
     if (!wantsGrad(x)) return [null];
-    const dx = Tensor.empty(x.shape, 'f32', 'geglu_backward');
+    sameFloatDtype('geglu backward', [y, g], ['y', 'dy']);
+    const dx = Tensor.empty(x.shape, dt, 'geglu_backward');
     run('geglu_backward', x, g, dx, D);
     return [dx];
   });

@@ -13,11 +13,13 @@
 //           combine:   per group, the dx coefficients; per channel, dgamma and dbeta
 //           dx:        dx = p_c * g' + q * x + r  (p_c = rstd * gamma_c; q, r per group)
 // Tensors larger than one storage binding are processed in windows of whole planes bound at aligned
-// offsets (the small per-plane arrays are always bound whole). Weight and bias may be f16 (shader-f16);
-// all arithmetic is f32.
+// offsets (the small per-plane arrays are always bound whole). Storage: x, y, dy and dx share one dtype, f32
+// or f16 (shader-f16); weight and bias share theirs (f32 or f16), independently of x; dweight and dbias have
+// the weight's dtype; the per-plane statistics, partials and coefficients stay f32, and all arithmetic is
+// f32 (every load widened, every store narrowed).
 import { rt, Uniforms } from '../engine/runtime.js';
 import { ShapeError, Tensor, record, wantsGrad } from '../engine/tensor.js';
-import { grid, prod, WG_INDEX, memoKernel, flatMain } from './util.js';
+import { grid, prod, WG_INDEX, memoKernel, flatMain, enableF16, floatDtype, sameFloatDtype, storageType } from './util.js';
 
 /** vec4 loads per invocation in the plane passes (a plane gets ceil(S4 / perInvocation) invocations) */
 let perInvocation: number | null = null;
@@ -26,20 +28,23 @@ export function setGroupNormChunk(n: number | null) {
   perInvocation = n === null ? null : Math.max(1, Math.floor(n));
 }
 
-function header(vec: boolean) {
-  return /* wgsl */ `
+/** Shared prelude of the plane passes: V is the f32 compute type, S the storage type of x/y/dy/dx (`dt`). */
+function header(vec: boolean, dt: string) {
+  const st = storageType(dt);
+  return /* wgsl */ `${enableF16(dt)}
 ${WG_INDEX}
 alias V = ${vec ? 'vec4<f32>' : 'f32'};
+alias S = ${vec ? `vec4<${st}>` : st};
 const WIDTH = ${vec ? 4 : 1}u;
 fn hsum(v: V) -> f32 { return ${vec ? 'dot(v, vec4<f32>(1.0))' : 'v'}; }`;
 }
 
 // ---- forward ----
-const statsKernel = memoKernel((vec: boolean) => /* wgsl */ `
-${header(vec)}
+const statsKernel = memoKernel((vec: boolean, dt: string) => /* wgsl */ `
+${header(vec, dt)}
 struct P { planes: u32, S4: u32, T: u32, p0: u32 }
 @group(0) @binding(0) var<uniform> u: P;
-@group(0) @binding(1) var<storage, read> X: array<V>;
+@group(0) @binding(1) var<storage, read> X: array<S>;
 @group(0) @binding(2) var<storage, read_write> PART: array<vec4<f32>>; // count, mean, M2 per invocation
 ${flatMain('t', 'u.planes * u.T')}
   let p = t / u.T;
@@ -47,11 +52,11 @@ ${flatMain('t', 'u.planes * u.T')}
   let base = p * u.S4;
   var s = 0.0;
   var cnt = 0u;
-  for (var j = sub; j < u.S4; j += u.T) { s += hsum(X[base + j]); cnt++; }
+  for (var j = sub; j < u.S4; j += u.T) { s += hsum(V(X[base + j])); cnt++; }
   let n = f32(cnt * WIDTH);
   let mean = select(0.0, s / n, cnt > 0u);
   var m2 = 0.0;
-  for (var j = sub; j < u.S4; j += u.T) { let d = X[base + j] - V(mean); m2 += hsum(d * d); }
+  for (var j = sub; j < u.S4; j += u.T) { let d = V(X[base + j]) - V(mean); m2 += hsum(d * d); }
   PART[(u.p0 + p) * u.T + sub] = vec4<f32>(n, mean, m2, 0.0);
 }`);
 
@@ -92,21 +97,21 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
   }
 }`);
 
-const normalizeKernel = memoKernel((vec: boolean, silu: boolean) => /* wgsl */ `
-${header(vec)}
+const normalizeKernel = memoKernel((vec: boolean, silu: boolean, dt: string) => /* wgsl */ `
+${header(vec, dt)}
 struct P { planes: u32, S4: u32, T: u32, p0: u32 }
 @group(0) @binding(0) var<uniform> u: P;
-@group(0) @binding(1) var<storage, read> X: array<V>;
+@group(0) @binding(1) var<storage, read> X: array<S>;
 @group(0) @binding(2) var<storage, read> PS: array<vec4<f32>>;
-@group(0) @binding(3) var<storage, read_write> Y: array<V>;
+@group(0) @binding(3) var<storage, read_write> Y: array<S>;
 ${flatMain('t', 'u.planes * u.T')}
   let p = t / u.T;
   let sub = t - p * u.T;
   let base = p * u.S4;
   let ps = PS[u.p0 + p];
   for (var j = sub; j < u.S4; j += u.T) {
-    let y = X[base + j] * ps.x + V(ps.y);
-    Y[base + j] = ${silu ? 'y / (1.0 + exp(-y))' : 'y'};
+    let y = V(X[base + j]) * ps.x + V(ps.y);
+    Y[base + j] = S(${silu ? 'y / (1.0 + exp(-y))' : 'y'});
   }
 }`);
 
@@ -115,12 +120,12 @@ ${flatMain('t', 'u.planes * u.T')}
 const gradPre = (silu: boolean) =>
   silu ? 'let pre = xv * ps.x + V(ps.y); let sg = 1.0 / (1.0 + exp(-pre)); let gp = gv * sg * (1.0 + pre * (1.0 - sg));' : 'let gp = gv;';
 
-const bwdSumsKernel = memoKernel((vec: boolean, silu: boolean) => /* wgsl */ `
-${header(vec)}
+const bwdSumsKernel = memoKernel((vec: boolean, silu: boolean, dt: string) => /* wgsl */ `
+${header(vec, dt)}
 struct P { planes: u32, S4: u32, T: u32, p0: u32 }
 @group(0) @binding(0) var<uniform> u: P;
-@group(0) @binding(1) var<storage, read> X: array<V>;
-@group(0) @binding(2) var<storage, read> G: array<V>;
+@group(0) @binding(1) var<storage, read> X: array<S>;
+@group(0) @binding(2) var<storage, read> G: array<S>;
 @group(0) @binding(3) var<storage, read> PS: array<vec4<f32>>;
 @group(0) @binding(4) var<storage, read_write> PB: array<vec2<f32>>; // sum g', sum g' * (x - mean)
 ${flatMain('t', 'u.planes * u.T')}
@@ -131,8 +136,8 @@ ${flatMain('t', 'u.planes * u.T')}
   var sa = V(0.0);
   var sb = V(0.0);
   for (var j = sub; j < u.S4; j += u.T) {
-    let xv = X[base + j];
-    let gv = G[base + j];
+    let xv = V(X[base + j]);
+    let gv = V(G[base + j]);
     ${gradPre(silu)}
     sa += gp;
     sb += gp * (xv - V(ps.z));
@@ -148,7 +153,8 @@ struct P { N: u32, G: u32, Cg: u32, T: u32, M: f32, _0: u32, _1: u32, _2: u32 }
 @group(0) @binding(2) var<storage, read> PS: array<vec4<f32>>;
 @group(0) @binding(3) var<storage, read> W: array<${f16 ? 'f16' : 'f32'}>;
 @group(0) @binding(4) var<storage, read_write> CO: array<vec4<f32>>; // p_c, q, r per plane
-@group(0) @binding(5) var<storage, read_write> DW: array<f32>;       // [2, C]: dgamma, dbeta
+@group(0) @binding(5) var<storage, read_write> DG: array<${f16 ? 'f16' : 'f32'}>; // [C] dgamma, in the weight's dtype
+@group(0) @binding(6) var<storage, read_write> DB: array<${f16 ? 'f16' : 'f32'}>; // [C] dbeta
 fn plane_sums(pl: u32) -> vec2<f32> {
   var s = vec2<f32>(0.0);
   for (var t = 0u; t < u.T; t++) { s += PB[pl * u.T + t]; }
@@ -190,20 +196,20 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
       dg += s.y * PS[pl].w;
       db += s.x;
     }
-    DW[c] = dg;
-    DW[C + c] = db;
+    DG[c] = ${f16 ? 'f16(dg)' : 'dg'};
+    DB[c] = ${f16 ? 'f16(db)' : 'db'};
   }
 }`);
 
-const bwdDxKernel = memoKernel((vec: boolean, silu: boolean) => /* wgsl */ `
-${header(vec)}
+const bwdDxKernel = memoKernel((vec: boolean, silu: boolean, dt: string) => /* wgsl */ `
+${header(vec, dt)}
 struct P { planes: u32, S4: u32, T: u32, p0: u32 }
 @group(0) @binding(0) var<uniform> u: P;
-@group(0) @binding(1) var<storage, read> X: array<V>;
-@group(0) @binding(2) var<storage, read> G: array<V>;
+@group(0) @binding(1) var<storage, read> X: array<S>;
+@group(0) @binding(2) var<storage, read> G: array<S>;
 ${silu ? '@group(0) @binding(3) var<storage, read> PS: array<vec4<f32>>;' : ''}
 @group(0) @binding(${silu ? 4 : 3}) var<storage, read> CO: array<vec4<f32>>;
-@group(0) @binding(${silu ? 5 : 4}) var<storage, read_write> DX: array<V>;
+@group(0) @binding(${silu ? 5 : 4}) var<storage, read_write> DX: array<S>;
 ${flatMain('t', 'u.planes * u.T')}
   let p = t / u.T;
   let sub = t - p * u.T;
@@ -211,10 +217,10 @@ ${flatMain('t', 'u.planes * u.T')}
   let co = CO[u.p0 + p];
   ${silu ? 'let ps = PS[u.p0 + p];' : ''}
   for (var j = sub; j < u.S4; j += u.T) {
-    let xv = X[base + j];
-    let gv = G[base + j];
+    let xv = V(X[base + j]);
+    let gv = V(G[base + j]);
     ${gradPre(silu)}
-    DX[base + j] = gp * co.x + xv * co.y + V(co.z);
+    DX[base + j] = S(gp * co.x + xv * co.y + V(co.z));
   }
 }`);
 
@@ -223,12 +229,15 @@ function gcd(a: number, b: number): number {
   return a;
 }
 
-/** Windows [p0, p1) of whole planes of `S` f32 each that fit one binding and start at aligned offsets. */
-function planeWindows(op: string, planes: number, S: number): [number, number][] {
+/**
+ * Windows [p0, p1) of whole planes of `S` elements of `bytes` bytes each (4: f32, 2: f16) that fit one
+ * binding and start at aligned offsets.
+ */
+function planeWindows(op: string, planes: number, S: number, bytes: number): [number, number][] {
   const r = rt();
-  const planeBytes = S * 4;
+  const planeBytes = S * bytes;
   if (planes * planeBytes <= r.maxBindingBytes) return [[0, planes]];
-  const alignElems = r.offsetAlign / 4;
+  const alignElems = r.offsetAlign / bytes;
   const step = alignElems / gcd(S, alignElems); // planes per aligned offset step
   const per = Math.floor(r.maxBindingBytes / planeBytes / step) * step;
   if (per < 1)
@@ -239,25 +248,26 @@ function planeWindows(op: string, planes: number, S: number): [number, number][]
 }
 
 /**
- * Group norm with per-channel affine: x [N, C, ...spatial], weight/bias [C] (f32, or f16 storage when the
- * device has shader-f16). Statistics per (n, group) in f32. `silu` fuses SiLU on the output (its backward
- * recomputes the pre-activation from x). Gradients for x, weight and bias.
+ * Group norm with per-channel affine: x [N, C, ...spatial] (f32, or f16 storage when the device has
+ * shader-f16; y has x's dtype), weight/bias [C] (both f32 or both f16, independently of x). Statistics per
+ * (n, group) in f32. `silu` fuses SiLU on the output (its backward recomputes the pre-activation from x).
+ * Gradients for x (in x's dtype; dy must have y's), weight and bias (in their dtype).
  */
 export function groupNorm(x: Tensor, groups: number, weight: Tensor, bias: Tensor, eps = 1e-5, opts: { silu?: boolean } = {}): Tensor {
   const silu = !!opts.silu;
   if (x.rank < 2) throw new ShapeError(`groupNorm: input must be [N, C, ...], got [${x.shape}]`);
-  if (x.dtype !== 'f32') throw new ShapeError(`groupNorm: input must be f32, got ${x.dtype}`);
+  const dt = floatDtype('groupNorm', 'x', x);
   const [N, C] = x.shape;
   const S = prod(x.shape.slice(2));
   if (!Number.isInteger(groups) || groups < 1 || C % groups)
     throw new ShapeError(`groupNorm: ${C} channels are not divisible into ${groups} groups (input [${x.shape}])`);
   if (weight.size !== C || bias.size !== C)
     throw new ShapeError(`groupNorm: input [${x.shape}] needs weight and bias of size ${C}, got [${weight.shape}] and [${bias.shape}]`);
-  const f16 = weight.dtype === 'f16';
+  const wf16 = weight.dtype === 'f16'; // weight/bias storage (independent of x's dtype)
   if (weight.dtype !== bias.dtype || (weight.dtype !== 'f32' && weight.dtype !== 'f16'))
     throw new ShapeError(`groupNorm: weight and bias must both be f32 or both f16, got ${weight.dtype} and ${bias.dtype}`);
-  if (f16 && !rt().features.has('shader-f16')) throw new ShapeError('groupNorm: f16 weight/bias need the shader-f16 feature');
-  const y = Tensor.empty(x.shape, 'f32', 'group_norm');
+  if (wf16 && !rt().features.has('shader-f16')) throw new ShapeError('groupNorm: f16 weight/bias need the shader-f16 feature');
+  const y = Tensor.empty(x.shape, dt, 'group_norm');
   if (x.size === 0) return y;
 
   const r = rt();
@@ -270,22 +280,28 @@ export function groupNorm(x: Tensor, groups: number, weight: Tensor, bias: Tenso
   // at most 256 so that the combine passes stay short, and the partials [planes * T] must fit one binding
   const perInv = perInvocation ?? (r.gpu.adapterClass === 'cpu' ? 128 : 8);
   const T = Math.max(1, Math.min(Math.ceil(S4 / perInv), perInvocation ? Infinity : 256, Math.floor(r.maxBindingBytes / (planes * 16))));
-  const windows = planeWindows('groupNorm', planes, S);
-  const bindX = (t: Tensor, p0: number, p1: number) => ({ buffer: t.buffer, offset: p0 * S * 4, size: (p1 - p0) * S * 4 });
+  const bytes = dt === 'f16' ? 2 : 4;
+  const windows = planeWindows('groupNorm', planes, S, bytes);
+  // a binding's size must be a multiple of 4 bytes: an odd number of f16 elements binds one more (the
+  // buffer, 256-byte bucketed, has it); the kernels never index past their planes
+  const bindX = (t: Tensor, p0: number, p1: number) => {
+    const offset = p0 * S * bytes;
+    return { buffer: t.buffer, offset, size: Math.min(t.buffer.size - offset, Math.ceil(((p1 - p0) * S * bytes) / 4) * 4) };
+  };
 
   const ps = Tensor.empty([planes, 4], 'f32', 'group_norm_stats');
   const part = Tensor.empty([planes * T, 4], 'f32', 'group_norm_partials');
   for (const [p0, p1] of windows)
     r.dispatch({
       name: 'group_norm_stats',
-      code: statsKernel(vec),
+      code: statsKernel(vec, dt),
       uniforms: new Uniforms().u32(p1 - p0, S4, T, p0).done(),
       bindings: [bindX(x, p0, p1), { buffer: part.buffer }],
       workgroups: grid(Math.ceil(((p1 - p0) * T) / 64)),
     });
   r.dispatch({
     name: 'group_norm_combine',
-    code: combineKernel(f16),
+    code: combineKernel(wf16),
     uniforms: new Uniforms().u32(N * G, G, Cg, T).f32(eps).u32(0, 0, 0).done(),
     bindings: [part, weight, bias, ps].map((t) => ({ buffer: t.buffer })),
     workgroups: [Math.ceil((N * G) / 64)],
@@ -294,7 +310,7 @@ export function groupNorm(x: Tensor, groups: number, weight: Tensor, bias: Tenso
   for (const [p0, p1] of windows)
     r.dispatch({
       name: 'group_norm',
-      code: normalizeKernel(vec, silu),
+      code: normalizeKernel(vec, silu, dt),
       uniforms: new Uniforms().u32(p1 - p0, S4, T, p0).done(),
       bindings: [bindX(x, p0, p1), { buffer: ps.buffer }, bindX(y, p0, p1)],
       workgroups: grid(Math.ceil(((p1 - p0) * T) / 64)),
@@ -308,45 +324,46 @@ export function groupNorm(x: Tensor, groups: number, weight: Tensor, bias: Tenso
       const wantX = wantsGrad(x);
       const wantW = wantsGrad(weight) || wantsGrad(bias);
       if (!wantX && !wantW) return [null, null, null];
+      sameFloatDtype('groupNorm backward', [x, g], ['x', 'dy']); // dy arrives in y's dtype, which is x's
       const pb = Tensor.empty([planes * T, 2], 'f32', 'group_norm_bwd_partials');
       for (const [p0, p1] of windows)
         r.dispatch({
           name: 'group_norm_bwd_sums',
-          code: bwdSumsKernel(vec, silu),
+          code: bwdSumsKernel(vec, silu, dt),
           uniforms: new Uniforms().u32(p1 - p0, S4, T, p0).done(),
           bindings: [bindX(x, p0, p1), bindX(g, p0, p1), { buffer: ps.buffer }, { buffer: pb.buffer }],
           workgroups: grid(Math.ceil(((p1 - p0) * T) / 64)),
         });
       const co = Tensor.empty([planes, 4], 'f32', 'group_norm_bwd_coef');
-      const dw = Tensor.empty([2, C], 'f32', 'group_norm_bwd_w');
+      // dweight and dbias in the weight's (and bias's) dtype, written directly by the combine pass
+      let gw: Tensor | null = Tensor.empty([...weight.shape], weight.dtype, 'group_norm_dweight');
+      let gb: Tensor | null = Tensor.empty([...bias.shape], bias.dtype, 'group_norm_dbias');
       r.dispatch({
         name: 'group_norm_bwd_combine',
-        code: bwdCombineKernel(f16),
+        code: bwdCombineKernel(wf16),
         uniforms: new Uniforms().u32(N, G, Cg, T).f32(Cg * S).u32(0, 0, 0).done(),
-        bindings: [pb, ps, weight, co, dw].map((t) => ({ buffer: t.buffer })),
+        bindings: [pb, ps, weight, co, gw, gb].map((t) => ({ buffer: t.buffer })),
         workgroups: [Math.ceil((N * G + C) / 64)],
       });
       let dx: Tensor | null = null;
       if (wantX) {
-        dx = Tensor.empty(x.shape, 'f32', 'group_norm_bwd');
+        dx = Tensor.empty(x.shape, dt, 'group_norm_bwd');
         for (const [p0, p1] of windows)
           r.dispatch({
             name: 'group_norm_bwd_dx',
-            code: bwdDxKernel(vec, silu),
+            code: bwdDxKernel(vec, silu, dt),
             uniforms: new Uniforms().u32(p1 - p0, S4, T, p0).done(),
             bindings: [bindX(x, p0, p1), bindX(g, p0, p1), ...(silu ? [{ buffer: ps.buffer }] : []), { buffer: co.buffer }, bindX(dx, p0, p1)],
             workgroups: grid(Math.ceil(((p1 - p0) * T) / 64)),
           });
       }
-      let gw: Tensor | null = null;
-      let gb: Tensor | null = null;
-      if (wantsGrad(weight)) {
-        gw = Tensor.empty([...weight.shape], 'f32', 'group_norm_dweight');
-        r.copy(dw.buffer, 0, gw.buffer, 0, C * 4);
+      if (!wantsGrad(weight)) {
+        gw.dispose();
+        gw = null;
       }
-      if (wantsGrad(bias)) {
-        gb = Tensor.empty([...bias.shape], 'f32', 'group_norm_dbias');
-        r.copy(dw.buffer, C * 4, gb.buffer, 0, C * 4);
+      if (!wantsGrad(bias)) {
+        gb.dispose();
+        gb = null;
       }
       return [dx, gw, gb];
     },

@@ -6,34 +6,44 @@
 // when they hit the same pixel). The backward of a pass is the same kernel with the transposed table: a
 // gather per input pixel, no atomics, exact transposition of the forward weights.
 // Tensors larger than one storage binding are processed in chunks of rows bound at aligned offsets.
+// Images and their gradients are f32 or f16 (shader-f16); the arithmetic and the gradients' sums are f32
+// (every load widened, every store narrowed), the bicubic weights f32.
 import { rt, Uniforms, type BufferBinding } from '../engine/runtime.js';
 import { ShapeError, Tensor, record } from '../engine/tensor.js';
-import { grid, WG_INDEX, flatMain } from './util.js';
+import { grid, WG_INDEX, flatMain, enableF16, floatDtype, memoKernel, sameFloatDtype, storageType, type FloatDType } from './util.js';
 
+const elemBytes = (t: Tensor) => (t.dtype === 'f16' ? 2 : 4);
+
+/** Elements [start, start + count) of t bound at an aligned offset; `shift` is where start lies in the binding. */
 function window(t: Tensor, start: number, count: number): { bind: BufferBinding; shift: number } {
   const r = rt();
-  const byte = start * 4;
+  const eb = elemBytes(t);
+  const byte = start * eb;
   const offset = Math.floor(byte / r.offsetAlign) * r.offsetAlign;
-  const shift = (byte - offset) / 4;
-  return { bind: { buffer: t.buffer, offset, size: Math.min(t.buffer.size - offset, (count + shift) * 4) }, shift };
+  const shift = (byte - offset) / eb;
+  // binding sizes are whole 4-byte words: an odd number of f16 elements binds one more (the pooled buffer has it)
+  return { bind: { buffer: t.buffer, offset, size: Math.min(t.buffer.size - offset, Math.ceil(((count + shift) * eb) / 4) * 4) }, shift };
 }
+/** Elements of the widest dtype (f32) that fit one binding behind any aligned offset: a safe limit for f16 too. */
 const windowLimit = () => Math.floor((rt().maxBindingBytes - rt().offsetAlign) / 4);
 
-function check4(op: string, x: Tensor) {
+function check4(op: string, x: Tensor): FloatDType {
   if (x.rank !== 4) throw new ShapeError(`${op}: expected [N, C, H, W], got [${x.shape}]`);
-  if (x.dtype !== 'f32') throw new ShapeError(`${op}: expected f32, got ${x.dtype}`);
+  return floatDtype(op, 'x', x);
 }
 
 // ---------------- nearest 2x ----------------
 
 // One invocation per input pixel; rows are numbered across planes (row r of the chunk maps to output rows
 // 2r and 2r + 1), so no plane decomposition is needed.
-const NEAREST = (backward: boolean) => /* wgsl */ `
+// The backward sums each 2x2 block in f32 (a gather: no atomics) and stores it in the storage type `dt`.
+const NEAREST = memoKernel(
+  (backward: boolean, dt: string) => /* wgsl */ `${enableF16(dt)}
 ${WG_INDEX}
 struct P { n: u32, W: u32, inShift: u32, outShift: u32 }
 @group(0) @binding(0) var<uniform> u: P;
-@group(0) @binding(1) var<storage, read> X: array<f32>;
-@group(0) @binding(2) var<storage, read_write> Y: array<f32>;
+@group(0) @binding(1) var<storage, read> X: array<${storageType(dt)}>;
+@group(0) @binding(2) var<storage, read_write> Y: array<${storageType(dt)}>;
 ${flatMain('e', 'u.n')}
   let r = e / u.W;
   let x = e % u.W;
@@ -41,22 +51,23 @@ ${flatMain('e', 'u.n')}
   let big = 2u * r * W2 + 2u * x;
   ${
     backward
-      ? `let g = X[u.inShift + big] + X[u.inShift + big + 1u] + X[u.inShift + big + W2] + X[u.inShift + big + W2 + 1u];
-  Y[u.outShift + e] = g;`
+      ? `let g = f32(X[u.inShift + big]) + f32(X[u.inShift + big + 1u]) + f32(X[u.inShift + big + W2]) + f32(X[u.inShift + big + W2 + 1u]);
+  Y[u.outShift + e] = ${storageType(dt)}(g);`
       : `let v = X[u.inShift + e];
   let o = u.outShift + big;
   Y[o] = v; Y[o + 1u] = v; Y[o + W2] = v; Y[o + W2 + 1u] = v;`
   }
-}`;
+}`,
+);
 
 /** small = [rows, W], big = [2 rows, 2 W]: forward writes big from small, backward sums big into small. */
 function nearestRaw(src: Tensor, outShape: number[], rows: number, W: number, backward: boolean): Tensor {
-  const out = Tensor.empty(outShape, 'f32', backward ? 'upsample_nearest2x_bwd' : 'upsample_nearest2x');
+  const out = Tensor.empty(outShape, src.dtype, backward ? 'upsample_nearest2x_bwd' : 'upsample_nearest2x');
   if (out.size === 0) return out;
   const r = rt();
   const chunk = Math.floor(windowLimit() / (4 * W));
   if (chunk < 1) throw new ShapeError(`upsampleNearest2x: one row of ${W} pixels exceeds the storage binding limit`);
-  const code = NEAREST(backward);
+  const code = NEAREST(backward, src.dtype);
   for (let r0 = 0; r0 < rows; r0 += chunk) {
     const rc = Math.min(chunk, rows - r0);
     const small = window(backward ? out : src, r0 * W, rc * W);
@@ -78,7 +89,10 @@ export function upsampleNearest2x(x: Tensor): Tensor {
   check4('upsampleNearest2x', x);
   const [N, C, H, W] = x.shape;
   const y = nearestRaw(x, [N, C, 2 * H, 2 * W], N * C * H, W, false);
-  return record(y, 'upsample_nearest2x', [x], (g) => [nearestRaw(g, [N, C, H, W], N * C * H, W, true)]);
+  return record(y, 'upsample_nearest2x', [x], (g) => {
+    sameFloatDtype('upsampleNearest2x backward', [y, g], ['y', 'dy']);
+    return [nearestRaw(g, [N, C, H, W], N * C * H, W, true)];
+  });
 }
 
 // ---------------- bicubic ----------------
@@ -140,15 +154,17 @@ function table(inLen: number, outLen: number, transposed: boolean): Table {
   return t;
 }
 
-// out[o, i, k] = sum_e WT[e] * X[o, COL[e], k] for e in row i; one invocation per output element.
-const BANDED = /* wgsl */ `
+// out[o, i, k] = sum_e WT[e] * X[o, COL[e], k] for e in row i; one invocation per output element. X is
+// stored as `xdt`, Y as `ydt`; the sum is f32.
+const BANDED = memoKernel(
+  (xdt: string, ydt: string) => /* wgsl */ `${enableF16(xdt, ydt)}
 ${WG_INDEX}
 struct P { n: u32, Lin: u32, Lout: u32, inner: u32, inShift: u32, outShift: u32, _0: u32, _1: u32 }
 @group(0) @binding(0) var<uniform> u: P;
-@group(0) @binding(1) var<storage, read> X: array<f32>;
+@group(0) @binding(1) var<storage, read> X: array<${storageType(xdt)}>;
 @group(0) @binding(2) var<storage, read> IDX: array<u32>;
 @group(0) @binding(3) var<storage, read> WT: array<f32>;
-@group(0) @binding(4) var<storage, read_write> Y: array<f32>;
+@group(0) @binding(4) var<storage, read_write> Y: array<${storageType(ydt)}>;
 ${flatMain('e', 'u.n')}
   let k = e % u.inner;
   let t = e / u.inner;
@@ -158,14 +174,15 @@ ${flatMain('e', 'u.n')}
   let cols = u.Lout + 1u;
   var acc = 0.0;
   for (var q = IDX[i]; q < IDX[i + 1u]; q++) {
-    acc = fma(WT[q], X[base + IDX[cols + q] * u.inner], acc);
+    acc = fma(WT[q], f32(X[base + IDX[cols + q] * u.inner]), acc);
   }
-  Y[u.outShift + e] = acc;
-}`;
+  Y[u.outShift + e] = ${storageType(ydt)}(acc);
+}`,
+);
 
-/** Apply a CSR table along the middle axis of x viewed as [outer, Lin, inner]. */
-function bandedRaw(x: Tensor, outShape: number[], outer: number, Lin: number, Lout: number, inner: number, t: Table, name: string): Tensor {
-  const out = Tensor.empty(outShape, 'f32', name);
+/** Apply a CSR table along the middle axis of x viewed as [outer, Lin, inner]; the result is stored as `dt`. */
+function bandedRaw(x: Tensor, outShape: number[], outer: number, Lin: number, Lout: number, inner: number, t: Table, name: string, dt: FloatDType): Tensor {
+  const out = Tensor.empty(outShape, dt, name);
   if (out.size === 0) return out;
   const r = rt();
   const chunk = Math.floor(windowLimit() / (Math.max(Lin, Lout) * inner));
@@ -177,7 +194,7 @@ function bandedRaw(x: Tensor, outShape: number[], outer: number, Lin: number, Lo
     const n = oc * Lout * inner;
     r.dispatch({
       name,
-      code: BANDED,
+      code: BANDED(x.dtype, dt),
       uniforms: new Uniforms().u32(n, Lin, Lout, inner, xw.shift, yw.shift, 0, 0).done(),
       bindings: [xw.bind, { buffer: t.idx.buffer }, { buffer: t.wt.buffer }, yw.bind],
       workgroups: grid(Math.ceil(n / 64)),
@@ -186,31 +203,38 @@ function bandedRaw(x: Tensor, outShape: number[], outer: number, Lin: number, Lo
   return out;
 }
 
-/** One bicubic pass along axis 2 (H) or 3 (W) of an NCHW tensor. */
-function bicubicAxis(x: Tensor, axis: 2 | 3, outLen: number): Tensor {
+/**
+ * One bicubic pass along axis 2 (H) or 3 (W) of an NCHW tensor, its result stored as `dt` (x's dtype, or
+ * f32 for the intermediate between the two passes of an f16 image). The gradient has x's dtype.
+ */
+function bicubicAxis(x: Tensor, axis: 2 | 3, outLen: number, dt: FloatDType): Tensor {
   const [N, C, H, W] = x.shape;
   const inLen = x.shape[axis];
   const outer = axis === 2 ? N * C : N * C * H;
   const inner = axis === 2 ? W : 1;
   const outShape = axis === 2 ? [N, C, outLen, W] : [N, C, H, outLen];
-  const y = bandedRaw(x, outShape, outer, inLen, outLen, inner, table(inLen, outLen, false), 'resize_bicubic');
-  return record(y, 'resize_bicubic', [x], (g) => [
-    bandedRaw(g, [...x.shape], outer, outLen, inLen, inner, table(inLen, outLen, true), 'resize_bicubic_bwd'),
-  ]);
+  const y = bandedRaw(x, outShape, outer, inLen, outLen, inner, table(inLen, outLen, false), 'resize_bicubic', dt);
+  const xdt = x.dtype as FloatDType;
+  return record(y, 'resize_bicubic', [x], (g) => {
+    sameFloatDtype('resizeBicubic backward', [y, g], ['y', 'dy']);
+    return [bandedRaw(g, [...x.shape], outer, outLen, inLen, inner, table(inLen, outLen, true), 'resize_bicubic_bwd', xdt)];
+  });
 }
 
 /**
  * Bicubic resize of [N, C, H, W] to [N, C, outH, outW], as PyTorch's F.interpolate(mode='bicubic',
  * align_corners=False) without antialiasing: source = (dst + 0.5) * in/out - 0.5, cubic convolution with
  * A = -0.75, taps clamped to the border. Separable passes (the cheaper order first); exact gradient.
+ * x may be f16 (shader-f16): the result and the gradient are f16, the intermediate between the two passes
+ * stays f32 (one rounding, at the end; likewise for its gradient).
  */
 export function resizeBicubic(x: Tensor, outH: number, outW: number): Tensor {
-  check4('resizeBicubic', x);
+  const dt = check4('resizeBicubic', x);
   for (const v of [outH, outW]) if (!Number.isInteger(v) || v < 1) throw new ShapeError(`resizeBicubic: invalid output size ${outH}x${outW}`);
   const [, , H, W] = x.shape;
   if (H < 1 || W < 1) throw new ShapeError(`resizeBicubic: empty input [${x.shape}]`);
-  const passW = (t: Tensor) => (outW === W ? t : bicubicAxis(t, 3, outW));
-  const passH = (t: Tensor) => (outH === H ? t : bicubicAxis(t, 2, outH));
-  if (outH === H && outW === W) return bicubicAxis(x, 3, W); // identity weights, but a fresh tensor
-  return H * outW <= outH * W ? passH(passW(x)) : passW(passH(x));
+  if (outH === H && outW === W) return bicubicAxis(x, 3, W, dt); // identity weights, but a fresh tensor
+  if (outH === H) return bicubicAxis(x, 3, outW, dt);
+  if (outW === W) return bicubicAxis(x, 2, outH, dt);
+  return H * outW <= outH * W ? bicubicAxis(bicubicAxis(x, 3, outW, 'f32'), 2, outH, dt) : bicubicAxis(bicubicAxis(x, 2, outH, 'f32'), 3, outW, dt);
 }

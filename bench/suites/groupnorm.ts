@@ -7,6 +7,8 @@
 // used for the peers, which have no group-norm op: @tensorflow/tfjs-backend-webgpu composes reshape ->
 // tf.moments -> normalize -> affine, @jax-js/jax reshape -> nn.standardize -> affine; their backward is
 // their autodiff (tf.grads; jax vjp, whose closure can also run the backward alone).
+// The f16 rows (ours only) store x, y, dy and dx as f16 (weight and bias f32): the same passes moving 2 bytes
+// per element, so their bytes are half the f32 rows'.
 import { Tensor, grad, tidy } from '../../engine/index.js';
 import { groupNorm } from '../../kernels/groupnorm.js';
 import { copyCase, gpuFn, loadJax, loadTfjs, randn, tfDone, jaxDone, disposeAll, type TfT, type BenchCase, type BenchSuite } from '../lib.js';
@@ -27,16 +29,17 @@ const size = (s: Shape) => s.N * s.C * s.H * s.W;
 const shapeStr = (s: Shape) => `${s.N}x${s.C}x${s.H}x${s.W}`;
 const BYTES = { fwd: 3, bwd: 5, 'fwd+bwd': 8 } as const;
 
-function oursCases(s: Shape): BenchCase[] {
+function oursCases(s: Shape, dt: 'f32' | 'f16'): BenchCase[] {
   const { N, C, H, W } = s;
   const n = size(s);
+  const suffix = dt === 'f16' ? ' f16' : '';
   let x: Tensor, w: Tensor, b: Tensor, g: Tensor;
   let y: Tensor | null = null;
   const alloc = () => {
-    x = Tensor.from(randn(n, 1).map((v) => 3 * v + 0.5), [N, C, H, W]);
+    x = Tensor.from(randn(n, 1).map((v) => 3 * v + 0.5), [N, C, H, W], dt);
     w = Tensor.from(randn(C, 2).map((v) => 1 + 0.1 * v), [C]);
     b = Tensor.from(randn(C, 3).map((v) => 0.1 * v), [C]);
-    g = Tensor.from(randn(n, 4), [N, C, H, W]);
+    g = Tensor.from(randn(n, 4), [N, C, H, W], dt);
   };
   const free = () => {
     y?.dispose();
@@ -44,10 +47,10 @@ function oursCases(s: Shape): BenchCase[] {
     [x, w, b, g].forEach((t) => t?.dispose());
   };
   const mk = (pass: BenchCase['pass'], name: string, make: () => () => Tensor | Tensor[]): BenchCase => ({
-    name,
+    name: name + suffix,
     shape: shapeStr(s),
     pass,
-    bytes: BYTES[pass] * 4 * n,
+    bytes: BYTES[pass] * (dt === 'f16' ? 2 : 4) * n,
     async setup() {
       alloc();
       return gpuFn(make());
@@ -55,7 +58,7 @@ function oursCases(s: Shape): BenchCase[] {
     teardown: free,
   });
   return [
-    copyCase(n, shapeStr(s)),
+    ...(dt === 'f32' ? [copyCase(n, shapeStr(s))] : []),
     mk('fwd', 'groupnorm', () => () => groupNorm(x, G, w, b, EPS)),
     // one recorded forward; each call runs its backward rule again (the graph is retained)
     mk('bwd', 'groupnorm backward', () => {
@@ -168,7 +171,7 @@ function jaxCases(s: Shape): BenchCase[] {
 
 const suite: BenchSuite = {
   name: 'groupnorm',
-  cases: SHAPES.flatMap((s) => [...oursCases(s), ...tfCases(s), ...jaxCases(s)]),
+  cases: SHAPES.flatMap((s) => [...oursCases(s, 'f32'), ...oursCases(s, 'f16'), ...tfCases(s), ...jaxCases(s)]),
   notes: ['bytes are our kernels\' traffic (fwd 3, bwd 5, fwd+bwd 8 tensor sizes), used for the peers too; compare rows with the copy row of the same shape'],
 };
 export default suite;

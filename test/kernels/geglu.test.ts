@@ -1,10 +1,11 @@
 // GEGLU (hidden * gelu(gate) over the two halves of the last axis) against a float64 reference, its
-// gradient against finite differences, and the split path for inputs larger than one storage binding.
-import { afterAll, beforeAll, describe, it } from 'vitest';
-import { geglu, grad, rt, Tensor, tidy } from '../../engine/index.js';
+// gradient against finite differences, the split path for inputs larger than one storage binding, and f16
+// storage of x, y, dy and dx on every path.
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { geglu, grad, noGrad, rt, Tensor, tidy } from '../../engine/index.js';
 import { erf, rprod, rt64, type RT } from '../../kernels/core.ref.js';
 import { setGegluChunk } from '../../kernels/geglu.js';
-import { checkGrad, expectClose, gpu, rand } from '../helpers/check.js';
+import { checkGrad, dispatchedBy, expectClose, gpu, rand } from '../helpers/check.js';
 
 beforeAll(async () => {
   await gpu();
@@ -85,5 +86,115 @@ describe.each([null, 1, 3])('geglu (chunk %s)', (k) => {
       }
       expectClose(want[0], rgeglu(rt64(xd, s)).data, 2e-6, `geglu [${s}] vs reference`);
     }
+  });
+});
+
+// ---- f16 storage ----
+// x rounded to f16 first and the reference sees the rounded values, so what remains is the rounding of the
+// f16 outputs (at most half an ulp, 2^-11 = 4.9e-4 of the element's own magnitude, so at most 4.9e-4 of
+// max|ref|) and the f32 arithmetic (2e-6 above).
+const F16_TOL = 6e-4;
+
+async function f16Values(d: Float32Array): Promise<Float32Array> {
+  const t = Tensor.from(d, [d.length], 'f16');
+  const v = (await t.data()) as Float32Array;
+  t.dispose();
+  return v;
+}
+
+/** y and dx with x and dy stored as `dt` */
+function runGeglu(s: number[], dt: 'f32' | 'f16', xd: Float32Array, gd: Float32Array) {
+  return tidy(() => {
+    const x = Tensor.from(xd, s, dt).requireGrad();
+    const y = geglu(x);
+    return [y, ...grad(y, [x], Tensor.from(gd, y.shape, dt))];
+  });
+}
+
+describe.each([null, 1, 3])('geglu f16 (chunk %s)', (k) => {
+  beforeAll(() => setGegluChunk(k));
+  it('forward on odd shapes', async (ctx) => {
+    if (!rt().features.has('shader-f16')) ctx.skip();
+    for (const s of SHAPES) {
+      const xd = await f16Values(rand(rprod(s), 3, -5, 5));
+      const y = tidy(() => geglu(Tensor.from(xd, s, 'f16')));
+      expect(y.dtype).toBe('f16');
+      const got = await y.data();
+      y.dispose();
+      expectClose(got, rgeglu(rt64(xd, s)).data, F16_TOL, `geglu f16 [${s}]`);
+    }
+  });
+  // against the f32 GPU path (validated above against finite differences) on the same f16-rounded x and dy:
+  // the same f32 arithmetic, the f16 one rounds its outputs
+  it('backward on odd shapes: dx in f16', async (ctx) => {
+    if (!rt().features.has('shader-f16')) ctx.skip();
+    for (const s of SHAPES) {
+      const n = rprod(s);
+      const xd = await f16Values(rand(n, 6, -3, 3));
+      const gd = await f16Values(rand(n / 2, 7));
+      const h = runGeglu(s, 'f16', xd, gd);
+      const f = runGeglu(s, 'f32', xd, gd);
+      expect(h.map((t) => t.dtype)).toEqual(['f16', 'f16']);
+      const [got, want] = [await Promise.all(h.map((t) => t.data())), await Promise.all(f.map((t) => t.data()))];
+      [...h, ...f].forEach((t) => t.dispose());
+      expectClose(got[0], want[0], F16_TOL, `geglu f16 [${s}] y`);
+      expectClose(got[1], want[1], F16_TOL, `geglu f16 [${s}] dx`);
+    }
+  });
+  it('splits rows beyond one storage binding (f16: 128-element alignment steps)', async (ctx) => {
+    if (!rt().features.has('shader-f16')) ctx.skip();
+    const r = rt();
+    const saved = r.maxBindingBytes;
+    for (const [s, limit, windows] of [
+      [[40, 24], 1536, 2], // vec4 path: 32-row steps of 48 bytes
+      [[129, 30], 7680, 2], // scalar path: 128-row steps; the last window's y and dy hold 15 f16 (odd)
+    ] as [number[], number, number][]) {
+      const n = rprod(s);
+      const xd = await f16Values(rand(n, 8, -3, 3));
+      const gd = await f16Values(rand(n / 2, 9));
+      const full = runGeglu(s, 'f16', xd, gd);
+      const want = await Promise.all(full.map((t) => t.data()));
+      full.forEach((t) => t.dispose());
+      let got: (Float32Array | Int32Array)[] = [];
+      try {
+        r.maxBindingBytes = limit;
+        let split: Tensor[] = [];
+        const names = await dispatchedBy(() => {
+          split = runGeglu(s, 'f16', xd, gd);
+        });
+        expect(names.filter((m) => m === 'geglu').length).toBe(windows);
+        expect(names.filter((m) => m === 'geglu_backward').length).toBe(windows);
+        got = await Promise.all(split.map((t) => t.data()));
+        split.forEach((t) => t.dispose());
+      } finally {
+        r.maxBindingBytes = saved;
+      }
+      expectClose(got[0], want[0], 0, `geglu f16 split [${s}] y`);
+      expectClose(got[1], want[1], 0, `geglu f16 split [${s}] dx`);
+      expectClose(want[0], rgeglu(rt64(xd, s)).data, F16_TOL, `geglu f16 [${s}] vs reference`);
+    }
+  });
+});
+
+describe('geglu dtypes', () => {
+  // grad() casts a gradient to its tensor's dtype, so the rule itself is called here
+  it('the backward rule returns dx in x\'s dtype and refuses dy of another dtype than y\'s', (ctx) => {
+    if (!rt().features.has('shader-f16')) ctx.skip();
+    for (const dt of ['f32', 'f16'] as const)
+      for (const s of [[3, 14], [2, 16]])
+        tidy(() => {
+          const x = Tensor.from(rand(rprod(s), 1), s, dt).requireGrad();
+          const y = geglu(x);
+          expect(y.dtype).toBe(dt);
+          const gs = noGrad(() => y.node!.backward(Tensor.from(rand(y.size, 2), y.shape, dt)));
+          expect(gs[0]?.dtype).toBe(dt);
+          const other = dt === 'f16' ? 'f32' : 'f16';
+          expect(() => noGrad(() => y.node!.backward(Tensor.from(rand(y.size, 2), y.shape, other)))).toThrow(/dy is .* but y is/);
+        });
+  });
+  it('rejects integer input', () => {
+    tidy(() => {
+      expect(() => geglu(Tensor.from(new Int32Array(4), [1, 4], 'i32'))).toThrow(/x must be f32 or f16/);
+    });
   });
 });

@@ -13,9 +13,12 @@
 //    lanes).
 //  - 'shared' (GPUs): 64x64 workgroup tiles staged in workgroup memory, 4x4 outputs per invocation.
 // All are tested; the runtime picks by adapter class unless told otherwise (`setMatmulVariant`).
+// Dtypes: A (the activation) f32 or f16, B (an activation or a weight) f32 or f16 independently, the bias f32;
+// every tiling reads each operand in its own storage type and computes in f32. The output is f16 when A is
+// f16, else f32; in the backward each gradient takes its tensor's dtype (see `matmul`).
 import { rt, Uniforms } from '../engine/runtime.js';
 import { ShapeError, Tensor, record, wantsGrad } from '../engine/tensor.js';
-import { grid, memoKernel, WG_INDEX, flatMain, perRuntime } from './util.js';
+import { grid, memoKernel, WG_INDEX, flatMain, perRuntime, floatDtype, storageType, enableF16, type FloatDType } from './util.js';
 import { reshape } from './shape.js';
 import { sumTo } from './reduce.js';
 
@@ -47,29 +50,39 @@ function subgroupSize(): number {
 const TM = 4;
 const TN = 4;
 
-function loadExprs(transA: boolean, transB: boolean, f16: boolean) {
-  const cvt = f16 ? 'f32' : '';
+/** Storage dtypes of the bound operands and of the output (the bias is f32). */
+interface Dts {
+  a: FloatDType;
+  b: FloatDType;
+  c: FloatDType;
+}
+/** WGSL: widen a load from a binding of dtype `dt` to f32 (a plain parenthesis for f32, as before f16 existed) */
+const widen = (dt: FloatDType, e: string) => `${dt === 'f16' ? 'f32' : ''}(${e})`;
+/** WGSL: narrow an f32 value to the storage type of a binding of dtype `dt` */
+const narrow = (dt: FloatDType, e: string) => (dt === 'f16' ? `f16(${e})` : e);
+
+function loadExprs(transA: boolean, transB: boolean, d: Dts) {
   // element (m, k) of op(A) and (k, n) of op(B) within the current batch
-  const a = transA ? (m: string, k: string) => `${cvt}(A[aBase + (${k}) * u.M + (${m})])` : (m: string, k: string) => `${cvt}(A[aBase + (${m}) * u.K + (${k})])`;
-  const b = transB ? (k: string, n: string) => `${cvt}(B[bBase + (${n}) * u.K + (${k})])` : (k: string, n: string) => `${cvt}(B[bBase + (${k}) * u.N + (${n})])`;
+  const a = transA ? (m: string, k: string) => widen(d.a, `A[aBase + (${k}) * u.M + (${m})]`) : (m: string, k: string) => widen(d.a, `A[aBase + (${m}) * u.K + (${k})]`);
+  const b = transB ? (k: string, n: string) => widen(d.b, `B[bBase + (${n}) * u.K + (${k})]`) : (k: string, n: string) => widen(d.b, `B[bBase + (${k}) * u.N + (${n})]`);
   return { a, b };
 }
 
-const HEADER = (f16: boolean, bias: boolean) => /* wgsl */ `
-${f16 ? 'enable f16;' : ''}
+const HEADER = (d: Dts, bias: boolean) => /* wgsl */ `
+${enableF16(d.a, d.b, d.c)}
 struct P { M: u32, N: u32, K: u32, batch: u32, aStride: u32, bStride: u32, cStride: u32, _0: u32 }
 @group(0) @binding(0) var<uniform> u: P;
-@group(0) @binding(1) var<storage, read> A: array<f32>;
-@group(0) @binding(2) var<storage, read> B: array<${f16 ? 'f16' : 'f32'}>;
+@group(0) @binding(1) var<storage, read> A: array<${storageType(d.a)}>;
+@group(0) @binding(2) var<storage, read> B: array<${storageType(d.b)}>;
 ${bias ? '@group(0) @binding(3) var<storage, read> BIAS: array<f32>;' : ''}
-@group(0) @binding(${bias ? 4 : 3}) var<storage, read_write> C: array<f32>;`;
+@group(0) @binding(${bias ? 4 : 3}) var<storage, read_write> C: array<${storageType(d.c)}>;`;
 
 const registerKernel = memoKernel(registerKernelSource);
-function registerKernelSource(transA: boolean, transB: boolean, bias: boolean, f16: boolean): string {
-  const { a, b } = loadExprs(transA, transB, f16);
+function registerKernelSource(transA: boolean, transB: boolean, bias: boolean, d: Dts): string {
+  const { a, b } = loadExprs(transA, transB, d);
   const rows = [...Array(TM).keys()];
   const cols = [...Array(TN).keys()];
-  return /* wgsl */ `${HEADER(f16, bias)}
+  return /* wgsl */ `${HEADER(d, bias)}
 @compute @workgroup_size(8, 8, 1)
 fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
   let n0 = gid.x * ${TN}u;
@@ -92,7 +105,7 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
     .map(
       (i) => `if (m0 + ${i}u < u.M) {
     let v = acc${i}${bias ? ' + bb' : ''};
-    ${cols.map((j) => `if (n0 + ${j}u < u.N) { C[cBase + (m0 + ${i}u) * u.N + n0 + ${j}u] = v[${j}]; }`).join(' ')}
+    ${cols.map((j) => `if (n0 + ${j}u < u.N) { C[cBase + (m0 + ${i}u) * u.N + n0 + ${j}u] = ${narrow(d.c, `v[${j}]`)}; }`).join(' ')}
   }`,
     )
     .join('\n  ')}
@@ -100,10 +113,10 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
 }
 
 const sharedKernel = memoKernel(sharedKernelSource);
-function sharedKernelSource(transA: boolean, transB: boolean, bias: boolean, f16: boolean): string {
+function sharedKernelSource(transA: boolean, transB: boolean, bias: boolean, d: Dts): string {
   // 64x64 tile, 16x16 invocations, 4x4 outputs each, K step 16
-  const { a, b } = loadExprs(transA, transB, f16);
-  return /* wgsl */ `${HEADER(f16, bias)}
+  const { a, b } = loadExprs(transA, transB, d);
+  return /* wgsl */ `${HEADER(d, bias)}
 var<workgroup> As: array<array<f32, 64>, 16>;
 var<workgroup> Bs: array<array<f32, 64>, 16>;
 @compute @workgroup_size(16, 16, 1)
@@ -140,7 +153,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
     if (m >= u.M) { continue; }
     for (var j = 0u; j < 4u; j++) {
       let n = tileN + lid.x * 4u + j;
-      if (n < u.N) { C[cBase + m * u.N + n] = acc[i][j]${bias ? ' + BIAS[n]' : ''}; }
+      if (n < u.N) { C[cBase + m * u.N + n] = ${narrow(d.c, `acc[i][j]${bias ? ' + BIAS[n]' : ''}`)}; }
     }
   }
 }`;
@@ -157,7 +170,7 @@ interface SubgroupCfg {
   transA: boolean;
   transB: boolean;
   bias: boolean;
-  f16: boolean;
+  d: Dts;
 }
 
 // One workgroup = one subgroup of S lanes computing a (SG_T * S) x SG_N tile of C, one k per step: lane L loads
@@ -168,23 +181,25 @@ interface SubgroupCfg {
 // lavapipe. Scalar loads with clamped indices take any shape and either transpose.
 const subgroupKernel = memoKernel(subgroupKernelSource);
 function subgroupKernelSource(c: SubgroupCfg): string {
-  const { S, transA, transB, bias, f16 } = c;
+  const { S, transA, transB, bias, d } = c;
   const T = range(SG_T);
   const G = range(Math.max(1, SG_N / (4 * S))); // vec4 of columns per lane
   const cols = range(SG_N);
   // column j lives in component j % 4 of vec4 number (j / 4) / S of lane (j / 4) % S
   const bc = (v: string, j: number) => `subgroupBroadcast(${v}${Math.floor((j >> 2) / S)}[${j % 4}], ${(j >> 2) % S}u)`;
-  const cvt = f16 ? 'f32' : '';
-  const aLoad = (t: number) => (transA ? `A[aB + k * u.M + mc${t}]` : `A[aB + mc${t} * u.K + k]`);
-  const bLoad = (col: string) => (transB ? `${cvt}(B[bB + ${col} * u.K + k])` : `${cvt}(B[bB + k * u.N + ${col}])`);
+  const aLoad = (t: number) => {
+    const e = transA ? `A[aB + k * u.M + mc${t}]` : `A[aB + mc${t} * u.K + k]`;
+    return d.a === 'f16' ? `f32(${e})` : e;
+  };
+  const bLoad = (col: string) => widen(d.b, transB ? `B[bB + ${col} * u.K + k]` : `B[bB + k * u.N + ${col}]`);
   return /* wgsl */ `enable subgroups;
-${f16 ? 'enable f16;' : ''}
+${enableF16(d.a, d.b, d.c)}
 struct P { M: u32, N: u32, K: u32, aS: u32, bS: u32, cS: u32, _0: u32, _1: u32 }
 @group(0) @binding(0) var<uniform> u: P;
-@group(0) @binding(1) var<storage, read> A: array<f32>;
-@group(0) @binding(2) var<storage, read> B: array<${f16 ? 'f16' : 'f32'}>;
+@group(0) @binding(1) var<storage, read> A: array<${storageType(d.a)}>;
+@group(0) @binding(2) var<storage, read> B: array<${storageType(d.b)}>;
 ${bias ? '@group(0) @binding(3) var<storage, read> BIAS: array<f32>;' : ''}
-@group(0) @binding(${bias ? 4 : 3}) var<storage, read_write> C: array<f32>;
+@group(0) @binding(${bias ? 4 : 3}) var<storage, read_write> C: array<${storageType(d.c)}>;
 @compute @workgroup_size(${S}, 1, 1)
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(subgroup_invocation_id) sl: u32) {
   // row blocks vary fastest so that consecutive workgroups reuse the same columns of B from cache
@@ -209,7 +224,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(subgroup_invocation_id) 
   let jn = min(${SG_N}u, u.N - n0);
   for (var j = 0u; j < jn; j++) {
     let v = acc[j];
-    ${T.map((t) => `if (mi${t} < u.M) { C[cB + mi${t} * u.N + n0 + j] = v[${t}]; }`).join('\n    ')}
+    ${T.map((t) => `if (mi${t} < u.M) { C[cB + mi${t} * u.N + n0 + j] = ${narrow(d.c, `v[${t}]`)}; }`).join('\n    ')}
   }
 }`;
 }
@@ -223,15 +238,19 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(subgroup_invocation_id) 
 // Aᵀ @ B (weight gradients and conv2d's Winograd GEMMs) neither. On lavapipe, for the UNet's linear layers, the
 // kernel alone is 1.3-1.7x faster than the general one, 1.2-1.5x with the copies; see `kmajorPays`.
 const KM_ROWS = 32;
-const kmajorKernel = memoKernel((bias: boolean) => {
+// f16 operands: the K-major copies are f32 whatever the operand's dtype; an operand bound as stored (A
+// transposed, B not) is read as vec4<f16> and widened; an f16 output is narrowed at the store.
+const kmajorKernel = memoKernel((bias: boolean, d: Dts) => {
   const R = range(KM_ROWS);
-  return /* wgsl */ `enable subgroups;
+  const v4 = (dt: FloatDType, e: string) => (dt === 'f16' ? `vec4<f32>(${e})` : e);
+  const f16 = enableF16(d.a, d.b, d.c);
+  return /* wgsl */ `enable subgroups;${f16 ? `\n${f16}` : ''}
 struct P { M: u32, M4: u32, N4: u32, K: u32, aS: u32, bS: u32, cS: u32, _0: u32 }
 @group(0) @binding(0) var<uniform> u: P;
-@group(0) @binding(1) var<storage, read> A: array<vec4<f32>>;
-@group(0) @binding(2) var<storage, read> B: array<vec4<f32>>;
+@group(0) @binding(1) var<storage, read> A: array<vec4<${storageType(d.a)}>>;
+@group(0) @binding(2) var<storage, read> B: array<vec4<${storageType(d.b)}>>;
 ${bias ? '@group(0) @binding(3) var<storage, read> BIAS: array<vec4<f32>>;' : ''}
-@group(0) @binding(${bias ? 4 : 3}) var<storage, read_write> C: array<vec4<f32>>;
+@group(0) @binding(${bias ? 4 : 3}) var<storage, read_write> C: array<vec4<${storageType(d.c)}>>;
 @compute @workgroup_size(8)
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(subgroup_invocation_id) lane: u32) {
   let n4 = wid.x * 8u + lane;
@@ -241,14 +260,14 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(subgroup_invocation_id) 
   let bB = wid.z * u.bS + min(n4, u.N4 - 1u);
   ${R.map((r) => `var c${r} = vec4<f32>(0.0);`).join(' ')}
   for (var k = 0u; k < u.K; k++) {
-    let av = A[aB + k * u.M4];
-    let bv = B[bB + k * u.N4];
+    let av = ${v4(d.a, 'A[aB + k * u.M4]')};
+    let bv = ${v4(d.b, 'B[bB + k * u.N4]')};
     ${R.map((r) => `c${r} = fma(vec4<f32>(subgroupBroadcast(av[${r % 4}], ${r >> 2}u)), bv, c${r});`).join('\n    ')}
   }
   if (n4 < u.N4) {
     let bb = ${bias ? 'BIAS[n4]' : 'vec4<f32>(0.0)'};
     let cB = wid.z * u.cS + m0 * u.N4 + n4;
-    ${R.map((r) => `if (m0 + ${r}u < u.M) { C[cB + ${r}u * u.N4] = c${r} + bb; }`).join('\n    ')}
+    ${R.map((r) => `if (m0 + ${r}u < u.M) { C[cB + ${r}u * u.N4] = ${d.c === 'f16' ? `vec4<f16>(c${r} + bb)` : `c${r} + bb`}; }`).join('\n    ')}
   }
 }`;
 });
@@ -408,8 +427,18 @@ export interface MatmulOptions {
   bias?: Tensor;
 }
 
-/** Raw batched matmul on 2D/3D operands, no autodiff. A: [Ba, M, K] (or [Ba, K, M] transposed), B likewise. */
+/**
+ * Raw batched matmul on 2D/3D operands, no autodiff. A: [Ba, M, K] (or [Ba, K, M] transposed), B likewise.
+ * A is the activation (f32, or f16 with `shader-f16`), B an activation or a weight (f32 or f16, independently
+ * of A), the bias f32; arithmetic is f32. The output has A's dtype: f16 when A is f16, else f32 (an f32
+ * activation times an f16 weight gives f32).
+ */
 export function matmulRaw(a: Tensor, b: Tensor, opts: MatmulOptions = {}): Tensor {
+  return matmulInto(a, b, opts, floatDtype('matmul', 'A', a));
+}
+
+/** matmulRaw with the output's dtype chosen by the caller (the backward: a gradient takes its tensor's dtype). */
+function matmulInto(a: Tensor, b: Tensor, opts: MatmulOptions, cDt: FloatDType): Tensor {
   const { transA = false, transB = false, bias } = opts;
   if (a.rank < 2 || b.rank < 2) throw new ShapeError(`matmul: operands must have rank >= 2, got [${a.shape}] and [${b.shape}]`);
   const [M, K] = transA ? [a.shape[a.rank - 1], a.shape[a.rank - 2]] : [a.shape[a.rank - 2], a.shape[a.rank - 1]];
@@ -420,17 +449,17 @@ export function matmulRaw(a: Tensor, b: Tensor, opts: MatmulOptions = {}): Tenso
   const Ba = batchA.reduce((x, y) => x * y, 1);
   const Bb = batchB.reduce((x, y) => x * y, 1);
   if (Ba !== Bb && Ba !== 1 && Bb !== 1) throw new ShapeError(`matmul: batch dims [${batchA}] and [${batchB}] do not broadcast`);
-  if (a.dtype !== 'f32') throw new ShapeError(`matmul: A must be f32, got ${a.dtype}`);
-  if (b.dtype !== 'f32' && b.dtype !== 'f16') throw new ShapeError(`matmul: B must be f32 or f16, got ${b.dtype}`);
+  const aDt = floatDtype('matmul', 'A', a);
+  const bDt = floatDtype('matmul', 'B', b);
   if (bias && (bias.size !== N || bias.dtype !== 'f32')) throw new ShapeError(`matmul: bias must be f32 [${N}], got ${bias.dtype} [${bias.shape}]`);
   const batch = Math.max(Ba, Bb);
   const outBatch = Ba >= Bb ? batchA : batchB;
-  const out = Tensor.empty([...outBatch, M, N], 'f32', 'matmul');
+  const out = Tensor.empty([...outBatch, M, N], cDt, 'matmul');
   if (M * N * batch === 0) return out;
   const r = rt();
   for (const t of [a, b, out])
     if (t.byteLength > r.maxBindingBytes) throw new ShapeError(`matmul: operand of ${t.byteLength} bytes exceeds the storage binding limit; split the batch`);
-  const f16 = b.dtype === 'f16';
+  const d: Dts = { a: aDt, b: bDt, c: cDt };
   let variant = matmulVariant();
   const S = subgroupSize();
   if (variant === 'subgroup' && !S) variant = 'register';
@@ -438,10 +467,12 @@ export function matmulRaw(a: Tensor, b: Tensor, opts: MatmulOptions = {}): Tenso
   const bS = Bb === 1 ? 0 : K * N;
   const bindings = [{ buffer: a.buffer }, { buffer: b.buffer }, ...(bias ? [{ buffer: bias.buffer }] : []), { buffer: out.buffer }];
   // the K-major tile: A is K-major as stored when transposed (then M must be a multiple of 4), B when not
-  // transposed (then it must be f32); otherwise a K-major copy is made
-  if (variant === 'subgroup' && S === 8 && N % 4 === 0 && !(transA && M % 4 !== 0) && !(f16 && !transB) && kmajorMode !== 'never') {
+  // transposed; otherwise a K-major copy (f32, whatever the operand's dtype) is made. Operands bound as stored
+  // are read in their dtype (vec4<f16> for f16): an f16 B [K, N] runs 1.3-1.4x faster so than through the
+  // general kernel (4096x320 @ 320x1280 on lavapipe, paired).
+  if (variant === 'subgroup' && S === 8 && N % 4 === 0 && !(transA && M % 4 !== 0) && kmajorMode !== 'never') {
     const copyA = !transA;
-    // the copies (rows padded to 4) must fit a binding like the operands themselves
+    // the copies (rows padded to 4, f32) must fit a binding like the operands themselves
     const fits = 4 * Math.max(Ba * K * Math.ceil(M / 4) * 4, Bb * K * N) <= r.maxBindingBytes;
     // a frozen weight's K-major copy, kept from an earlier call or made now to keep (x @ Wᵀ)
     const cached = fits && transB && kmajorMode === 'auto' && kmajorPays(M, N, K, copyA, false) ? cachedWeight(b, Bb, N, K) : null;
@@ -452,7 +483,7 @@ export function matmulRaw(a: Tensor, b: Tensor, opts: MatmulOptions = {}): Tenso
       const M4 = Math.ceil(M / 4);
       r.dispatch({
         name: 'matmul_kmajor',
-        code: kmajorKernel(!!bias),
+        code: kmajorKernel(!!bias, { a: ak.dtype as FloatDType, b: cached ? 'f32' : (bk.dtype as FloatDType), c: cDt }),
         uniforms: new Uniforms().u32(M, M4, N / 4, K, Ba === 1 ? 0 : K * M4, Bb === 1 ? 0 : (K * N) / 4, (M * N) / 4, 0).done(),
         bindings: [{ buffer: ak.buffer }, { buffer: cached ?? bk.buffer }, ...(bias ? [{ buffer: bias.buffer }] : []), { buffer: out.buffer }],
         workgroups: [Math.ceil(N / 32), Math.ceil(M / KM_ROWS), batch],
@@ -465,14 +496,14 @@ export function matmulRaw(a: Tensor, b: Tensor, opts: MatmulOptions = {}): Tenso
   if (variant === 'subgroup') {
     r.dispatch({
       name: 'matmul_subgroup',
-      code: subgroupKernel({ S, transA, transB, bias: !!bias, f16 }),
+      code: subgroupKernel({ S, transA, transB, bias: !!bias, d }),
       uniforms: new Uniforms().u32(M, N, K, aS, bS, M * N, 0, 0).done(),
       bindings,
       workgroups: [Math.ceil(M / (S * SG_T)), Math.ceil(N / SG_N), batch],
     });
     return out;
   }
-  const code = variant === 'register' ? registerKernel(transA, transB, !!bias, f16) : sharedKernel(transA, transB, !!bias, f16);
+  const code = variant === 'register' ? registerKernel(transA, transB, !!bias, d) : sharedKernel(transA, transB, !!bias, d);
   const wg: [number, number, number] =
     variant === 'register' ? [Math.ceil(N / TN / 8), Math.ceil(M / TM / 8), batch] : [Math.ceil(N / 64), Math.ceil(M / 64), batch];
   r.dispatch({
@@ -485,9 +516,58 @@ export function matmulRaw(a: Tensor, b: Tensor, opts: MatmulOptions = {}): Tenso
   return out;
 }
 
+// Y[c] = sum over r of X[r * n + c] for X [rows, n]: f32 sums, each side in its own dtype. The backward's sums
+// (bias gradients, gradients of batch-broadcast operands) where an f16 tensor is read or written; f32 ones
+// keep sumTo. One invocation per column: adjacent lanes read adjacent columns.
+const colSumKernel = memoKernel(
+  (xDt: FloatDType, yDt: FloatDType) => /* wgsl */ `${enableF16(xDt, yDt)}
+${WG_INDEX}
+struct P { rows: u32, n: u32, _0: u32, _1: u32 }
+@group(0) @binding(0) var<uniform> u: P;
+@group(0) @binding(1) var<storage, read> X: array<${storageType(xDt)}>;
+@group(0) @binding(2) var<storage, read_write> Y: array<${storageType(yDt)}>;
+${flatMain('c', 'u.n')}
+  var s = 0.0;
+  for (var r = 0u; r < u.rows; r++) { s += f32(X[r * u.n + c]); }
+  Y[c] = ${storageType(yDt)}(s);
+}`,
+);
+
+/** The sum over the leading `rows` of x (as [rows, n]), shaped `shape`, in dtype dt. */
+function colSum(x: Tensor, rows: number, shape: readonly number[], dt: FloatDType): Tensor {
+  const n = x.size / rows;
+  const y = Tensor.empty(shape, dt, 'matmul_colsum');
+  if (n === 0) return y;
+  rt().dispatch({
+    name: 'matmul_colsum',
+    code: colSumKernel(x.dtype as FloatDType, dt),
+    uniforms: new Uniforms().u32(rows, n, 0, 0).done(),
+    bindings: [{ buffer: x.buffer }, { buffer: y.buffer }],
+    workgroups: grid(Math.ceil(n / 64)),
+  });
+  return y;
+}
+
+/**
+ * The gradient of operand t (dtype dt) from `full`, computed per batch of the output by f: summed over the
+ * batch when t was broadcast over it. f32 gradients keep the f32 path (sumTo); f16 ones are summed in f32 from
+ * an f32 per-batch product, then stored f16.
+ */
+function operandGrad(t: Tensor, batch: number, f: (outDt: FloatDType) => Tensor): Tensor {
+  const dt = t.dtype as FloatDType;
+  const full = f(batch > 1 && dt === 'f16' ? 'f32' : dt);
+  if (full.size === t.size) return full;
+  if (dt === 'f32') return sumTo(full, t.shape);
+  const s = colSum(full, full.size / t.size, t.shape, dt);
+  full.dispose();
+  return s;
+}
+
 /**
  * op(A) @ op(B) with batch broadcasting (batch dims flattened; one side may have batch 1), optional bias
- * added over the last dim. Gradients for A, B and bias.
+ * added over the last dim. A is the activation (f32 or f16), B an activation or a weight (f32 or f16), the
+ * bias f32; the output is f16 when A is f16, else f32 (see matmulRaw). Gradients for A, B and bias, each in
+ * its tensor's dtype.
  */
 export function matmul(a: Tensor, b: Tensor, opts: MatmulOptions = {}): Tensor {
   const { transA = false, transB = false, bias } = opts;
@@ -495,26 +575,30 @@ export function matmul(a: Tensor, b: Tensor, opts: MatmulOptions = {}): Tensor {
   return record(out, 'matmul', bias ? [a, b, bias] : [a, b], (g) => {
     let ga: Tensor | null = null;
     let gb: Tensor | null = null;
+    const Ba = a.shape.slice(0, -2).reduce((x, y) => x * y, 1);
+    const Bb = b.shape.slice(0, -2).reduce((x, y) => x * y, 1);
     if (wantsGrad(a)) {
-      // dA = dC @ op(B)^T  (or its transpose when A was transposed)
-      ga = transA ? matmulRaw(b, g, { transA: transB, transB: true }) : matmulRaw(g, b, { transB: !transB });
-      if (ga.size !== a.size) ga = sumTo(ga, a.shape);
+      // dA = dC @ op(B)^T  (or its transpose when A was transposed); summed over the batch when A was broadcast
+      ga = operandGrad(a, Ba < Bb ? Bb : 1, (dt) =>
+        transA ? matmulInto(b, g, { transA: transB, transB: true }, dt) : matmulInto(g, b, { transB: !transB }, dt),
+      );
     }
     if (wantsGrad(b)) {
-      const Ba = a.shape.slice(0, -2).reduce((x, y) => x * y, 1);
-      const Bb = b.shape.slice(0, -2).reduce((x, y) => x * y, 1);
       if (Bb === 1 && Ba > 1 && !transA) {
         // shared weight: fold the batch into M (one big GEMM instead of a batch then a sum)
         const a2 = reshape(a, [Ba * a.shape[a.rank - 2], a.shape[a.rank - 1]]);
         const g2 = reshape(g, [Ba * g.shape[g.rank - 2], g.shape[g.rank - 1]]);
-        gb = transB ? matmulRaw(g2, a2, { transA: true }) : matmulRaw(a2, g2, { transA: true });
+        const dt = b.dtype as FloatDType;
+        gb = transB ? matmulInto(g2, a2, { transA: true }, dt) : matmulInto(a2, g2, { transA: true }, dt);
         gb = reshape(gb, b.shape);
       } else {
-        gb = transB ? matmulRaw(g, a, { transA: true, transB: transA }) : matmulRaw(a, g, { transA: !transA });
-        if (gb.size !== b.size) gb = sumTo(gb, b.shape);
+        gb = operandGrad(b, Bb < Ba ? Ba : 1, (dt) =>
+          transB ? matmulInto(g, a, { transA: true, transB: transA }, dt) : matmulInto(a, g, { transA: !transA }, dt),
+        );
       }
     }
-    const gBias = bias && wantsGrad(bias) ? sumTo(g, [bias.size]) : null;
+    // the bias is f32: an f16 dC is summed by colSum (sumTo takes f32)
+    const gBias = bias && wantsGrad(bias) ? (g.dtype === 'f32' ? sumTo(g, [bias.size]) : colSum(g, g.size / bias.size, [bias.size], 'f32')) : null;
     return [ga, gb, gBias];
   });
 }

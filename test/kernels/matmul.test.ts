@@ -1,7 +1,7 @@
 // matmul: every tiling ('subgroup', 'register', 'shared') against the float64 reference on odd shapes,
 // transposes, batches and batch broadcasting, with bias and f16 weights; backward against finite differences.
 import { afterEach, beforeAll, describe, expect, it } from 'vitest';
-import { AdamW, Tensor, rt, tidy } from '../../engine/index.js';
+import { AdamW, Tensor, grad, rt, tidy } from '../../engine/index.js';
 import {
   matmul,
   matmulRaw,
@@ -276,5 +276,237 @@ describe('K-major weight copies (CPU adapters with 8-wide subgroups)', () => {
       w16.dispose();
     }
     [x, w].forEach((t) => t.dispose());
+  });
+});
+
+// ---- f16 activations: A (and the output, and its gradient) f16, B f32 or f16, arithmetic f32 ----
+// Tolerance: the inputs the references see are the f16-rounded ones (read back from the f16 tensors), and the
+// sums are f32, so what remains is the rounding of each output to f16: at most 2^-11 (4.9e-4) of its value,
+// hence of max|ref|; 1e-3 leaves a factor 2 for the f32 sums.
+const F16_TOL = 1e-3;
+const hasF16 = () => rt().features.has('shader-f16');
+const tf = (d: Float32Array, s: number[], dt: 'f32' | 'f16') => Tensor.from(d, s, dt);
+/** an f16 (or f32) tensor of seeded data, and the values it holds (f16-rounded) */
+async function input(shape: number[], seed: number, dt: 'f32' | 'f16', lo = -1, hi = 1) {
+  const t = tf(rand(R.rprod(shape), seed, lo, hi), shape, dt);
+  return { t, v: (await t.data()) as Float32Array };
+}
+
+// [A, B, transA, transB, B's dtype]: the shapes of FORWARD (odd sizes, 33x77x9 among them, batches and broadcast
+// batches) with B f32 (a weight) or f16; those with N a multiple of 4 take the K-major tile under 'always'
+type Case16 = [...Case, 'f32' | 'f16'];
+const FORWARD16: Record<string, Case16[]> = {
+  'A @ B': [
+    [[7, 33], [33, 77], false, false, 'f32'],
+    [[33, 77], [77, 9], false, false, 'f16'],
+    [[3, 17, 36], [36, 44], false, false, 'f32'],
+    [[1, 9, 12], [4, 12, 8], false, false, 'f16'],
+  ],
+  'A @ Bᵀ': [
+    [[9, 13], [77, 13], false, true, 'f32'],
+    [[77, 40], [36, 40], false, true, 'f16'],
+    [[2, 33, 40], [2, 77, 40], false, true, 'f32'],
+  ],
+  'Aᵀ @ B': [
+    [[33, 7], [33, 5], true, false, 'f32'],
+    [[36, 44], [36, 20], true, false, 'f16'],
+    [[2, 40, 76], [2, 40, 12], true, false, 'f32'],
+  ],
+  'Aᵀ @ Bᵀ': [
+    [[13, 9], [7, 13], true, true, 'f16'],
+    [[3, 12, 8], [3, 77, 12], true, true, 'f32'],
+  ],
+};
+
+async function checkForward16(c: Case16) {
+  const [as, bs, ta, tb, bdt] = c;
+  const a = await input(as, 11, 'f16');
+  const b = await input(bs, 12, bdt);
+  const y = matmul(a.t, b.t, { transA: ta, transB: tb });
+  expect(y.dtype).toBe('f16');
+  const got = await y.data();
+  [a.t, b.t, y].forEach((t) => t.dispose());
+  const ref = R.rmatmul(R.rt64(a.v, as), R.rt64(b.v, bs), ta, tb);
+  expectClose(got, ref.data, F16_TOL, `matmul ${matmulVariant()} f16 A ${tag([as, bs, ta, tb])}, ${bdt} B`);
+}
+
+describe('matmul with f16 activations', () => {
+  for (const v of VARIANTS)
+    for (const [group, cases] of Object.entries(FORWARD16))
+      it(`${v}: f16 A, ${group}: f16 output on odd shapes and batches, B f32 or f16`, async (ctx) => {
+        if (!hasF16()) return ctx.skip();
+        use(v);
+        for (const c of cases) await checkForward16(c);
+      });
+
+  it('K-major tile with f16 A: copied K-major (A @ B, A @ Bᵀ) or read as stored (Aᵀ @ B), B f16 read as stored', async (ctx) => {
+    if (!hasF16()) return ctx.skip();
+    use('subgroup k-major');
+    const g = rt().gpu;
+    const eight = g.features.has('subgroups') && g.subgroupMinSize === 8 && g.subgroupMaxSize === 8;
+    for (const c of [
+      [[3, 17, 36], [36, 44], false, false, 'f32'],
+      [[2, 17, 36], [36, 44], false, false, 'f16'],
+      [[77, 40], [36, 40], false, true, 'f16'],
+      [[36, 44], [36, 20], true, false, 'f32'],
+      [[2, 40, 76], [2, 40, 12], true, false, 'f16'],
+    ] as Case16[]) {
+      const used = await dispatchedBy(() => checkForward16(c));
+      expect(used).toContain(eight ? 'matmul_kmajor' : 'matmul_register');
+    }
+  });
+
+  for (const v of VARIANTS)
+    it(`${v}: linear on f16 x with bias, f32 or f16 weights`, async (ctx) => {
+      if (!hasF16()) return ctx.skip();
+      use(v);
+      for (const [M, K, N] of [
+        [7, 33, 5],
+        [77, 36, 20],
+      ])
+        for (const wdt of ['f32', 'f16'] as const) {
+          const x = await input([M, K], 1, 'f16');
+          const w = await input([N, K], 2, wdt);
+          const bias = rand(N, 3);
+          const bt = Tensor.from(bias, [N]);
+          const y = linear(x.t, w.t, bt);
+          expect(y.dtype).toBe('f16');
+          const got = await y.data();
+          [x.t, w.t, bt, y].forEach((t) => t.dispose());
+          const ref = R.rmap([R.rmatmul(R.rt64(x.v, [M, K]), R.rt64(w.v, [N, K]), false, true), R.rt64(bias, [N])], (p, q) => p + q);
+          expectClose(got, ref.data, F16_TOL, `linear ${v} f16 x [${M}x${K}] ${wdt} [${N}x${K}]ᵀ + bias`);
+        }
+    });
+
+  it('an f32 activation with f16 weights stays f32; A must be a float tensor, the bias f32', async (ctx) => {
+    if (!hasF16()) return ctx.skip();
+    const a = Tensor.from(rand(6, 1), [2, 3]);
+    const w = Tensor.from(rand(12, 2), [3, 4], 'f16');
+    expect(matmul(a, w).dtype).toBe('f32');
+    const a16 = Tensor.from(rand(6, 1), [2, 3], 'f16');
+    expect(() => matmul(Tensor.from([1, 2, 3, 4, 5, 6], [2, 3], 'i32'), w)).toThrow(/A must be f32 or f16/);
+    expect(() => matmul(a16, w, { bias: Tensor.from(rand(4, 3), [4], 'f16') })).toThrow(/bias must be f32/);
+  });
+});
+
+/** float64 gradients of L = sum(matmul(a, b, ta, tb) * g) w.r.t. a and b (summed over broadcast batches) */
+function refGrads(a: R.RT, b: R.RT, g: R.RT, ta: boolean, tb: boolean) {
+  const fold = (x: R.RT, shape: number[]) => {
+    const n = R.rprod(shape);
+    const data = new Float64Array(n);
+    for (let i = 0; i < x.data.length; i++) data[i % n] += x.data[i];
+    return { shape, data };
+  };
+  const da = ta ? R.rmatmul(b, g, tb, true) : R.rmatmul(g, b, false, !tb);
+  const db = tb ? R.rmatmul(g, a, true, ta) : R.rmatmul(a, g, !ta, false);
+  return { da: fold(da, a.shape), db: fold(db, b.shape) };
+}
+
+describe('matmul backward with f16 activations', () => {
+  // [A, B, transA, transB, B's dtype (B requires grad)]: every transpose, batches, A broadcast over B's batch,
+  // B shared by A's batch (folded into one GEMM, or summed over the batch when A is transposed)
+  const cases: Case16[] = [
+    [[8, 12], [12, 16], false, false, 'f16'],
+    [[8, 12], [16, 12], false, true, 'f32'],
+    [[12, 8], [12, 16], true, false, 'f32'],
+    [[12, 8], [16, 12], true, true, 'f16'],
+    [[5, 7], [7, 3], false, false, 'f32'],
+    [[2, 5, 7], [7, 3], false, false, 'f16'],
+    [[2, 8, 12], [12, 4], false, false, 'f32'],
+    [[2, 7, 5], [7, 3], true, false, 'f16'],
+    [[2, 5, 7], [2, 3, 7], false, true, 'f16'],
+    [[1, 4, 8], [3, 8, 4], false, false, 'f16'],
+    [[1, 4, 8], [3, 8, 4], false, false, 'f32'],
+  ];
+  for (const v of VARIANTS)
+    it(`${v}: dA f16, dB in B's dtype, for every transpose and batch broadcast`, async (ctx) => {
+      if (!hasF16()) return ctx.skip();
+      use(v);
+      for (const c of cases) {
+        const [as, bs, ta, tb, bdt] = c;
+        const a = await input(as, 1, 'f16');
+        const b = await input(bs, 2, bdt);
+        a.t.requireGrad();
+        b.t.requireGrad();
+        let gs: Tensor[] = [];
+        let gv: Float32Array | null = null;
+        // the rule returns each gradient in its tensor's dtype itself: no casts by the engine
+        const used = await dispatchedBy(async () => {
+          const y = matmul(a.t, b.t, { transA: ta, transB: tb });
+          expect(y.dtype).toBe('f16');
+          const g = await input([...y.shape], 3, 'f16');
+          gv = g.v;
+          gs = grad(y, [a.t, b.t], g.t);
+          [y, g.t].forEach((t) => t.dispose());
+        });
+        expect(used).not.toContain('cast');
+        const [ga, gb] = gs;
+        expect(ga.dtype).toBe('f16');
+        expect(gb.dtype).toBe(bdt);
+        const yShape = R.rmatmul(R.rt64(a.v, as), R.rt64(b.v, bs), ta, tb).shape;
+        const ref = refGrads(R.rt64(a.v, as), R.rt64(b.v, bs), R.rt64(gv!, yShape), ta, tb);
+        const what = `matmul backward ${v} f16 A ${tag([as, bs, ta, tb])} ${bdt} B`;
+        expectClose(await ga.data(), ref.da.data, F16_TOL, `${what}: dA`);
+        expectClose(await gb.data(), ref.db.data, F16_TOL, `${what}: dB`);
+        [a.t, b.t, ...gs].forEach((t) => t.dispose());
+      }
+    });
+
+  it('linear on f16 x: dBias f32 (summed in f32 from the f16 dY), dW in the weight dtype', async (ctx) => {
+    if (!hasF16()) return ctx.skip();
+    const [M, K, N] = [37, 20, 9];
+    for (const wdt of ['f32', 'f16'] as const) {
+      const x = await input([M, K], 1, 'f16');
+      const w = await input([N, K], 2, wdt);
+      const bias = Tensor.from(rand(N, 3), [N]);
+      [x.t, w.t, bias].forEach((t) => t.requireGrad());
+      const g = await input([M, N], 4, 'f16');
+      let gs: Tensor[] = [];
+      const used = await dispatchedBy(() => {
+        const y = linear(x.t, w.t, bias);
+        gs = grad(y, [x.t, w.t, bias], g.t);
+        y.dispose();
+      });
+      expect(used).not.toContain('cast');
+      expect(gs.map((t) => t.dtype)).toEqual(['f16', wdt, 'f32']);
+      const ref = refGrads(R.rt64(x.v, [M, K]), R.rt64(w.v, [N, K]), R.rt64(g.v, [M, N]), false, true);
+      const db = new Float64Array(N);
+      for (let i = 0; i < M * N; i++) db[i % N] += g.v[i];
+      expectClose(await gs[0].data(), ref.da.data, F16_TOL, `linear f16 x, ${wdt} W: dx`);
+      expectClose(await gs[1].data(), ref.db.data, F16_TOL, `linear f16 x, ${wdt} W: dW`);
+      // f32 sums of the same f16 values: only the summation order differs
+      expectClose(await gs[2].data(), db, 1e-5, `linear f16 x, ${wdt} W: dBias`);
+      [x.t, w.t, bias, g.t, ...gs].forEach((t) => t.dispose());
+    }
+  });
+});
+
+describe('K-major weight copies with f16 activations (CPU adapters with 8-wide subgroups)', () => {
+  it('an f16 x uses the kept copy of a frozen f32 weight like an f32 x', async (ctx) => {
+    const g = rt().gpu;
+    if (!hasF16() || !(matmulVariant() === 'subgroup' && g.features.has('subgroups') && g.subgroupMinSize === 8 && g.subgroupMaxSize === 8))
+      return ctx.skip();
+    // the shape of the f32 cache test: the K-major tile only without a per-call weight copy
+    const [M, K, N] = [40, 36, 132];
+    rt().releasePool();
+    const x = await input([M, K], 1, 'f16');
+    const w = await input([N, K], 2, 'f32');
+    const ref = R.rmatmul(R.rt64(x.v, [M, K]), R.rt64(w.v, [N, K]), false, true).data;
+    const call = async () => {
+      let y: Tensor | null = null;
+      const names = await dispatchedBy(() => {
+        y = linear(x.t, w.t);
+      });
+      expect(y!.dtype).toBe('f16');
+      expectClose(await y!.data(), ref, F16_TOL, `f16 x @ Wᵀ [${M}x${K}] [${N}x${K}]ᵀ`);
+      y!.dispose();
+      return names;
+    };
+    expect(await call()).toEqual(['matmul_subgroup']);
+    expect(await call()).toEqual(['matmul_transpose', 'matmul_transpose', 'matmul_kmajor']);
+    expect(matmulWeightCacheBytes()).toBe(4 * K * N);
+    expect(await call()).toEqual(['matmul_transpose', 'matmul_kmajor']);
+    [x.t, w.t].forEach((t) => t.dispose());
+    expect(matmulWeightCacheBytes()).toBe(0);
   });
 });

@@ -19,7 +19,8 @@
 // item, each bound at a 256-byte aligned offset with the remainder passed as an element shift.
 import { rt, Uniforms, type BufferBinding } from '../engine/runtime.js';
 import { DTYPE_BYTES, ShapeError, Tensor, record, wantsGrad } from '../engine/tensor.js';
-import { grid, WG_INDEX, memoKernel, flatMain } from './util.js';
+import { grid, WG_INDEX, memoKernel, flatMain, storageType, enableF16, floatDtype, sameFloatDtype, type FloatDType } from './util.js';
+import { cast } from './elementwise.js';
 import { winogradBackwardData, winogradBackwardWeight, winogradFits, winogradForward, type WinogradTile } from './winograd.js';
 
 export interface Conv2dOptions {
@@ -64,6 +65,20 @@ function geometry(x: Tensor, w: Tensor, opts: Conv2dOptions): Geom {
   return { N, C, H, W, O, KH, KW, SH, SW, PT, PB, PL, PR, Ho, Wo };
 }
 
+// ---------------- storage dtypes ----------------
+// Activations (x, y) and their gradients (dY, dX) are f32 or f16; weights f32 or f16 independently; bias and
+// the weight/bias gradients' accumulation f32. Kernels compute in f32: a load of an f16 tensor is widened and a
+// store narrowed. For f32 tensors the helpers return the expression unchanged, so the f32 kernels' WGSL is
+// what it was. Every path takes f16 activations (direct, subgroup with or without the weight repack, Winograd
+// with texture or buffer reads); dW is summed in f32 and rounded once where w is f16. Where a tensor exceeds one
+// binding, the partial sums over channel chunks are accumulated in y / dX itself, so with f16 activations they
+// are rounded to f16 once per chunk (bias gradient and dW accumulate in f32).
+
+/** WGSL: the load `e` of a tensor stored as `dt`, widened to f32 */
+const wide = (dt: FloatDType, e: string) => (dt === 'f16' ? `f32(${e})` : e);
+/** WGSL: the f32 value `e` narrowed for a store into a tensor of dtype `dt` */
+const narrow = (dt: FloatDType, e: string) => (dt === 'f16' ? `f16(${e})` : e);
+
 // ---------------- binding windows for tensors larger than one storage binding ----------------
 
 /** Bind elements [start, start + count) of `t` at an aligned offset; `shift` is the element index of `start` in the window. */
@@ -77,18 +92,19 @@ function window(t: Tensor, start: number, count: number): { bind: BufferBinding;
   return { bind: { buffer: t.buffer, offset, size }, shift };
 }
 
-/** Largest element count (f32) that a window may hold, leaving room for the alignment shift. */
-function windowLimit(): number {
+/** Largest element count (of `eb` bytes each) that a window may hold, leaving room for the alignment shift. */
+function windowLimit(eb: number): number {
   const r = rt();
-  return Math.floor((r.maxBindingBytes - r.offsetAlign) / 4);
+  return Math.floor((r.maxBindingBytes - r.offsetAlign) / eb);
 }
 
 /**
- * Chunking of two per-item operands A [N, CA, SA] and B [N, CB, SB] (f32): `nb` whole items per chunk when an
- * item of each fits a binding, else one item per chunk with `ca`/`cb` channels per window.
+ * Chunking of two per-item operands A [N, CA, SA] and B [N, CB, SB] with `eb` bytes per element (4: f32, 2:
+ * f16): `nb` whole items per chunk when an item of each fits a binding, else one item per chunk with `ca`/`cb`
+ * channels per window.
  */
-function plan(op: string, N: number, CA: number, SA: number, CB: number, SB: number) {
-  const lim = windowLimit();
+function plan(op: string, N: number, CA: number, SA: number, CB: number, SB: number, eb = 4) {
+  const lim = windowLimit(eb);
   if (CA * SA <= lim && CB * SB <= lim) return { nb: Math.max(1, Math.min(N, Math.floor(lim / Math.max(CA * SA, CB * SB, 1)))), ca: CA, cb: CB };
   const ca = Math.min(CA, Math.floor(lim / SA));
   const cb = Math.min(CB, Math.floor(lim / SB));
@@ -114,15 +130,15 @@ const geomUniforms = (un: Uniforms, g: Geom) => un.i32(g.KH, g.KW, g.SH, g.SW, g
 
 // uniforms: Cc (channels in this window), Ctot, c0, Oc, o0, H, W, Ho, Wo, xBS, yBS, xShift, yShift, accum
 const forwardKernel = memoKernel(forwardKernelSource);
-function forwardKernelSource(f16: boolean, bias: boolean): string {
+function forwardKernelSource(f16: boolean, bias: boolean, ad: FloatDType): string {
   const J = [0, 1, 2, 3];
-  return /* wgsl */ `${f16 ? 'enable f16;' : ''}
+  return /* wgsl */ `${enableF16(f16 ? 'f16' : 'f32', ad)}
 struct P { Cc: u32, Ctot: u32, c0: u32, Oc: u32, o0: u32, H: u32, W: u32, Ho: u32, Wo: u32, xBS: u32, yBS: u32, xShift: u32, yShift: u32, accum: u32, _0: u32, _1: u32, ${GEOM_FIELDS} }
 @group(0) @binding(0) var<uniform> u: P;
-@group(0) @binding(1) var<storage, read> X: array<f32>;
+@group(0) @binding(1) var<storage, read> X: array<${storageType(ad)}>;
 @group(0) @binding(2) var<storage, read> WT: array<${f16 ? 'f16' : 'f32'}>;
 ${bias ? '@group(0) @binding(3) var<storage, read> BIAS: array<f32>;' : ''}
-@group(0) @binding(${bias ? 4 : 3}) var<storage, read_write> Y: array<f32>;
+@group(0) @binding(${bias ? 4 : 3}) var<storage, read_write> Y: array<${storageType(ad)}>;
 @compute @workgroup_size(8, 8, 1)
 fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
   ${GEOM_LETS}
@@ -155,7 +171,7 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
       let wk = wrow + u32(ky * KW + kx);
       for (var c = 0u; c < u.Cc; c++) {
         let xo = c * HW;
-        let xv = vec4<f32>(X[a.x + xo], X[a.y + xo], X[a.z + xo], X[a.w + xo]) * m;
+        let xv = vec4<f32>(${['x', 'y', 'z', 'w'].map((c) => wide(ad, `X[a.${c} + xo]`)).join(', ')}) * m;
         let wc = wk + c * KHW;
         acc0 = fma(vec4<f32>(f32(WT[wc.x])), xv, acc0);
         acc1 = fma(vec4<f32>(f32(WT[wc.y])), xv, acc1);
@@ -170,17 +186,18 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
     let base = u.yShift + n * u.yBS + (ol + i) * P + p0;
     var v = accs[i];
     ${bias ? 'if (u.accum == 0u) { v += vec4<f32>(BIAS[u.o0 + ol + i]); }' : ''}
-    ${J.map((j) => `if (p0 + ${j}u < P) { Y[base + ${j}u] = select(v[${j}], v[${j}] + Y[base + ${j}u], u.accum != 0u); }`).join('\n    ')}
+    ${J.map((j) => `if (p0 + ${j}u < P) { Y[base + ${j}u] = ${narrow(ad, `select(v[${j}], v[${j}] + ${wide(ad, `Y[base + ${j}u]`)}, u.accum != 0u)`)}; }`).join('\n    ')}
   }
 }`;
 }
 
 function forwardRaw(x: Tensor, w: Tensor, bias: Tensor | undefined, g: Geom): Tensor {
   const { N, C, H, W, O, Ho, Wo } = g;
-  const y = Tensor.empty([N, O, Ho, Wo], 'f32', 'conv2d');
+  const ad = x.dtype as FloatDType;
+  const y = Tensor.empty([N, O, Ho, Wo], ad, 'conv2d');
   if (y.size === 0) return y;
   checkWeightBinding('conv2d', w);
-  const wt = winogradTile(g);
+  const wt = winogradTile(g, ad);
   if (wt) {
     winogradForward(x, w, bias, g, y, wt);
     return y;
@@ -191,8 +208,8 @@ function forwardRaw(x: Tensor, w: Tensor, bias: Tensor | undefined, g: Geom): Te
   }
   const r = rt();
   const f16 = w.dtype === 'f16';
-  const code = forwardKernel(f16, !!bias);
-  const { nb, ca: cb, cb: ob } = plan('conv2d', N, C, H * W, O, Ho * Wo);
+  const code = forwardKernel(f16, !!bias, ad);
+  const { nb, ca: cb, cb: ob } = plan('conv2d', N, C, H * W, O, Ho * Wo, DTYPE_BYTES[ad]);
   for (let n0 = 0; n0 < N; n0 += nb) {
     const nn = Math.min(nb, N - n0);
     for (let o0 = 0; o0 < O; o0 += ob) {
@@ -220,14 +237,14 @@ function forwardRaw(x: Tensor, w: Tensor, bias: Tensor | undefined, g: Geom): Te
 
 // uniforms: Cc, c0, Oc, o0, Ctot, H, W, Ho, Wo, xBS, gBS, xShift, gShift, accum, QB (blocks of 4 per phase row)
 const backwardDataKernel = memoKernel(backwardDataKernelSource);
-function backwardDataKernelSource(f16: boolean): string {
+function backwardDataKernelSource(f16: boolean, ad: FloatDType): string {
   const J = [0, 1, 2, 3];
-  return /* wgsl */ `${f16 ? 'enable f16;' : ''}
+  return /* wgsl */ `${enableF16(f16 ? 'f16' : 'f32', ad)}
 struct P { Cc: u32, c0: u32, Oc: u32, o0: u32, Ctot: u32, H: u32, W: u32, Ho: u32, Wo: u32, xBS: u32, gBS: u32, xShift: u32, gShift: u32, accum: u32, QB: u32, _0: u32, ${GEOM_FIELDS} }
 @group(0) @binding(0) var<uniform> u: P;
-@group(0) @binding(1) var<storage, read> G: array<f32>;
+@group(0) @binding(1) var<storage, read> G: array<${storageType(ad)}>;
 @group(0) @binding(2) var<storage, read> WT: array<${f16 ? 'f16' : 'f32'}>;
-@group(0) @binding(3) var<storage, read_write> DX: array<f32>;
+@group(0) @binding(3) var<storage, read_write> DX: array<${storageType(ad)}>;
 @compute @workgroup_size(8, 8, 1)
 fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
   ${GEOM_LETS}
@@ -263,7 +280,7 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
       let wk = wrow + u32(ky * KW + kx);
       for (var o = 0u; o < u.Oc; o++) {
         let go = o * HoWo;
-        let gv = vec4<f32>(G[a.x + go], G[a.y + go], G[a.z + go], G[a.w + go]) * m;
+        let gv = vec4<f32>(${['x', 'y', 'z', 'w'].map((c) => wide(ad, `G[a.${c} + go]`)).join(', ')}) * m;
         let wc = wk + o * wo;
         acc0 = fma(vec4<f32>(f32(WT[wc.x])), gv, acc0);
         acc1 = fma(vec4<f32>(f32(WT[wc.y])), gv, acc1);
@@ -277,17 +294,19 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
     if (cl + i >= u.Cc) { break; }
     let base = u.xShift + n * u.xBS + (cl + i) * u.H * u.W + iy * u.W;
     let v = accs[i];
-    ${J.map((j) => `if (colOk[${j}]) { let k = base + ix[${j}]; DX[k] = select(v[${j}], v[${j}] + DX[k], u.accum != 0u); }`).join('\n    ')}
+    ${J.map((j) => `if (colOk[${j}]) { let k = base + ix[${j}]; DX[k] = ${narrow(ad, `select(v[${j}], v[${j}] + ${wide(ad, 'DX[k]')}, u.accum != 0u)`)}; }`).join('\n    ')}
   }
 }`;
 }
 
 function backwardDataRaw(gy: Tensor, w: Tensor, g: Geom): Tensor {
   const { N, C, H, W, O, Ho, Wo, SW } = g;
-  const dx = Tensor.empty([N, C, H, W], 'f32', 'conv2d_dx');
+  // dY has y's dtype, which is x's: dX takes it
+  const ad = gy.dtype as FloatDType;
+  const dx = Tensor.empty([N, C, H, W], ad, 'conv2d_dx');
   if (dx.size === 0) return dx;
   checkWeightBinding('conv2d backward', w);
-  const wt = winogradTile(g);
+  const wt = winogradTile(g, ad);
   if (wt) {
     winogradBackwardData(gy, w, g, dx, wt);
     return dx;
@@ -297,9 +316,9 @@ function backwardDataRaw(gy: Tensor, w: Tensor, g: Geom): Tensor {
     return dx;
   }
   const r = rt();
-  const code = backwardDataKernel(w.dtype === 'f16');
+  const code = backwardDataKernel(w.dtype === 'f16', ad);
   const QB = Math.ceil(Math.ceil(W / SW) / 4);
-  const { nb, ca: cb, cb: ob } = plan('conv2d backward', N, C, H * W, O, Ho * Wo);
+  const { nb, ca: cb, cb: ob } = plan('conv2d backward', N, C, H * W, O, Ho * Wo, DTYPE_BYTES[ad]);
   for (let n0 = 0; n0 < N; n0 += nb) {
     const nn = Math.min(nb, N - n0);
     for (let c0 = 0; c0 < C; c0 += cb) {
@@ -327,12 +346,12 @@ function backwardDataRaw(gy: Tensor, w: Tensor, g: Geom): Tensor {
 
 // uniforms: Cc, c0, Oc, o0, Ctot, H, W, Ho, Wo, nb, xBS, gBS, xShift, gShift, accum
 const backwardWeightKernel = memoKernel(backwardWeightKernelSource);
-function backwardWeightKernelSource(): string {
-  return /* wgsl */ `
+function backwardWeightKernelSource(ad: FloatDType): string {
+  return /* wgsl */ `${enableF16(ad)}
 struct P { Cc: u32, c0: u32, Oc: u32, o0: u32, Ctot: u32, H: u32, W: u32, Ho: u32, Wo: u32, nb: u32, xBS: u32, gBS: u32, xShift: u32, gShift: u32, accum: u32, _0: u32, ${GEOM_FIELDS} }
 @group(0) @binding(0) var<uniform> u: P;
-@group(0) @binding(1) var<storage, read> X: array<f32>;
-@group(0) @binding(2) var<storage, read> G: array<f32>;
+@group(0) @binding(1) var<storage, read> X: array<${storageType(ad)}>;
+@group(0) @binding(2) var<storage, read> G: array<${storageType(ad)}>;
 @group(0) @binding(3) var<storage, read_write> DW: array<f32>;
 @compute @workgroup_size(8, 8, 1)
 fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
@@ -362,11 +381,8 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
       for (var ox = oxLo; ox < oxHi; ox++) {
         let xi = xr + u32(ox * SW);
         let gi = gr + u32(ox);
-        let xv = vec4<f32>(X[xi.x], X[xi.y], X[xi.z], X[xi.w]);
-        acc0 = fma(vec4<f32>(G[gi.x]), xv, acc0);
-        acc1 = fma(vec4<f32>(G[gi.y]), xv, acc1);
-        acc2 = fma(vec4<f32>(G[gi.z]), xv, acc2);
-        acc3 = fma(vec4<f32>(G[gi.w]), xv, acc3);
+        let xv = vec4<f32>(${['x', 'y', 'z', 'w'].map((c) => wide(ad, `X[xi.${c}]`)).join(', ')});
+        ${['x', 'y', 'z', 'w'].map((c, i) => `acc${i} = fma(vec4<f32>(${wide(ad, `G[gi.${c}]`)}), xv, acc${i});`).join('\n        ')}
       }
     }
   }
@@ -383,8 +399,18 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
 }`;
 }
 
-function backwardWeightRaw(gy: Tensor, x: Tensor, g: Geom): Tensor {
+/** dW in w's dtype: summed in f32 (over batch chunks, tile chunks), an f16 weight's gradient rounded once at the end */
+function backwardWeightRaw(gy: Tensor, x: Tensor, w: Tensor, g: Geom): Tensor {
+  const dw = backwardWeightF32(gy, x, g);
+  if (w.dtype !== 'f16') return dw;
+  const h = cast(dw, 'f16');
+  dw.dispose();
+  return h;
+}
+
+function backwardWeightF32(gy: Tensor, x: Tensor, g: Geom): Tensor {
   const { N, C, H, W, O, KH, KW, Ho, Wo } = g;
+  const ad = x.dtype as FloatDType;
   const dw = Tensor.empty([O, C, KH, KW], 'f32', 'conv2d_dw');
   if (dw.size === 0) return dw;
   const r = rt();
@@ -393,14 +419,14 @@ function backwardWeightRaw(gy: Tensor, x: Tensor, g: Geom): Tensor {
     return dw;
   }
   checkWeightBinding('conv2d backward', dw);
-  const wt = winogradTile(g);
+  const wt = winogradTile(g, ad);
   if (wt) {
     winogradBackwardWeight(gy, x, g, dw, wt);
     return dw;
   }
   if (useSubgroup(O) && backwardWeightSg(gy, x, g, dw)) return dw;
-  const code = backwardWeightKernel();
-  const { nb, ca: cb, cb: ob } = plan('conv2d backward', N, C, H * W, O, Ho * Wo);
+  const code = backwardWeightKernel(ad);
+  const { nb, ca: cb, cb: ob } = plan('conv2d backward', N, C, H * W, O, Ho * Wo, DTYPE_BYTES[ad]);
   for (let n0 = 0; n0 < N; n0 += nb) {
     const nn = Math.min(nb, N - n0);
     for (let o0 = 0; o0 < O; o0 += ob) {
@@ -483,9 +509,9 @@ export function setConv2dWinograd(m: WinogradMode) {
   winograd = m;
 }
 const WINOGRAD_MIN_TILES = 32;
-/** The Winograd output tile for this convolution, or 0 for the direct kernels. */
-function winogradTile(g: Geom): 0 | WinogradTile {
-  if (winograd === 'never' || g.KH !== 3 || g.KW !== 3 || g.SH !== 1 || g.SW !== 1 || !winogradFits(g)) return 0;
+/** The Winograd output tile for this convolution with activations of dtype `ad`, or 0 for the direct kernels. */
+function winogradTile(g: Geom, ad: FloatDType): 0 | WinogradTile {
+  if (winograd === 'never' || g.KH !== 3 || g.KW !== 3 || g.SH !== 1 || g.SW !== 1 || !winogradFits(g, DTYPE_BYTES[ad])) return 0;
   if (winograd === 'always') return 4;
   if (winograd === 'always-2x2') return 2;
   if (conv2dVariant() !== 'subgroup' || Math.min(g.C, g.O) < 16) return 0;
@@ -557,7 +583,7 @@ function repack(w: Tensor, bias: Tensor | undefined, mode: 'fwd' | 'bwd', rStart
 }
 
 const sgGemmKernel = memoKernel(sgGemmKernelSource);
-function sgGemmKernelSource(mode: 'fwd' | 'bwd', f16: boolean, bias: boolean, packed: boolean): string {
+function sgGemmKernelSource(mode: 'fwd' | 'bwd', f16: boolean, bias: boolean, packed: boolean, ad: FloatDType): string {
   if (SG_R !== 4 * SG) throw new Error('conv2d: the subgroup kernel assumes 4 rows per lane');
   const R = [...Array(SG_R).keys()];
   const T = [...Array(SG_T).keys()];
@@ -586,7 +612,7 @@ function sgGemmKernelSource(mode: 'fwd' | 'bwd', f16: boolean, bias: boolean, pa
       let dy = (py + u.PT - ky) / u.SH;
       let dx = (px + u.PL - kx) / u.SW;
       ${T.map((t) => `let sy${t} = ya${t} + dy; let sx${t} = xb${t} + dx;`).join(' ')}`;
-  return /* wgsl */ `enable subgroups;${f16 ? '\nenable f16;' : ''}
+  return /* wgsl */ `enable subgroups;${f16 || ad === 'f16' ? '\nenable f16;' : ''}
 struct P {
   K: u32, kOff: u32, rStart: u32, Rc: u32,
   rowStride: u32, kStride: u32, srcH: u32, srcW: u32,
@@ -595,7 +621,7 @@ struct P {
   KH: i32, KW: i32, SH: i32, SW: i32,
   PT: i32, PL: i32, nItems: u32, _2: i32 }
 @group(0) @binding(0) var<uniform> u: P;
-@group(0) @binding(1) var<storage, read> SRC: array<f32>;
+@group(0) @binding(1) var<storage, read> SRC: array<${storageType(ad)}>;
 ${
   packed
     ? `// repacked weights: vec4 (tap * kStride + kOff + k) * rowStride + r / 4 holds rows r .. r + 3, bias at biasOff4
@@ -605,7 +631,7 @@ ${
 @group(0) @binding(2) var<storage, read> WT: array<${f16 ? 'f16' : 'f32'}>;
 ${bias ? '@group(0) @binding(3) var<storage, read> BIAS: array<f32>;' : ''}`
 }
-@group(0) @binding(${bias && !packed ? 4 : 3}) var<storage, read_write> Y: array<f32>;
+@group(0) @binding(${bias && !packed ? 4 : 3}) var<storage, read_write> Y: array<${storageType(ad)}>;
 @compute @workgroup_size(${SG})
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(subgroup_invocation_id) lane: u32) {
   ${
@@ -664,7 +690,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(subgroup_invocation_id) 
         let wv = vec4<f32>(${J.map((j) => `f32(WT[wb${j} + ko])`).join(', ')});`
         }
         let so = k * srcPlane;
-        ${T.map((t) => `let x${t} = SRC[s${t} + so] * m${t};`).join(' ')}
+        ${T.map((t) => `let x${t} = ${wide(ad, `SRC[s${t} + so]`)} * m${t};`).join(' ')}
         ${R.map(
           (r) =>
             `{ let w = ${bc('wv', r)}; ${T.map((t) => `c${r}_${t} = fma(w, x${t}, c${r}_${t});`).join(' ')} }`,
@@ -689,7 +715,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(subgroup_invocation_id) 
   for (var r = 0u; r < rn; r++) {
     ${Q.map((q) => `let v${q} = acc[r * ${SG_T / 4}u + ${q}u];`).join(' ')}
     let ro = oBase + r * outPlane;
-    ${T.map((t) => `if (pi${t} < NT) { let q = ro + oa${t}; Y[q] = select(v${t >> 2}[${t % 4}], v${t >> 2}[${t % 4}] + Y[q], u.accum != 0u); }`).join('\n    ')}
+    ${T.map((t) => `if (pi${t} < NT) { let q = ro + oa${t}; Y[q] = ${narrow(ad, `select(v${t >> 2}[${t % 4}], v${t >> 2}[${t % 4}] + ${wide(ad, 'Y[q]')}, u.accum != 0u)`)}; }`).join('\n    ')}
   }
 }`;
 }
@@ -710,9 +736,10 @@ function forwardSg(x: Tensor, w: Tensor, bias: Tensor | undefined, g: Geom, y: T
   const { N, C, H, W, O, Ho, Wo, KH, KW } = g;
   const r = rt();
   const KK = KH * KW;
-  const { nb, ca: cb, cb: ob } = plan('conv2d', N, C, H * W, O, Ho * Wo);
+  const ad = x.dtype as FloatDType;
+  const { nb, ca: cb, cb: ob } = plan('conv2d', N, C, H * W, O, Ho * Wo, DTYPE_BYTES[ad]);
   const packed = packWeights(Math.min(nb, N) * Ho * Wo);
-  const code = sgGemmKernel('fwd', w.dtype === 'f16', !!bias, packed);
+  const code = sgGemmKernel('fwd', w.dtype === 'f16', !!bias, packed, ad);
   for (let o0 = 0; o0 < O; o0 += ob) {
     const oc = Math.min(ob, O - o0);
     const wr = packed ? repack(w, bias, 'fwd', o0, oc, g) : null;
@@ -744,10 +771,11 @@ function backwardDataSg(gy: Tensor, w: Tensor, g: Geom, dx: Tensor) {
   const { N, C, H, W, O, Ho, Wo, SH, SW, KH, KW } = g;
   const r = rt();
   const KK = KH * KW;
-  const { nb, ca: cb, cb: ob } = plan('conv2d backward', N, C, H * W, O, Ho * Wo);
+  const ad = gy.dtype as FloatDType;
+  const { nb, ca: cb, cb: ob } = plan('conv2d backward', N, C, H * W, O, Ho * Wo, DTYPE_BYTES[ad]);
   const phasePlane = Math.ceil(H / SH) * Math.ceil(W / SW);
   const packed = packWeights(Math.min(nb, N) * H * W);
-  const code = sgGemmKernel('bwd', w.dtype === 'f16', false, packed);
+  const code = sgGemmKernel('bwd', w.dtype === 'f16', false, packed, ad);
   for (let c0 = 0; c0 < C; c0 += cb) {
     const cc = Math.min(cb, C - c0);
     const wr = packed ? repack(w, undefined, 'bwd', c0, cc, g) : null;
@@ -851,11 +879,13 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(subgroup_invocation_id) 
 // (n, p) walks the rows: neighbouring lanes read neighbouring pixels and each writes whole vec4s, with a
 // single integer division per invocation (a division per element made this transpose cost as much as the
 // convolution that follows it on CPU adapters, where vector integer division is scalarized).
-const TRANSPOSE_ROWS = /* wgsl */ `
+const transposeRowsKernel = memoKernel((ad: FloatDType) => {
+  const ld = (e: string) => wide(ad, e);
+  return /* wgsl */ `${enableF16(ad)}
 ${WG_INDEX}
 struct P { nP: u32, Rp4: u32, rc: u32, P: u32, gBS: u32, shift: u32, _0: u32, _1: u32 }
 @group(0) @binding(0) var<uniform> u: P;
-@group(0) @binding(1) var<storage, read> G: array<f32>;
+@group(0) @binding(1) var<storage, read> G: array<${storageType(ad)}>;
 @group(0) @binding(2) var<storage, read_write> GT: array<vec4<f32>>;
 ${flatMain('i', 'u.nP')}
   let n = i / u.P;
@@ -865,17 +895,19 @@ ${flatMain('i', 'u.nP')}
   let full = u.rc / 4u;
   for (var q = 0u; q < full; q++) {
     let s = src + 4u * q * u.P;
-    GT[dst + q] = vec4<f32>(G[s], G[s + u.P], G[s + 2u * u.P], G[s + 3u * u.P]);
+    GT[dst + q] = vec4<f32>(${ld('G[s]')}, ${ld('G[s + u.P]')}, ${ld('G[s + 2u * u.P]')}, ${ld('G[s + 3u * u.P]')});
   }
   if (full < u.Rp4) {
     let r0 = 4u * full;
     var v = vec4<f32>(0.0);
-    for (var j = 0u; r0 + j < u.rc; j++) { v[j] = G[src + (r0 + j) * u.P]; }
+    for (var j = 0u; r0 + j < u.rc; j++) { v[j] = ${ld('G[src + (r0 + j) * u.P]')}; }
     GT[dst + full] = v;
   }
 }`;
+});
 
-function transposeRows(gw: { bind: BufferBinding; shift: number }, nn: number, rc: number, P: number, gBS: number): { gt: Tensor; Rp: number } {
+/** GT (f32) from a window of G (f32 or f16: `ad`) */
+function transposeRows(gw: { bind: BufferBinding; shift: number }, ad: FloatDType, nn: number, rc: number, P: number, gBS: number): { gt: Tensor; Rp: number } {
   const Rp = Math.ceil(rc / 4) * 4;
   const n = nn * P * Rp;
   const gt = Tensor.empty([n], 'f32', 'conv2d_gt');
@@ -883,7 +915,7 @@ function transposeRows(gw: { bind: BufferBinding; shift: number }, nn: number, r
   if (gt.byteLength > rt().maxBindingBytes) throw new ShapeError(`conv2d backward: transposed gradient of ${gt.byteLength} bytes exceeds the storage binding limit`);
   rt().dispatch({
     name: 'conv2d_transpose_rows',
-    code: TRANSPOSE_ROWS,
+    code: transposeRowsKernel(ad),
     uniforms: new Uniforms().u32(nP, Rp / 4, rc, P, gBS, gw.shift, 0, 0).done(),
     bindings: [gw.bind, { buffer: gt.buffer }],
     workgroups: grid(Math.ceil(nP / 64)),
@@ -896,9 +928,13 @@ function backwardWeightSg(gy: Tensor, x: Tensor, g: Geom, dw: Tensor): boolean {
   const { N, C, H, W, O, KH, KW, Ho, Wo } = g;
   const r = rt();
   const code = sgWeightKernel();
-  // plan with rows rounded up to 4 so that the transposed dY window fits wherever the dY window does
+  const ad = x.dtype as FloatDType;
+  // plan with rows rounded up to 4 so that the transposed dY window fits wherever the dY window does (planned
+  // in f32 elements also for f16 activations: the transposed copies are f32; an f16 plane too large for an f32
+  // binding goes to the register kernel, which binds the f16 windows directly)
   const O4 = Math.ceil(O / 4) * 4;
   const C4 = Math.ceil(C / 4) * 4;
+  if (Math.max(H * W, Ho * Wo) > windowLimit(4)) return false;
   const p = plan('conv2d backward', N, C4, H * W, O4, Ho * Wo);
   const { nb } = p;
   if ((p.cb < 4 && O > p.cb) || (p.ca < 4 && C > p.ca)) return false;
@@ -909,11 +945,11 @@ function backwardWeightSg(gy: Tensor, x: Tensor, g: Geom, dw: Tensor): boolean {
     for (let o0 = 0; o0 < O; o0 += ob) {
       const oc = Math.min(ob, O - o0);
       const gw = window(gy, n0 * O * Ho * Wo + o0 * Ho * Wo, (nn - 1) * O * Ho * Wo + oc * Ho * Wo);
-      const { gt, Rp } = transposeRows(gw, nn, oc, Ho * Wo, O * Ho * Wo);
+      const { gt, Rp } = transposeRows(gw, ad, nn, oc, Ho * Wo, O * Ho * Wo);
       for (let c0 = 0; c0 < C; c0 += cb) {
         const cc = Math.min(cb, C - c0);
         const xw = window(x, n0 * C * H * W + c0 * H * W, (nn - 1) * C * H * W + cc * H * W);
-        const { gt: xt, Rp: Cp } = transposeRows(xw, nn, cc, H * W, C * H * W);
+        const { gt: xt, Rp: Cp } = transposeRows(xw, ad, nn, cc, H * W, C * H * W);
         const wg: [number, number, number] = [Math.ceil(cc / (SG * SG_T)), Math.ceil(oc / SG_R), KH * KW];
         checkGrid('conv2d backward', wg);
         r.dispatch({
@@ -936,10 +972,12 @@ function backwardWeightSg(gy: Tensor, x: Tensor, g: Geom, dw: Tensor): boolean {
 
 // ---------------- bias gradient ----------------
 
-const BIAS_GRAD = /* wgsl */ `
+// dBias is f32 (biases are f32); dY f32 or f16 (`ad`)
+const biasGradKernel = memoKernel(
+  (ad: FloatDType) => /* wgsl */ `${enableF16(ad)}
 struct P { Oc: u32, o0: u32, nb: u32, P: u32, gBS: u32, gShift: u32, accum: u32, _0: u32 }
 @group(0) @binding(0) var<uniform> u: P;
-@group(0) @binding(1) var<storage, read> G: array<f32>;
+@group(0) @binding(1) var<storage, read> G: array<${storageType(ad)}>;
 @group(0) @binding(2) var<storage, read_write> DB: array<f32>;
 var<workgroup> part: array<f32, 64>;
 @compute @workgroup_size(64)
@@ -948,7 +986,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
   var acc = 0.0;
   for (var n = 0u; n < u.nb; n++) {
     let base = u.gShift + n * u.gBS + o * u.P;
-    for (var p = li; p < u.P; p += 64u) { acc += G[base + p]; }
+    for (var p = li; p < u.P; p += 64u) { acc += ${wide(ad, 'G[base + p]')}; }
   }
   part[li] = acc;
   workgroupBarrier();
@@ -960,7 +998,8 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
     let k = u.o0 + o;
     DB[k] = select(part[0], part[0] + DB[k], u.accum != 0u);
   }
-}`;
+}`,
+);
 
 function biasGradRaw(gy: Tensor): Tensor {
   const [N, O, Ho, Wo] = gy.shape;
@@ -971,7 +1010,8 @@ function biasGradRaw(gy: Tensor): Tensor {
     r.dispatch(zeroSpec(db));
     return db;
   }
-  const { nb, cb: ob } = plan('conv2d backward', N, 1, 1, O, Ho * Wo);
+  const ad = gy.dtype as FloatDType;
+  const { nb, cb: ob } = plan('conv2d backward', N, 1, 1, O, Ho * Wo, DTYPE_BYTES[ad]);
   for (let n0 = 0; n0 < N; n0 += nb) {
     const nn = Math.min(nb, N - n0);
     for (let o0 = 0; o0 < O; o0 += ob) {
@@ -979,7 +1019,7 @@ function biasGradRaw(gy: Tensor): Tensor {
       const gw = window(gy, n0 * O * Ho * Wo + o0 * Ho * Wo, (nn - 1) * O * Ho * Wo + oc * Ho * Wo);
       r.dispatch({
         name: 'conv2d_bwd_bias',
-        code: BIAS_GRAD,
+        code: biasGradKernel(ad),
         uniforms: new Uniforms().u32(oc, o0, nn, Ho * Wo, O * Ho * Wo, gw.shift, n0 > 0 ? 1 : 0, 0).done(),
         bindings: [gw.bind, { buffer: db.buffer }],
         workgroups: [oc],
@@ -1002,28 +1042,60 @@ function zeroSpec(t: Tensor) {
 
 // ---------------- the op ----------------
 
+/** Checks the dtypes of conv2d's operands: x f32 or f16 (f16 needs shader-f16), w f32 or f16, bias f32 [O]. */
+function checkDtypes(x: Tensor, w: Tensor, bias: Tensor | undefined, g: Geom) {
+  floatDtype('conv2d', 'input', x);
+  floatDtype('conv2d', 'weight', w);
+  if (bias && (bias.size !== g.O || bias.dtype !== 'f32')) throw new ShapeError(`conv2d: bias must be f32 [${g.O}], got ${bias.dtype} [${bias.shape}]`);
+}
+
+/** Checks that dY has y's dtype, which is x's. */
+function checkDy(gy: Tensor, x: Tensor) {
+  sameFloatDtype('conv2d backward', [x, gy], ['input', 'dY']);
+}
+
 /**
- * 2D convolution, PyTorch layout and semantics: x [N, C, H, W] f32, w [O, C, kh, kw] f32 (or f16 storage),
- * optional bias [O]. Padding is zero padding; `padding: [top, bottom, left, right]` allows the asymmetric
- * padding of the VAE encoder's downsampler. Gradients for x, w and bias.
+ * 2D convolution, PyTorch layout and semantics: x [N, C, H, W] f32 or f16 (the output has x's dtype; f16 needs
+ * shader-f16, arithmetic is f32 either way), w [O, C, kh, kw] f32 or f16 (independent of x), optional bias [O]
+ * f32. Padding is zero padding; `padding: [top, bottom, left, right]` allows the asymmetric padding of the VAE
+ * encoder's downsampler. Gradients for x, w and bias, each in its tensor's dtype (the autodiff hands dY over in
+ * y's dtype).
  */
 export function conv2d(x: Tensor, w: Tensor, bias?: Tensor, opts: Conv2dOptions = {}): Tensor {
   const g = geometry(x, w, opts);
-  if (x.dtype !== 'f32') throw new ShapeError(`conv2d: input must be f32, got ${x.dtype}`);
-  if (w.dtype !== 'f32' && w.dtype !== 'f16') throw new ShapeError(`conv2d: weight must be f32 or f16, got ${w.dtype}`);
-  if (bias && (bias.size !== g.O || bias.dtype !== 'f32')) throw new ShapeError(`conv2d: bias must be f32 [${g.O}], got ${bias.dtype} [${bias.shape}]`);
+  checkDtypes(x, w, bias, g);
   const y = forwardRaw(x, w, bias, g);
-  return record(y, 'conv2d', bias ? [x, w, bias] : [x, w], (gy) => [
-    wantsGrad(x) ? backwardDataRaw(gy, w, g) : null,
-    wantsGrad(w) ? backwardWeightRaw(gy, x, g) : null,
-    bias && wantsGrad(bias) ? biasGradRaw(gy) : null,
-  ]);
+  return record(y, 'conv2d', bias ? [x, w, bias] : [x, w], (gy) => {
+    checkDy(gy, x);
+    return [
+      wantsGrad(x) ? backwardDataRaw(gy, w, g) : null,
+      wantsGrad(w) ? backwardWeightRaw(gy, x, w, g) : null,
+      bias && wantsGrad(bias) ? biasGradRaw(gy) : null,
+    ];
+  });
 }
 
-/** Low-level entry points (no autodiff), for tests and benchmarks. */
+/** Low-level entry points (no autodiff), for tests and benchmarks; dY must have x's dtype. */
 export const conv2dRaw = {
-  forward: (x: Tensor, w: Tensor, bias?: Tensor, opts: Conv2dOptions = {}) => forwardRaw(x, w, bias, geometry(x, w, opts)),
-  backwardData: (gy: Tensor, x: Tensor, w: Tensor, opts: Conv2dOptions = {}) => backwardDataRaw(gy, w, geometry(x, w, opts)),
-  backwardWeight: (gy: Tensor, x: Tensor, w: Tensor, opts: Conv2dOptions = {}) => backwardWeightRaw(gy, x, geometry(x, w, opts)),
-  biasGrad: (gy: Tensor) => biasGradRaw(gy),
+  forward: (x: Tensor, w: Tensor, bias?: Tensor, opts: Conv2dOptions = {}) => {
+    const g = geometry(x, w, opts);
+    checkDtypes(x, w, bias, g);
+    return forwardRaw(x, w, bias, g);
+  },
+  backwardData: (gy: Tensor, x: Tensor, w: Tensor, opts: Conv2dOptions = {}) => {
+    const g = geometry(x, w, opts);
+    checkDtypes(x, w, undefined, g);
+    checkDy(gy, x);
+    return backwardDataRaw(gy, w, g);
+  },
+  backwardWeight: (gy: Tensor, x: Tensor, w: Tensor, opts: Conv2dOptions = {}) => {
+    const g = geometry(x, w, opts);
+    checkDtypes(x, w, undefined, g);
+    checkDy(gy, x);
+    return backwardWeightRaw(gy, x, w, g);
+  },
+  biasGrad: (gy: Tensor) => {
+    floatDtype('conv2d backward', 'dY', gy);
+    return biasGradRaw(gy);
+  },
 };

@@ -16,9 +16,12 @@
 // reference the error is a few times the direct convolution's (tests bound it at the engine's usual 1e-4 of
 // the output's largest magnitude). The transformed tensors are 36/16 = 2.25x the activations; they are built
 // in chunks of tiles that stay within `CHUNK_BYTES` (and the binding limit), so memory stays bounded.
+// Activations and their gradients (x, y, dY, dX) may be f16: the transforms that read or write them take the
+// dtype (loads widened to f32, stores narrowed; a staging texture of an f16 tensor is rgba16float, read as
+// f32), while the transformed operands, the GEMMs and dW stay f32.
 import { rt, Uniforms, type Binding } from '../engine/runtime.js';
 import { Tensor } from '../engine/tensor.js';
-import { grid, WG_INDEX, memoKernel, flatMain } from './util.js';
+import { grid, WG_INDEX, memoKernel, flatMain, enableF16, storageType, type FloatDType } from './util.js';
 import { matmulRaw } from './matmul.js';
 import { linearLoad, linearTexture, linearTextureFits } from './staging.js';
 
@@ -116,11 +119,24 @@ const range = (n: number) => [...Array(n).keys()];
 const J4 = range(4);
 const vec = (parts: string[]) => `vec4<f32>(${parts.join(', ')})`;
 
-/** WGSL: vec4 element `idx` of operand `arr`, a storage buffer or (tex) a linear staging texture (staging.ts). */
-const read = (arr: string, idx: string, tex: boolean) => (tex ? linearLoad(arr, idx) : `${arr}[${idx}]`);
-/** WGSL declaration of a read-only vec4 operand at `binding`: a storage buffer or (tex) a linear staging texture. */
-const operand = (binding: number, arr: string, tex: boolean, elem = 'vec4<f32>') =>
-  tex ? `@group(0) @binding(${binding}) var ${arr}: texture_2d<f32>;` : `@group(0) @binding(${binding}) var<storage, read> ${arr}: array<${elem}>;`;
+/** WGSL: the f32 load `e` of a tensor stored as `dt` (a scalar, or a vec4 with `v4`); unchanged for f32 */
+const wide = (dt: FloatDType, e: string, v4 = false) => (dt === 'f16' ? `${v4 ? 'vec4<f32>' : 'f32'}(${e})` : e);
+/** WGSL: the f32 value `e` (a scalar, or a vec4 with `v4`) narrowed for a store into a tensor of dtype `dt` */
+const narrow = (dt: FloatDType, e: string, v4 = false) => (dt === 'f16' ? `${v4 ? 'vec4<f16>' : 'f16'}(${e})` : e);
+
+/**
+ * WGSL: vec4 element `idx` of operand `arr`, a storage buffer of dtype `dt` or (tex) a linear staging texture
+ * (staging.ts; rgba16float for f16 tensors, read as vec4<f32> all the same).
+ */
+const read = (arr: string, idx: string, tex: boolean, dt: FloatDType = 'f32') => (tex ? linearLoad(arr, idx) : wide(dt, `${arr}[${idx}]`, true));
+/**
+ * WGSL declaration of a read-only operand at `binding` of dtype `dt`: a storage buffer of vec4s (or of scalars,
+ * `scalar`) or (tex) a linear staging texture.
+ */
+const operand = (binding: number, arr: string, tex: boolean, dt: FloatDType = 'f32', scalar = false) =>
+  tex
+    ? `@group(0) @binding(${binding}) var ${arr}: texture_2d<f32>;`
+    : `@group(0) @binding(${binding}) var<storage, read> ${arr}: array<${scalar ? storageType(dt) : `vec4<${storageType(dt)}>`}>;`;
 
 /**
  * WGSL walking the alpha x alpha points of an operand [ξ, ...] from vec4 element i, `step` apart: loads them
@@ -176,7 +192,7 @@ function columns(layout: 'tiles' | 'chans'): string {
  * padding; 'tiles': V[ξ, c, t], 'chans': V[ξ, t, c]. `off` >= 0: the image width is a multiple of 4 and a patch
  * row starts at component `off` of an aligned vec4 (off = -PL mod 4), so a row is 2-3 vec4 loads; -1: scalars.
  */
-const inputKernel = memoKernel((m: WinogradTile, off: number, layout: 'tiles' | 'chans', tex: boolean) => {
+const inputKernel = memoKernel((m: WinogradTile, off: number, layout: 'tiles' | 'chans', tex: boolean, dt: FloatDType) => {
   const { TILE, ALPHA, BT } = wcfg(m);
   const A = range(ALPHA);
   const nv = off < 0 ? 0 : Math.ceil((off + ALPHA) / 4);
@@ -184,23 +200,23 @@ const inputKernel = memoKernel((m: WinogradTile, off: number, layout: 'tiles' | 
     off < 0
       ? A.map((k) =>
           A.map(
-            (l) => `let d_${k}_${l} = ${vec(J4.map((j) => `select(0.0, S[base${j} + u32(select(0, yy${j}_${k} * Ws + xx${j}_${l}, ry${j}_${k} && rx${j}_${l}))], ry${j}_${k} && rx${j}_${l})`))};`,
+            (l) => `let d_${k}_${l} = ${vec(J4.map((j) => `select(0.0, ${wide(dt, `S[base${j} + u32(select(0, yy${j}_${k} * Ws + xx${j}_${l}, ry${j}_${k} && rx${j}_${l}))]`)}, ry${j}_${k} && rx${j}_${l})`))};`,
           ).join('\n  '),
         ).join('\n  ')
       : A.map((k) =>
           [
             ...J4.map((j) =>
               range(nv)
-                .map((v) => `let s${j}_${k}_${v} = select(vec4<f32>(0.0), ${read('S', `base${j} + u32(select(0, yy${j}_${k} * W4 + a${j} + ${v}, ry${j}_${k} && rx${j}_${v}))`, tex)}, ry${j}_${k} && rx${j}_${v});`)
+                .map((v) => `let s${j}_${k}_${v} = select(vec4<f32>(0.0), ${read('S', `base${j} + u32(select(0, yy${j}_${k} * W4 + a${j} + ${v}, ry${j}_${k} && rx${j}_${v}))`, tex, dt)}, ry${j}_${k} && rx${j}_${v});`)
                 .join(' '),
             ),
             ...A.map((l) => `let d_${k}_${l} = ${vec(J4.map((j) => `s${j}_${k}_${(off + l) >> 2}[${(off + l) & 3}]`))};`),
           ].join('\n  '),
         ).join('\n  ');
-  return /* wgsl */ `
+  return /* wgsl */ `${enableF16(dt)}
 ${WG_INDEX}
 ${STRUCT}
-${operand(1, 'S', tex, off < 0 ? 'f32' : 'vec4<f32>')}
+${operand(1, 'S', tex, dt, off < 0)}
 @group(0) @binding(2) var<storage, read_write> V: array<vec4<f32>>;
 ${MAIN}
   ${columns(layout)}
@@ -229,15 +245,15 @@ ${MAIN}
  * Y[n, r0 + r, 4 ty + i, 4 tx + j] = (Aᵀ M A)[i, j] + bias for the pixels inside the image (H x W here), M[ξ, r, t]
  * with `rows` rows; `aligned`: W is a multiple of 4, so each row of a tile is one vec4 store.
  */
-const outputKernel = memoKernel((m: WinogradTile, bias: boolean, aligned: boolean, tex: boolean) => {
+const outputKernel = memoKernel((m: WinogradTile, bias: boolean, aligned: boolean, tex: boolean, dt: FloatDType) => {
   const { TILE, ALPHA, AT } = wcfg(m);
   const T = range(TILE);
-  return /* wgsl */ `
+  return /* wgsl */ `${enableF16(dt)}
 ${WG_INDEX}
 ${STRUCT}
 ${operand(1, 'M', tex)}
 ${bias ? '@group(0) @binding(2) var<storage, read> BIAS: array<f32>;' : ''}
-@group(0) @binding(${bias ? 3 : 2}) var<storage, read_write> Y: array<${aligned ? 'vec4<f32>' : 'f32'}>;
+@group(0) @binding(${bias ? 3 : 2}) var<storage, read_write> Y: array<${aligned ? `vec4<${storageType(dt)}>` : storageType(dt)}>;
 ${MAIN}
   ${columns('tiles')}
   let plane = u.rows * u.Tq;
@@ -251,8 +267,8 @@ ${MAIN}
     let base = ((n${j} * u.C + ch${j}) * u.H + y0) * u.W + x0;
     ${T.map((a) =>
       aligned
-        ? `if (y0 + ${a}u < u.H) { Y[(base + ${a}u * u.W) / 4u] = ${vec(T.map((b) => `y_${a}_${b}[${j}]`))} + bv; }`
-        : T.map((b) => `if (y0 + ${a}u < u.H && x0 + ${b}u < u.W) { Y[base + ${a}u * u.W + ${b}u] = y_${a}_${b}[${j}] + bv; }`).join('\n    '),
+        ? `if (y0 + ${a}u < u.H) { Y[(base + ${a}u * u.W) / 4u] = ${narrow(dt, `${vec(T.map((b) => `y_${a}_${b}[${j}]`))} + bv`, true)}; }`
+        : T.map((b) => `if (y0 + ${a}u < u.H && x0 + ${b}u < u.W) { Y[base + ${a}u * u.W + ${b}u] = ${narrow(dt, `y_${a}_${b}[${j}] + bv`)}; }`).join('\n    '),
     ).join('\n    ')}
   }`,
   ).join('\n  ')}
@@ -260,14 +276,14 @@ ${MAIN}
 });
 
 /** dM[ξ, t, o] = (A dY Aᵀ)[ξ] of output tile t of channel r0 + o (zero outside the output and for padding). */
-const gradOutputKernel = memoKernel((m: WinogradTile, aligned: boolean) => {
+const gradOutputKernel = memoKernel((m: WinogradTile, aligned: boolean, dt: FloatDType) => {
   const { TILE, ALPHA, AT } = wcfg(m);
   const T = range(TILE);
   const A = transpose(AT);
-  return /* wgsl */ `
+  return /* wgsl */ `${enableF16(dt)}
 ${WG_INDEX}
 ${STRUCT}
-@group(0) @binding(1) var<storage, read> GY: array<${aligned ? 'vec4<f32>' : 'f32'}>;
+@group(0) @binding(1) var<storage, read> GY: array<${aligned ? `vec4<${storageType(dt)}>` : storageType(dt)}>;
 @group(0) @binding(2) var<storage, read_write> DM: array<vec4<f32>>;
 ${MAIN}
   ${columns('chans')}
@@ -277,9 +293,9 @@ ${MAIN}
   let base${j} = ((n${j} * u.C + ch${j}) * u.H + y0${j}) * u.W + x0${j};
   ${T.map((a) =>
     aligned
-      ? `let g${j}_${a} = select(vec4<f32>(0.0), GY[select(0u, (base${j} + ${a}u * u.W) / 4u, ok${j} && y0${j} + ${a}u < u.H)], ok${j} && y0${j} + ${a}u < u.H);`
+      ? `let g${j}_${a} = select(vec4<f32>(0.0), ${wide(dt, `GY[select(0u, (base${j} + ${a}u * u.W) / 4u, ok${j} && y0${j} + ${a}u < u.H)]`, true)}, ok${j} && y0${j} + ${a}u < u.H);`
       : `let g${j}_${a} = ${vec([
-          ...T.map((b) => `select(0.0, GY[select(0u, base${j} + ${a}u * u.W + ${b}u, ok${j} && y0${j} + ${a}u < u.H && x0${j} + ${b}u < u.W)], ok${j} && y0${j} + ${a}u < u.H && x0${j} + ${b}u < u.W)`),
+          ...T.map((b) => `select(0.0, ${wide(dt, `GY[select(0u, base${j} + ${a}u * u.W + ${b}u, ok${j} && y0${j} + ${a}u < u.H && x0${j} + ${b}u < u.W)]`)}, ok${j} && y0${j} + ${a}u < u.H && x0${j} + ${b}u < u.W)`),
           ...Array(4 - TILE).fill('0.0'),
         ])};`,
   ).join('\n  ')}`,
@@ -393,11 +409,14 @@ const ceil4 = (n: number) => Math.ceil(n / 4) * 4;
 const ceil32 = (n: number) => Math.ceil(n / 32) * 32;
 const budget = () => Math.min(CHUNK_BYTES, rt().maxBindingBytes);
 
-/** Whether the activations fit single storage bindings (the Winograd path binds them whole) and 32 rows of U fit a chunk. */
-export function winogradFits(g: WinogradGeom): boolean {
+/**
+ * Whether the activations (`eb` bytes per element: 4 for f32, 2 for f16) fit single storage bindings (the
+ * Winograd path binds them whole) and 32 rows of U fit a chunk.
+ */
+export function winogradFits(g: WinogradGeom, eb = 4): boolean {
   const lim = rt().maxBindingBytes;
   const row = wcfg(4).XI * 4 * ceil4(Math.max(g.C, g.O));
-  return 4 * g.N * g.C * g.H * g.W <= lim && 4 * g.N * g.O * g.Ho * g.Wo <= lim && GEMM_ROWS * row <= budget();
+  return eb * g.N * g.C * g.H * g.W <= lim && eb * g.N * g.O * g.Ho * g.Wo <= lim && GEMM_ROWS * row <= budget();
 }
 
 function uniforms(o: { nInv: number; Tq?: number; t0?: number; tEnd?: number; tpi?: number; tw?: number; C: number; rows?: number; H?: number; W?: number; PT?: number; PL?: number; r0?: number; accum?: boolean; nc?: number }) {
@@ -459,7 +478,7 @@ function inputSource(m: WinogradTile, src: Tensor, W: number, PL: number): Bindi
  * The transformed patches of S [N, C, H, W] (bound as `s`, from `inputSource`) for tiles [t0, tEnd): 'tiles'
  * [36, C4, tiles4], 'chans' [36, tiles4, C4].
  */
-function inputPass(m: WinogradTile, layout: 'tiles' | 'chans', s: Binding, C: number, H: number, W: number, PT: number, PL: number, t0: number, tEnd: number, tl: Tiling) {
+function inputPass(m: WinogradTile, layout: 'tiles' | 'chans', s: Binding, dt: FloatDType, C: number, H: number, W: number, PT: number, PL: number, t0: number, tEnd: number, tl: Tiling) {
   const T4 = ceil4(tEnd - t0);
   const C4 = ceil4(C);
   const { XI } = wcfg(m);
@@ -467,7 +486,7 @@ function inputPass(m: WinogradTile, layout: 'tiles' | 'chans', s: Binding, C: nu
   const nInv = (C4 * T4) / 4;
   dispatchFlat(
     'winograd_input',
-    inputKernel(m, patchOffset(m, W, PL), layout, isTex(s)),
+    inputKernel(m, patchOffset(m, W, PL), layout, isTex(s), dt),
     uniforms({ nInv, Tq: (layout === 'tiles' ? T4 : C4) / 4, t0, tEnd, tpi: tl.tpi, tw: tl.tw, C, H, W, PT, PL, nc: C }),
     [s, { buffer: v.buffer }],
     nInv,
@@ -501,14 +520,14 @@ function convolve(m: WinogradTile, mode: 'fwd' | 'bwd', src: Tensor, K: number, 
     );
     for (let t0 = 0; t0 < tl.T; t0 += Tc) {
       const tEnd = Math.min(tl.T, t0 + Tc);
-      const v = inputPass(m, 'tiles', s, K, Hs, Ws, PT, PL, t0, tEnd, tl);
+      const v = inputPass(m, 'tiles', s, src.dtype as FloatDType, K, Hs, Ws, PT, PL, t0, tEnd, tl);
       const prod = gemm(u, v);
       v.dispose();
       const Tq = ceil4(tEnd - t0) / 4;
       const pm = source(prod, prod.size / 4, 'winograd_m');
       dispatchFlat(
         'winograd_output',
-        outputKernel(m, !!bias, m === 4 && Wo % 4 === 0, isTex(pm)),
+        outputKernel(m, !!bias, m === 4 && Wo % 4 === 0, isTex(pm), y.dtype as FloatDType),
         uniforms({ nInv: rc * Tq, Tq, t0, tEnd, tpi: tl.tpi, tw: tl.tw, C: R, rows: Rp, H: Ho, W: Wo, r0, nc: rc }),
         [pm, ...(bias ? [{ buffer: bias.buffer }] : []), { buffer: y.buffer }],
         rc * Tq,
@@ -548,12 +567,12 @@ export function winogradBackwardWeight(gy: Tensor, x: Tensor, g: WinogradGeom, d
       const nG = (T4 * Op) / 4;
       dispatchFlat(
         'winograd_grad_output',
-        gradOutputKernel(m, m === 4 && Wo % 4 === 0),
+        gradOutputKernel(m, m === 4 && Wo % 4 === 0, gy.dtype as FloatDType),
         uniforms({ nInv: nG, Tq: Op / 4, t0, tEnd, tpi: tl.tpi, tw: tl.tw, C: O, H: Ho, W: Wo, r0: o0, nc: oc }),
         [{ buffer: gy.buffer }, { buffer: dm.buffer }],
         nG,
       );
-      const v = inputPass(m, 'chans', s, C, H, W, PT, PL, t0, tEnd, tl);
+      const v = inputPass(m, 'chans', s, x.dtype as FloatDType, C, H, W, PT, PL, t0, tEnd, tl);
       const du = gemm(dm, v);
       dm.dispose();
       v.dispose();

@@ -4,7 +4,8 @@
 // gradient, the Conv2DBackpropFilter kernel for the weight gradient, tf.grads for the autodiff step) and
 // @jax-js/jax (NCHW: lax.conv, vjp for the gradients).
 // flops of one pass = 2 * N * O * Ho * Wo * C * kh * kw (all three passes do the same multiply-adds).
-import { Tensor, grad, tidy } from '../../engine/index.js';
+// The f16 rows (ours only, the UNet level-0 shape) store x, y, dY and dX as f16 (weights f32, f32 arithmetic).
+import { Tensor, grad, rt, tidy } from '../../engine/index.js';
 import { conv2d, conv2dRaw, setConv2dWinograd } from '../../kernels/conv2d.js';
 import { setWinogradTextureLoads } from '../../kernels/winograd.js';
 import { gpuFn, loadJax, loadTfjs, randn, tfDone, jaxDone, disposeAll, withSetting, type TfT, type BenchCase, type BenchSuite } from '../lib.js';
@@ -30,23 +31,26 @@ function oursCases(s: Shape): BenchCase[] {
   const { N, C, O, H, W } = s;
   const opts = { padding: 1 };
   let x: Tensor, w: Tensor, b: Tensor, gy: Tensor;
-  const alloc = () => {
-    x = Tensor.from(randn(N * C * H * W, 1), [N, C, H, W]);
+  // dt: the storage dtype of the activations and their gradients (x, y, dY, dX)
+  const alloc = (dt: 'f32' | 'f16') => {
+    x = Tensor.from(randn(N * C * H * W, 1), [N, C, H, W], dt);
     w = Tensor.from(randn(O * C * K * K, 2).map((v) => v * 0.05), [O, C, K, K]);
     b = Tensor.from(randn(O, 3), [O]);
-    gy = Tensor.from(randn(N * O * H * W, 4), [N, O, H, W]);
+    gy = Tensor.from(randn(N * O * H * W, 4), [N, O, H, W], dt);
   };
-  const mk = (name: string, pass: BenchCase['pass'], mult: number, fn: () => Tensor | Tensor[]): BenchCase => ({
-    name,
+  const mk = (name: string, pass: BenchCase['pass'], mult: number, fn: () => Tensor | Tensor[], dt: 'f32' | 'f16' = 'f32'): BenchCase => ({
+    name: dt === 'f16' ? `${name} f16` : name,
     shape: shapeStr(s),
     pass,
     flops: mult * flopsOf(s),
     async setup() {
-      alloc();
+      if (dt === 'f16' && !rt().features.has('shader-f16')) return null;
+      alloc(dt);
       return gpuFn(fn);
     },
     teardown: () => [x, w, b, gy].forEach((t) => t?.dispose()),
   });
+  const f16Rows = s === SHAPES[0];
   // the direct kernels, where the adapter's default is Winograd (CPU adapters), for comparison
   const direct = (name: string, fn: () => Tensor): BenchCase =>
     mk(`${name} [direct]`, name === 'conv2d' ? 'fwd' : 'bwd', 1, () => withSetting(() => setConv2dWinograd('never'), () => setConv2dWinograd('auto'), fn));
@@ -70,6 +74,13 @@ function oursCases(s: Shape): BenchCase[] {
         return grad(conv2d(xx, ww, b, opts), [xx, ww], gy);
       }),
     ),
+    ...(f16Rows
+      ? [
+          mk('conv2d', 'fwd', 1, () => conv2dRaw.forward(x, w, b, opts), 'f16'),
+          mk('conv2d dX', 'bwd', 1, () => conv2dRaw.backwardData(gy, x, w, opts), 'f16'),
+          mk('conv2d dW', 'bwd', 1, () => conv2dRaw.backwardWeight(gy, x, w, opts), 'f16'),
+        ]
+      : []),
   ];
 }
 

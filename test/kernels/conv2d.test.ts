@@ -1,6 +1,6 @@
 // conv2d forward against the float64 reference on SD-like scaled-down and odd shapes with every stride/padding
 // case the models use; backward (x, w, bias) against finite differences; the chunked path for tensors larger
-// than one storage binding.
+// than one storage binding; f16 activations (and gradients) on every path.
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { Tensor, grad, rt, tidy } from '../../engine/index.js';
 import {
@@ -56,16 +56,71 @@ function data(c: Case) {
   };
 }
 
-async function forwardCheck(c: Case, wDtype: 'f32' | 'f16' = 'f32', tol = 1e-5) {
+/** `d` rounded to f16 (what an f16 tensor made from it holds), as f32 */
+async function roundF16(d: Float32Array): Promise<Float32Array> {
+  const t = Tensor.from(d, [d.length], 'f16');
+  const r = (await t.data()) as Float32Array;
+  t.dispose();
+  return r;
+}
+
+// f16 activations: the kernels compute in f32 from the f16 inputs (the reference gets the same rounded inputs)
+// and round each output element once, to within half an f16 ulp (2^-11 = 4.9e-4 of its magnitude, so of
+// max|ref|); with the f32 arithmetic's own error (below 1e-4 also for Winograd) the normalized error stays
+// under 1e-3. An output stored unconverted, or an f16 operand read as f32, is off by O(1).
+const F16_TOL = 1e-3;
+const f16Device = () => rt().features.has('shader-f16');
+
+async function forwardCheck(c: Case, wDtype: 'f32' | 'f16' = 'f32', tol = 1e-5, xDtype: 'f32' | 'f16' = 'f32') {
   const d = data(c);
-  // with f16 weights, the reference uses the rounded weights
-  const wData = wDtype === 'f16' ? ((await tidy(() => Tensor.from(d.w, c.w, 'f16')).data()) as Float32Array) : d.w;
-  const got = await tidy(() =>
-    conv2d(Tensor.from(d.x, c.x), Tensor.from(d.w, c.w, wDtype), c.bias ? Tensor.from(d.b, [c.w[0]]) : undefined, c.opts),
-  ).data();
-  const ref = rconv2d(rt64(d.x, c.x), rt64(wData, c.w), c.bias ? rt64(d.b, [c.w[0]]) : null, c.opts);
-  expectClose(got, ref.data, tol, `conv2d ${c.name} x[${c.x}] w[${c.w}] ${wDtype}`);
+  // with f16 weights (activations), the reference uses the rounded weights (activations)
+  const wData = wDtype === 'f16' ? await roundF16(d.w) : d.w;
+  const xData = xDtype === 'f16' ? await roundF16(d.x) : d.x;
+  const y = tidy(() =>
+    conv2d(Tensor.from(d.x, c.x, xDtype), Tensor.from(d.w, c.w, wDtype), c.bias ? Tensor.from(d.b, [c.w[0]]) : undefined, c.opts),
+  );
+  expect(y.dtype).toBe(xDtype);
+  const got = await y.data();
+  y.dispose();
+  const ref = rconv2d(rt64(xData, c.x), rt64(wData, c.w), c.bias ? rt64(d.b, [c.w[0]]) : null, c.opts);
+  expectClose(got, ref.data, tol, `conv2d ${c.name} x[${c.x}] ${xDtype} w[${c.w}] ${wDtype}`);
   return ref.shape;
+}
+
+/** Exact backward (vs float64 reference) on a larger shape through the transposed sums. */
+function refBackward(c: Case, x: Float32Array, w: Float32Array, gy: Float32Array) {
+  const ref = rconv2d(rt64(x, c.x), rt64(w, c.w), null, c.opts);
+  const [N, O, Ho, Wo] = ref.shape;
+  const [, C, H, W] = c.x;
+  const [, , KH, KW] = c.w;
+  const s = c.opts.stride ?? 1;
+  const [SH, SW] = typeof s === 'number' ? [s, s] : s;
+  const p = c.opts.padding ?? 0;
+  const [PT, , PL] = typeof p === 'number' ? [p, p, p, p] : p.length === 2 ? [p[0], p[0], p[1], p[1]] : p;
+  const dx = new Float64Array(x.length);
+  const dw = new Float64Array(w.length);
+  const db = new Float64Array(O);
+  for (let n = 0; n < N; n++)
+    for (let o = 0; o < O; o++)
+      for (let oy = 0; oy < Ho; oy++)
+        for (let ox = 0; ox < Wo; ox++) {
+          const g = gy[((n * O + o) * Ho + oy) * Wo + ox];
+          db[o] += g;
+          for (let ci = 0; ci < C; ci++)
+            for (let ky = 0; ky < KH; ky++) {
+              const iy = oy * SH - PT + ky;
+              if (iy < 0 || iy >= H) continue;
+              for (let kx = 0; kx < KW; kx++) {
+                const ix = ox * SW - PL + kx;
+                if (ix < 0 || ix >= W) continue;
+                const xi = ((n * C + ci) * H + iy) * W + ix;
+                const wi = ((o * C + ci) * KH + ky) * KW + kx;
+                dx[xi] += g * w[wi];
+                dw[wi] += g * x[xi];
+              }
+            }
+        }
+  return { dx, dw, db, yShape: ref.shape };
 }
 
 // every suite runs with both direct tilings: 'subgroup' (CPU adapters with 8-wide subgroups) and 'register'
@@ -140,42 +195,6 @@ for (const [variant, packing] of VARIANTS)
         });
     });
 
-    /** Exact backward (vs float64 reference) on a larger shape through the transposed sums. */
-    function refBackward(c: Case, x: Float32Array, w: Float32Array, gy: Float32Array) {
-      const ref = rconv2d(rt64(x, c.x), rt64(w, c.w), null, c.opts);
-      const [N, O, Ho, Wo] = ref.shape;
-      const [, C, H, W] = c.x;
-      const [, , KH, KW] = c.w;
-      const s = c.opts.stride ?? 1;
-      const [SH, SW] = typeof s === 'number' ? [s, s] : s;
-      const p = c.opts.padding ?? 0;
-      const [PT, , PL] = typeof p === 'number' ? [p, p, p, p] : p.length === 2 ? [p[0], p[0], p[1], p[1]] : p;
-      const dx = new Float64Array(x.length);
-      const dw = new Float64Array(w.length);
-      const db = new Float64Array(O);
-      for (let n = 0; n < N; n++)
-        for (let o = 0; o < O; o++)
-          for (let oy = 0; oy < Ho; oy++)
-            for (let ox = 0; ox < Wo; ox++) {
-              const g = gy[((n * O + o) * Ho + oy) * Wo + ox];
-              db[o] += g;
-              for (let ci = 0; ci < C; ci++)
-                for (let ky = 0; ky < KH; ky++) {
-                  const iy = oy * SH - PT + ky;
-                  if (iy < 0 || iy >= H) continue;
-                  for (let kx = 0; kx < KW; kx++) {
-                    const ix = ox * SW - PL + kx;
-                    if (ix < 0 || ix >= W) continue;
-                    const xi = ((n * C + ci) * H + iy) * W + ix;
-                    const wi = ((o * C + ci) * KH + ky) * KW + kx;
-                    dx[xi] += g * w[wi];
-                    dw[wi] += g * x[xi];
-                  }
-                }
-            }
-      return { dx, dw, db, yShape: ref.shape };
-    }
-
     describe('conv2d backward on larger shapes (exact sums)', () => {
       const BCASES: Case[] = [
         { name: '3x3 s1 p1', x: [2, 33, 9, 7], w: [20, 33, 3, 3], bias: true, opts: { padding: 1 } },
@@ -246,7 +265,165 @@ for (const [variant, packing] of VARIANTS)
         }
       });
     });
+
+    describe('conv2d f16 activations', () => {
+      for (const c of CASES)
+        it(`forward ${c.name}: x[${c.x}] w[${c.w}]`, async (ctx) => {
+          if (!f16Device()) ctx.skip();
+          await forwardCheck(c, 'f32', F16_TOL, 'f16');
+        });
+      it('forward with f16 weights', async (ctx) => {
+        if (!f16Device()) ctx.skip();
+        await forwardCheck(CASES[1], 'f16', F16_TOL, 'f16');
+        await forwardCheck(CASES[3], 'f16', F16_TOL, 'f16');
+      });
+      it("takes this suite's path", async (ctx) => {
+        if (!f16Device()) ctx.skip();
+        const c = CASES[0];
+        const names = await dispatchedBy(() =>
+          tidy(() => {
+            const x = Tensor.empty(c.x, 'f16').requireGrad();
+            const w = Tensor.empty(c.w).requireGrad();
+            const y = conv2d(x, w, undefined, c.opts);
+            grad(y, [x, w], Tensor.empty(y.shape, 'f16'));
+          }),
+        );
+        if (isWinograd(variant)) expect(names).toEqual(expect.arrayContaining(['winograd_input', 'winograd_output', 'winograd_grad_output', 'winograd_weight_grad']));
+        else if (variant === 'subgroup' && conv2dVariants().includes('subgroup'))
+          expect(names).toEqual(expect.arrayContaining(['conv2d_sg', 'conv2d_sg_bwd_data', 'conv2d_sg_bwd_weight', ...(packing === 'always' ? ['conv2d_repack'] : [])]));
+        else expect(names).toEqual(expect.arrayContaining(['conv2d', 'conv2d_bwd_data', 'conv2d_bwd_weight']));
+      });
+
+      /** x and dY in f16 (w in `wd`): dX f16, dW in w's dtype, dBias f32, against float64 sums of the rounded inputs */
+      async function backwardF16(c: Case, wd: 'f32' | 'f16', tolY = F16_TOL) {
+        const d = data(c);
+        const probe = rconv2d(rt64(d.x, c.x), rt64(d.w, c.w), null, c.opts);
+        const gy = await roundF16(rand(probe.data.length, 5));
+        const xr = await roundF16(d.x);
+        const wr = wd === 'f16' ? await roundF16(d.w) : d.w;
+        const ref = refBackward(c, xr, wr, gy);
+        const yref = rconv2d(rt64(xr, c.x), rt64(wr, c.w), c.bias ? rt64(d.b, [c.w[0]]) : null, c.opts);
+        const out = tidy(() => {
+          const x = Tensor.from(d.x, c.x, 'f16').requireGrad();
+          const w = Tensor.from(d.w, c.w, wd).requireGrad();
+          const b = c.bias ? Tensor.from(d.b, [c.w[0]]).requireGrad() : undefined;
+          const y = conv2d(x, w, b, c.opts);
+          return [y, ...grad(y, b ? [x, w, b] : [x, w], Tensor.from(gy, ref.yShape, 'f16'))];
+        });
+        const [y, gx, gw, gb] = out;
+        expect([y.dtype, gx.dtype, gw.dtype, gb?.dtype]).toEqual(['f16', 'f16', wd, c.bias ? 'f32' : undefined]);
+        expectClose(await y.data(), yref.data, tolY, `conv2d f16 ${c.name} forward`);
+        expectClose(await gx.data(), ref.dx, tolY, `conv2d f16 ${c.name} dx`);
+        // dW and dBias sum in f32 from the f16 operands: rounded only where w is f16
+        expectClose(await gw.data(), ref.dw, wd === 'f16' ? F16_TOL : 1e-5, `conv2d f16 ${c.name} dw (${wd})`);
+        if (gb) expectClose(await gb.data(), ref.db, 1e-5, `conv2d f16 ${c.name} dbias`);
+        out.forEach((t) => t.dispose());
+      }
+
+      const FB: Case[] = [
+        { name: '3x3 s1 p1 odd', x: [3, 33, 7, 9], w: [20, 33, 3, 3], bias: true, opts: { padding: 1 } },
+        // widths that are multiples of 4: Winograd's vec4 rows and texture reads
+        { name: '3x3 s1 p1 width 16', x: [2, 16, 8, 16], w: [24, 16, 3, 3], bias: true, opts: { padding: 1 } },
+        { name: '3x3 s1 p0 width 8', x: [2, 4, 8, 8], w: [5, 4, 3, 3], bias: false, opts: {} },
+        { name: '3x3 s2 p1', x: [3, 4, 15, 16], w: [33, 4, 3, 3], bias: true, opts: { stride: 2, padding: 1 } },
+        { name: '3x3 s2 pad [0,1,0,1]', x: [2, 9, 16, 14], w: [7, 9, 3, 3], bias: true, opts: { stride: 2, padding: [0, 1, 0, 1] } },
+        { name: 'patch 14x14 s14', x: [1, 3, 28, 42], w: [8, 3, 14, 14], bias: false, opts: { stride: 14 } },
+        { name: '1x1', x: [3, 77, 7, 9], w: [33, 77, 1, 1], bias: true, opts: {} },
+        { name: 'asymmetric', x: [2, 3, 9, 10], w: [4, 3, 3, 5], bias: true, opts: { stride: [2, 3], padding: [1, 2] } },
+        { name: '3x3 s1 p1 on 1-pixel rows', x: [2, 9, 1, 5], w: [10, 9, 3, 3], bias: true, opts: { padding: 1 } },
+      ];
+      for (const c of FB) it(`backward ${c.name}: x[${c.x}] w[${c.w}]`, async (ctx) => {
+        if (!f16Device()) ctx.skip();
+        await backwardF16(c, 'f32');
+      });
+      it('backward with f16 weights (dW in f16)', async (ctx) => {
+        if (!f16Device()) ctx.skip();
+        await backwardF16(FB[0], 'f16');
+        await backwardF16(FB[3], 'f16');
+      });
+
+      it('splits batch items and channels (lowered binding limit)', async (ctx) => {
+        if (!f16Device()) ctx.skip();
+        const r = rt();
+        const saved = r.maxBindingBytes;
+        const cases: Case[] = [
+          { name: 'batch chunks', x: [3, 4, 24, 20], w: [6, 4, 3, 3], bias: true, opts: { padding: 1 } },
+          { name: 'channel chunks', x: [2, 5, 40, 36], w: [4, 5, 3, 3], bias: true, opts: { stride: 2, padding: [0, 1, 0, 1] } },
+          { name: 'channel chunks s1', x: [1, 6, 40, 37], w: [9, 6, 3, 3], bias: true, opts: { padding: 1 } },
+        ];
+        try {
+          for (const c of cases) {
+            const d = data(c);
+            const xr = await roundF16(d.x);
+            const yref = rconv2d(rt64(xr, c.x), rt64(d.w, c.w), rt64(d.b, [c.w[0]]), c.opts);
+            const gy = await roundF16(rand(yref.data.length, 5));
+            const ref = refBackward(c, xr, d.w, gy);
+            // f16 elements: 2 bytes; at least 8 KiB, where the (f32) repacked weights of these cases fit
+            const itemBytes = Math.max(rprod(c.x.slice(1)), rprod(yref.shape.slice(1))) * 2;
+            const lim = c.name === 'batch chunks' ? itemBytes + 256 : c.name === 'channel chunks s1' ? Math.floor(itemBytes / 2) + 256 : Math.floor(itemBytes / 3) + 256;
+            r.maxBindingBytes = Math.max(lim, 8192);
+            const out = tidy(() => {
+              const x = Tensor.from(d.x, c.x, 'f16').requireGrad();
+              const w = Tensor.from(d.w, c.w).requireGrad();
+              const b = Tensor.from(d.b, [c.w[0]]).requireGrad();
+              const y = conv2d(x, w, b, c.opts);
+              return [y, ...grad(y, [x, w, b], Tensor.from(gy, ref.yShape, 'f16'))];
+            });
+            r.maxBindingBytes = saved;
+            const [y, gx, gw, gb] = out;
+            expect([y.dtype, gx.dtype, gw.dtype, gb.dtype]).toEqual(['f16', 'f16', 'f32', 'f32']);
+            // y and dX sum over channel chunks through the f16 output (one more rounding of a partial sum per
+            // chunk, up to 3 here): within 3 half-ulps of the partial sums' magnitude
+            expectClose(await y.data(), yref.data, 3e-3, `conv2d f16 ${c.name} forward`);
+            expectClose(await gx.data(), ref.dx, 3e-3, `conv2d f16 ${c.name} dx`);
+            expectClose(await gw.data(), ref.dw, 1e-5, `conv2d f16 ${c.name} dw`);
+            expectClose(await gb.data(), ref.db, 1e-5, `conv2d f16 ${c.name} dbias`);
+            out.forEach((t) => t.dispose());
+          }
+        } finally {
+          r.maxBindingBytes = saved;
+        }
+      });
+    });
   });
+
+describe('conv2d f16 activation dtypes', () => {
+  it('conv2dRaw rejects dY of another dtype than the activations; conv2d rejects f16 biases and integer inputs', (ctx) => {
+    if (!f16Device()) ctx.skip();
+    const opts = { padding: 1 };
+    tidy(() => {
+      const x16 = Tensor.from(rand(144, 1), [1, 4, 6, 6], 'f16').requireGrad();
+      const x32 = Tensor.from(rand(144, 1), [1, 4, 6, 6]).requireGrad();
+      const w = Tensor.from(rand(180, 2), [5, 4, 3, 3]).requireGrad();
+      const gy32 = Tensor.from(rand(180, 3), [1, 5, 6, 6]);
+      const gy16 = Tensor.from(rand(180, 3), [1, 5, 6, 6], 'f16');
+      expect(() => conv2dRaw.backwardData(gy32, x16, w, opts)).toThrow(/conv2d backward: dY is f32 but input is f16/);
+      expect(() => conv2dRaw.backwardWeight(gy32, x16, w, opts)).toThrow(/conv2d backward: dY is f32 but input is f16/);
+      expect(() => conv2dRaw.backwardData(gy16, x32, w, opts)).toThrow(/conv2d backward: dY is f16 but input is f32/);
+      expect(() => conv2d(x16, w, Tensor.from(rand(5, 4), [5], 'f16'), opts)).toThrow(/conv2d: bias must be f32/);
+      expect(() => conv2d(Tensor.from(new Int32Array(144), [1, 4, 6, 6], 'i32'), w, undefined, opts)).toThrow(/conv2d: input must be f32 or f16, got i32/);
+    });
+  });
+
+  it("autodiff hands the rule dY in y's dtype: an f32 dY for an f16 output gives the f16 path's gradients", async (ctx) => {
+    if (!f16Device()) ctx.skip();
+    const c: Case = { name: 'cast dY', x: [1, 4, 6, 6], w: [5, 4, 3, 3], bias: true, opts: { padding: 1 } };
+    const d = data(c);
+    const gyData = rand(180, 3);
+    const run = (gyDtype: 'f32' | 'f16') =>
+      tidy(() => {
+        const x = Tensor.from(d.x, c.x, 'f16').requireGrad();
+        const w = Tensor.from(d.w, c.w).requireGrad();
+        const b = Tensor.from(d.b, [5]).requireGrad();
+        return grad(conv2d(x, w, b, c.opts), [x, w, b], Tensor.from(gyData, [1, 5, 6, 6], gyDtype));
+      });
+    const a = run('f32');
+    const b = run('f16');
+    expect(a.map((t) => t.dtype)).toEqual(['f16', 'f32', 'f32']);
+    for (let i = 0; i < 3; i++) expect(Array.from(await a[i].data())).toEqual(Array.from(await b[i].data()));
+    [...a, ...b].forEach((t) => t.dispose());
+  });
+});
 
 describe('conv2d Winograd F(4x4, 3x3)', () => {
   /** float64 reference of the 1D algorithm: Aᵀ [(G g) ⊙ (Bᵀ d)] against the direct correlation */
@@ -314,6 +491,39 @@ describe('conv2d Winograd F(4x4, 3x3)', () => {
         setMatmulKMajor('auto');
       }
     });
+
+  it('chunks of weight rows and of tiles (lowered binding limit), all three passes, f16 activations', async (ctx) => {
+    if (!f16Device()) ctx.skip();
+    const r = rt();
+    const saved = r.maxBindingBytes;
+    const c: Case = { name: 'chunks', x: [2, 40, 20, 20], w: [48, 40, 3, 3], bias: true, opts: { padding: 1 } };
+    setConv2dWinograd('always');
+    try {
+      const d = data(c);
+      const xr = await roundF16(d.x);
+      const yref = rconv2d(rt64(xr, c.x), rt64(d.w, c.w), rt64(d.b, [c.w[0]]), c.opts);
+      const gy = await roundF16(rand(yref.data.length, 5));
+      const ref = refBackward(c, xr, d.w, gy);
+      r.maxBindingBytes = 200 * 1024;
+      const out = tidy(() => {
+        const x = Tensor.from(d.x, c.x, 'f16').requireGrad();
+        const w = Tensor.from(d.w, c.w).requireGrad();
+        const y = conv2d(x, w, Tensor.from(d.b, [c.w[0]]), c.opts);
+        return [y, ...grad(y, [x, w], Tensor.from(gy, yref.shape, 'f16'))];
+      });
+      r.maxBindingBytes = saved;
+      const [y, gx, gw] = out;
+      expect([y.dtype, gx.dtype, gw.dtype]).toEqual(['f16', 'f16', 'f32']);
+      expectClose(await y.data(), yref.data, F16_TOL, 'winograd chunks f16 forward');
+      expectClose(await gx.data(), ref.dx, F16_TOL, 'winograd chunks f16 dx');
+      // dW sums f32 GEMMs over the tile chunks (Winograd's f32 error, as in the f32 tests' 1e-4 bound)
+      expectClose(await gw.data(), ref.dw, 1e-4, 'winograd chunks f16 dw');
+      out.forEach((t) => t.dispose());
+    } finally {
+      r.maxBindingBytes = saved;
+      setConv2dWinograd('auto');
+    }
+  });
 
   it('is picked by default on 8-wide subgroup adapters from 32 output tiles (4x4, else 2x2) and 16 channels', async () => {
     const used = async (x: number[], w: number[]) =>

@@ -3,6 +3,8 @@
 //
 // Layout: q [B, Sq, H*D], k [B, Sk, H*D], v [B, Sk, H*Dv], out [B, Sq, H*Dv], heads interleaved in the last
 // dim (as to_q/to_k/to_v projections produce them), so no permute copies are needed around the op.
+// Storage: q, k, v share one dtype, f32 or f16 (with shader-f16); the output and the gradients dQ, dK, dV
+// have it too, and so must the output gradient; the kernels compute in f32, and the saved row logsumexp is f32.
 //
 // Forward: online softmax over key blocks (running max and sum in f32, base-2 exponentials with log2(e)
 // folded into the scale); saves the row logsumexp [B, H, Sq] (natural log) for the backward.
@@ -25,8 +27,8 @@
 // Causal masking is top-left aligned (key j is visible to query i when j <= i), as PyTorch's is_causal.
 import { rt, Uniforms, type Binding } from '../engine/runtime.js';
 import { ShapeError, Tensor, needsGrad, record, wantsGrad } from '../engine/tensor.js';
-import { memoKernel, clearKernelMemos } from './util.js';
-import { setStagingTextureCacheBytes, stagingTexture } from './staging.js';
+import { memoKernel, clearKernelMemos, enableF16, sameFloatDtype, storageType, type FloatDType } from './util.js';
+import { setStagingTextureCacheBytes, stagingTexture, type StagingFormat } from './staging.js';
 import { matmul } from './matmul.js';
 import { softmax } from './softmax.js';
 import { permute, reshape } from './shape.js';
@@ -68,7 +70,19 @@ interface Dims {
   Sk: number;
   D: number;
   Dv: number;
+  /** storage dtype of q, k, v, the output and every gradient (kernels compute in f32) */
+  dt: FloatDType;
 }
+
+// f16 storage: bindings of q, k, v, the output and the gradients are declared with the tensors' storage type,
+// every vec4 load is widened to f32 and every store narrowed (the generated WGSL is unchanged for f32); the
+// row logsumexp and the backward's per-row (lse, D) stay f32.
+/** WGSL storage type of the activations */
+const ty = (d: Dims) => storageType(d.dt);
+/** WGSL: a vec4 loaded from an activation buffer, as vec4<f32> */
+const wide = (d: Dims, e: string) => (d.dt === 'f16' ? `vec4<f32>(${e})` : e);
+/** WGSL: a vec4<f32> value stored to an activation buffer */
+const narrow = (d: Dims, e: string) => (d.dt === 'f16' ? `vec4<f16>(${e})` : e);
 
 const HEADER = /* wgsl */ `
 struct P { B: u32, H: u32, Sq: u32, Sk: u32, c: f32, scale: f32, _0: u32, _1: u32 }
@@ -119,12 +133,12 @@ function tree(xs: string[], op: (a: string, b: string) => string): string {
 }
 const hsum = (v: string) => `((${v}.x + ${v}.y) + (${v}.z + ${v}.w))`;
 /** acc = sum over t of vec4(w_t) * X[row_t + c], as an fma chain onto `init` */
-const fmaChain = (init: string, ws: string[], rows: string[], arr: string, c: number) =>
-  ws.reduce((acc, w, t) => `fma(vec4<f32>(${w}), ${arr}[${rows[t]} + ${c}u], ${acc})`, init);
+const fmaChain = (d: Dims, init: string, ws: string[], rows: string[], arr: string, c: number) =>
+  ws.reduce((acc, w, t) => `fma(vec4<f32>(${w}), ${wide(d, `${arr}[${rows[t]} + ${c}u]`)}, ${acc})`, init);
 /** per t: a_t = sum over c of x_c * X[row_t + c] (vec4 partial sums), c outer so each x_c is reused over t */
-function dotBlock(out: string, x: string, n4: number, rows: string[], arr: string): string {
-  const lines = [rows.map((r, t) => `var ${out}${t} = ${x}0 * ${arr}[${r}];`).join(' ')];
-  for (let c = 1; c < n4; c++) lines.push(rows.map((r, t) => `${out}${t} = fma(${x}${c}, ${arr}[${r} + ${c}u], ${out}${t});`).join(' '));
+function dotBlock(d: Dims, out: string, x: string, n4: number, rows: string[], arr: string): string {
+  const lines = [rows.map((r, t) => `var ${out}${t} = ${x}0 * ${wide(d, `${arr}[${r}]`)};`).join(' ')];
+  for (let c = 1; c < n4; c++) lines.push(rows.map((r, t) => `${out}${t} = fma(${x}${c}, ${wide(d, `${arr}[${r} + ${c}u]`)}, ${out}${t});`).join(' '));
   return lines.join('\n    ');
 }
 
@@ -136,12 +150,12 @@ function forwardRegisterSource(d: Dims, causal: boolean): string {
   const kr = T.map((t) => `kr${t}`);
   const vr = T.map((t) => `vr${t}`);
   const p = T.map((t) => `p${t}`);
-  return /* wgsl */ `${HEADER}
+  return /* wgsl */ `${enableF16(d.dt)}${HEADER}
 ${FEXP2}
-@group(0) @binding(1) var<storage, read> Q: array<vec4<f32>>;
-@group(0) @binding(2) var<storage, read> K: array<vec4<f32>>;
-@group(0) @binding(3) var<storage, read> V: array<vec4<f32>>;
-@group(0) @binding(4) var<storage, read_write> O: array<vec4<f32>>;
+@group(0) @binding(1) var<storage, read> Q: array<vec4<${ty(d)}>>;
+@group(0) @binding(2) var<storage, read> K: array<vec4<${ty(d)}>>;
+@group(0) @binding(3) var<storage, read> V: array<vec4<${ty(d)}>>;
+@group(0) @binding(4) var<storage, read_write> O: array<vec4<${ty(d)}>>;
 @group(0) @binding(5) var<storage, read_write> LSE: array<f32>;
 @compute @workgroup_size(${WG})
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
@@ -154,27 +168,27 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
   let vs = u.H * ${DV4}u;
   let kb = b * u.Sk * ks + h * ${D4}u;
   let vb = b * u.Sk * vs + h * ${DV4}u;
-  ${range(D4).map((c) => `let q${c} = Q[qb + ${c}u] * u.c;`).join(' ')}
+  ${range(D4).map((c) => `let q${c} = ${wide(d, `Q[qb + ${c}u]`)} * u.c;`).join(' ')}
   ${range(DV4).map((c) => `var o${c} = vec4<f32>(0.0);`).join(' ')}
   var m = ${NEG};
   var l = 0.0;
   let kend = ${causal ? 'min(u.Sk, iq + 1u)' : 'u.Sk'};
   for (var j0 = 0u; j0 < kend; j0 += ${KB_REG}u) {
     ${T.map((t) => `let kr${t} = kb + min(j0 + ${t}u, u.Sk - 1u) * ks;`).join(' ')}
-    ${dotBlock('a', 'q', D4, kr, 'K')}
+    ${dotBlock(d, 'a', 'q', D4, kr, 'K')}
     ${T.map((t) => `let s${t} = select(${NEG}, ${hsum(`a${t}`)}, j0 + ${t}u < kend);`).join('\n    ')}
     let mx = max(m, ${tree(T.map((t) => `s${t}`), (x, y) => `max(${x}, ${y})`)});
     let alpha = fexp2(m - mx);
     ${T.map((t) => `let p${t} = fexp2(s${t} - mx);`).join(' ')}
     l = fma(l, alpha, ${tree(p, (x, y) => `(${x} + ${y})`)});
     ${T.map((t) => `let vr${t} = vb + min(j0 + ${t}u, u.Sk - 1u) * vs;`).join(' ')}
-    ${range(DV4).map((c) => `o${c} = ${fmaChain(`o${c} * alpha`, p, vr, 'V', c)};`).join('\n    ')}
+    ${range(DV4).map((c) => `o${c} = ${fmaChain(d, `o${c} * alpha`, p, vr, 'V', c)};`).join('\n    ')}
     m = mx;
   }
   if (i < u.Sq) {
     let inv = 1.0 / l;
     let ob = (b * u.Sq + i) * u.H * ${DV4}u + h * ${DV4}u;
-    ${range(DV4).map((c) => `O[ob + ${c}u] = o${c} * inv;`).join(' ')}
+    ${range(DV4).map((c) => `O[ob + ${c}u] = ${narrow(d, `o${c} * inv`)};`).join(' ')}
     LSE[(b * u.H + h) * u.Sq + i] = (m + log2(l)) * ${1 / LOG2E};
   }
 }`;
@@ -182,11 +196,11 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
 const forwardShared = memoKernel(forwardSharedSource);
 function forwardSharedSource(d: Dims, causal: boolean): string {
   const BC = sharedTile(d.D, d.Dv);
-  return /* wgsl */ `${HEADER}
-@group(0) @binding(1) var<storage, read> Q: array<vec4<f32>>;
-@group(0) @binding(2) var<storage, read> K: array<vec4<f32>>;
-@group(0) @binding(3) var<storage, read> V: array<vec4<f32>>;
-@group(0) @binding(4) var<storage, read_write> O: array<vec4<f32>>;
+  return /* wgsl */ `${enableF16(d.dt)}${HEADER}
+@group(0) @binding(1) var<storage, read> Q: array<vec4<${ty(d)}>>;
+@group(0) @binding(2) var<storage, read> K: array<vec4<${ty(d)}>>;
+@group(0) @binding(3) var<storage, read> V: array<vec4<${ty(d)}>>;
+@group(0) @binding(4) var<storage, read_write> O: array<vec4<${ty(d)}>>;
 @group(0) @binding(5) var<storage, read_write> LSE: array<f32>;
 ${consts(d)}
 const BC = ${BC}u;
@@ -205,7 +219,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
   let kb = b * u.Sk * ks + h * D4;
   let vb = b * u.Sk * vs + h * DV4;
   var q: array<vec4<f32>, D4>;
-  for (var c = 0u; c < D4; c++) { q[c] = Q[qb + c] * u.c; }
+  for (var c = 0u; c < D4; c++) { q[c] = ${wide(d, 'Q[qb + c]')} * u.c; }
   var o: array<vec4<f32>, DV4>;
   for (var c = 0u; c < DV4; c++) { o[c] = vec4<f32>(0.0); }
   var m = ${NEG};
@@ -218,11 +232,11 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
     workgroupBarrier();
     for (var e = li; e < BC * D4; e += ${WG}u) {
       let j = min(j0 + e / D4, u.Sk - 1u);
-      Ks[e] = K[kb + j * ks + e % D4];
+      Ks[e] = ${wide(d, 'K[kb + j * ks + e % D4]')};
     }
     for (var e = li; e < BC * DV4; e += ${WG}u) {
       let j = min(j0 + e / DV4, u.Sk - 1u);
-      Vs[e] = V[vb + j * vs + e % DV4];
+      Vs[e] = ${wide(d, 'V[vb + j * vs + e % DV4]')};
     }
     workgroupBarrier();
     var s: array<f32, BC>;
@@ -246,7 +260,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
   if (i < u.Sq) {
     let inv = 1.0 / l;
     let ob = (b * u.Sq + i) * u.H * DV4 + h * DV4;
-    for (var c = 0u; c < DV4; c++) { O[ob + c] = o[c] * inv; }
+    for (var c = 0u; c < DV4; c++) { O[ob + c] = ${narrow(d, 'o[c] * inv')}; }
     LSE[(b * u.H + h) * u.Sq + i] = (m + log2(l)) * ${1 / LOG2E};
   }
 }`;
@@ -258,9 +272,9 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
 /** LD[row] = (lse * log2e, rowsum(dO * O)) for each query row, rows ordered [B, H, Sq]. */
 const prepKernel = memoKernel(prepKernelSource);
 function prepKernelSource(d: Dims): string {
-  return /* wgsl */ `${HEADER}
-@group(0) @binding(1) var<storage, read> O: array<vec4<f32>>;
-@group(0) @binding(2) var<storage, read> DO: array<vec4<f32>>;
+  return /* wgsl */ `${enableF16(d.dt)}${HEADER}
+@group(0) @binding(1) var<storage, read> O: array<vec4<${ty(d)}>>;
+@group(0) @binding(2) var<storage, read> DO: array<vec4<${ty(d)}>>;
 @group(0) @binding(3) var<storage, read> LSE: array<f32>;
 @group(0) @binding(4) var<storage, read_write> LD: array<vec2<f32>>;
 ${consts(d)}
@@ -272,14 +286,12 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
   if (i >= u.Sq) { return; }
   let ob = (b * u.Sq + i) * u.H * DV4 + h * DV4;
   var acc = vec4<f32>(0.0);
-  for (var c = 0u; c < DV4; c++) { acc = fma(O[ob + c], DO[ob + c], acc); }
+  for (var c = 0u; c < DV4; c++) { acc = fma(${wide(d, 'O[ob + c]')}, ${wide(d, 'DO[ob + c]')}, acc); }
   let row = (b * u.H + h) * u.Sq + i;
   LD[row] = vec2<f32>(LSE[row] * ${LOG2E}, acc.x + acc.y + acc.z + acc.w);
 }`;
 }
 
-/** the backward kernels' inputs, all storage buffers (see `bwdBindings`) */
-const BWD_BINDINGS = bwdBindings(false, false);
 
 const dqRegister = memoKernel(dqRegisterSource);
 function dqRegisterSource(d: Dims, causal: boolean): string {
@@ -288,10 +300,10 @@ function dqRegisterSource(d: Dims, causal: boolean): string {
   const T = range(KB_REG);
   const kr = T.map((t) => `kr${t}`);
   const vr = T.map((t) => `vr${t}`);
-  return /* wgsl */ `${HEADER}
+  return /* wgsl */ `${enableF16(d.dt)}${HEADER}
 ${FEXP2}
-${BWD_BINDINGS}
-@group(0) @binding(6) var<storage, read_write> DQ: array<vec4<f32>>;
+${bwdBindings(d, false, false)}
+@group(0) @binding(6) var<storage, read_write> DQ: array<vec4<${ty(d)}>>;
 @compute @workgroup_size(${WG})
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
   let b = wid.y / u.H;
@@ -305,20 +317,20 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
   let kb = b * u.Sk * ks + h * ${D4}u;
   let vb = b * u.Sk * vs + h * ${DV4}u;
   let ld = LD[(b * u.H + h) * u.Sq + iq];
-  ${range(D4).map((c) => `let q${c} = Q[qb + ${c}u] * u.c;`).join(' ')}
-  ${range(DV4).map((c) => `let g${c} = DO[ob + ${c}u];`).join(' ')}
+  ${range(D4).map((c) => `let q${c} = ${wide(d, `Q[qb + ${c}u]`)} * u.c;`).join(' ')}
+  ${range(DV4).map((c) => `let g${c} = ${wide(d, `DO[ob + ${c}u]`)};`).join(' ')}
   ${range(D4).map((c) => `var dq${c} = vec4<f32>(0.0);`).join(' ')}
   let kend = ${causal ? 'min(u.Sk, iq + 1u)' : 'u.Sk'};
   for (var j0 = 0u; j0 < kend; j0 += ${KB_REG}u) {
     ${T.map((t) => `let kr${t} = kb + min(j0 + ${t}u, u.Sk - 1u) * ks;`).join(' ')}
     ${T.map((t) => `let vr${t} = vb + min(j0 + ${t}u, u.Sk - 1u) * vs;`).join(' ')}
-    ${dotBlock('a', 'q', D4, kr, 'K')}
-    ${dotBlock('e', 'g', DV4, vr, 'V')}
+    ${dotBlock(d, 'a', 'q', D4, kr, 'K')}
+    ${dotBlock(d, 'e', 'g', DV4, vr, 'V')}
     ${T.map((t) => `let ds${t} = select(0.0, fexp2(${hsum(`a${t}`)} - ld.x), j0 + ${t}u < kend) * (${hsum(`e${t}`)} - ld.y);`).join('\n    ')}
-    ${range(D4).map((c) => `dq${c} = ${fmaChain(`dq${c}`, T.map((t) => `ds${t}`), kr, 'K', c)};`).join('\n    ')}
+    ${range(D4).map((c) => `dq${c} = ${fmaChain(d, `dq${c}`, T.map((t) => `ds${t}`), kr, 'K', c)};`).join('\n    ')}
   }
   if (i < u.Sq) {
-    ${range(D4).map((c) => `DQ[qb + ${c}u] = dq${c} * u.scale;`).join(' ')}
+    ${range(D4).map((c) => `DQ[qb + ${c}u] = ${narrow(d, `dq${c} * u.scale`)};`).join(' ')}
   }
 }`;
 }
@@ -330,11 +342,11 @@ function dkvRegisterSource(d: Dims, causal: boolean): string {
   const T = range(KB_REG);
   const qr = T.map((t) => `qr${t}`);
   const gr = T.map((t) => `gr${t}`);
-  return /* wgsl */ `${HEADER}
+  return /* wgsl */ `${enableF16(d.dt)}${HEADER}
 ${FEXP2}
-${BWD_BINDINGS}
-@group(0) @binding(6) var<storage, read_write> DK: array<vec4<f32>>;
-@group(0) @binding(7) var<storage, read_write> DV: array<vec4<f32>>;
+${bwdBindings(d, false, false)}
+@group(0) @binding(6) var<storage, read_write> DK: array<vec4<${ty(d)}>>;
+@group(0) @binding(7) var<storage, read_write> DV: array<vec4<${ty(d)}>>;
 @compute @workgroup_size(${WG})
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
   let b = wid.y / u.H;
@@ -348,8 +360,8 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
   let qb = b * u.Sq * qs + h * ${D4}u;
   let ob = b * u.Sq * os + h * ${DV4}u;
   let lb = (b * u.H + h) * u.Sq;
-  ${range(D4).map((c) => `let k${c} = K[kb + ${c}u] * u.c;`).join(' ')}
-  ${range(DV4).map((c) => `let v${c} = V[vb + ${c}u];`).join(' ')}
+  ${range(D4).map((c) => `let k${c} = ${wide(d, `K[kb + ${c}u]`)} * u.c;`).join(' ')}
+  ${range(DV4).map((c) => `let v${c} = ${wide(d, `V[vb + ${c}u]`)};`).join(' ')}
   ${range(D4).map((c) => `var dk${c} = vec4<f32>(0.0);`).join(' ')}
   ${range(DV4).map((c) => `var dv${c} = vec4<f32>(0.0);`).join(' ')}
   // causal: queries before this workgroup's first key see none of its keys
@@ -359,25 +371,25 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
     ${T.map((t) => `let qr${t} = qb + ir${t} * qs;`).join(' ')}
     ${T.map((t) => `let gr${t} = ob + ir${t} * os;`).join(' ')}
     ${T.map((t) => `let ld${t} = LD[lb + ir${t}];`).join(' ')}
-    ${dotBlock('a', 'k', D4, qr, 'Q')}
-    ${dotBlock('e', 'v', DV4, gr, 'DO')}
+    ${dotBlock(d, 'a', 'k', D4, qr, 'Q')}
+    ${dotBlock(d, 'e', 'v', DV4, gr, 'DO')}
     ${T.map((t) => `let p${t} = select(0.0, fexp2(${hsum(`a${t}`)} - ld${t}.x), i0 + ${t}u < u.Sq${causal ? ` && jk <= i0 + ${t}u` : ''});`).join('\n    ')}
     ${T.map((t) => `let ds${t} = p${t} * (${hsum(`e${t}`)} - ld${t}.y);`).join('\n    ')}
-    ${range(DV4).map((c) => `dv${c} = ${fmaChain(`dv${c}`, T.map((t) => `p${t}`), gr, 'DO', c)};`).join('\n    ')}
-    ${range(D4).map((c) => `dk${c} = ${fmaChain(`dk${c}`, T.map((t) => `ds${t}`), qr, 'Q', c)};`).join('\n    ')}
+    ${range(DV4).map((c) => `dv${c} = ${fmaChain(d, `dv${c}`, T.map((t) => `p${t}`), gr, 'DO', c)};`).join('\n    ')}
+    ${range(D4).map((c) => `dk${c} = ${fmaChain(d, `dk${c}`, T.map((t) => `ds${t}`), qr, 'Q', c)};`).join('\n    ')}
   }
   if (j < u.Sk) {
-    ${range(D4).map((c) => `DK[kb + ${c}u] = dk${c} * u.scale;`).join(' ')}
-    ${range(DV4).map((c) => `DV[vb + ${c}u] = dv${c};`).join(' ')}
+    ${range(D4).map((c) => `DK[kb + ${c}u] = ${narrow(d, `dk${c} * u.scale`)};`).join(' ')}
+    ${range(DV4).map((c) => `DV[vb + ${c}u] = ${narrow(d, `dv${c}`)};`).join(' ')}
   }
 }`;
 }
 const dqShared = memoKernel(dqSharedSource);
 function dqSharedSource(d: Dims, causal: boolean): string {
   const BC = sharedTile(d.D, d.Dv);
-  return /* wgsl */ `${HEADER}
-${BWD_BINDINGS}
-@group(0) @binding(6) var<storage, read_write> DQ: array<vec4<f32>>;
+  return /* wgsl */ `${enableF16(d.dt)}${HEADER}
+${bwdBindings(d, false, false)}
+@group(0) @binding(6) var<storage, read_write> DQ: array<vec4<${ty(d)}>>;
 ${consts(d)}
 const BC = ${BC}u;
 var<workgroup> Ks: array<vec4<f32>, ${BC * (d.D / 4)}>;
@@ -398,20 +410,20 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
   let ld = LD[(b * u.H + h) * u.Sq + iq];
   var q: array<vec4<f32>, D4>;
   var dq: array<vec4<f32>, D4>;
-  for (var c = 0u; c < D4; c++) { q[c] = Q[qb + c] * u.c; dq[c] = vec4<f32>(0.0); }
+  for (var c = 0u; c < D4; c++) { q[c] = ${wide(d, 'Q[qb + c]')} * u.c; dq[c] = vec4<f32>(0.0); }
   var g: array<vec4<f32>, DV4>;
-  for (var c = 0u; c < DV4; c++) { g[c] = DO[ob + c]; }
+  for (var c = 0u; c < DV4; c++) { g[c] = ${wide(d, 'DO[ob + c]')}; }
   let kendWg = ${causal ? `min(u.Sk, min(wid.x * ${WG}u + ${WG}u, u.Sq))` : 'u.Sk'};
   let kend = ${causal ? 'min(u.Sk, iq + 1u)' : 'u.Sk'};
   for (var j0 = 0u; j0 < kendWg; j0 += BC) {
     workgroupBarrier();
     for (var e = li; e < BC * D4; e += ${WG}u) {
       let j = min(j0 + e / D4, u.Sk - 1u);
-      Ks[e] = K[kb + j * ks + e % D4];
+      Ks[e] = ${wide(d, 'K[kb + j * ks + e % D4]')};
     }
     for (var e = li; e < BC * DV4; e += ${WG}u) {
       let j = min(j0 + e / DV4, u.Sk - 1u);
-      Vs[e] = V[vb + j * vs + e % DV4];
+      Vs[e] = ${wide(d, 'V[vb + j * vs + e % DV4]')};
     }
     workgroupBarrier();
     for (var jj = 0u; jj < BC; jj++) {
@@ -425,7 +437,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
     }
   }
   if (i < u.Sq) {
-    for (var c = 0u; c < D4; c++) { DQ[qb + c] = dq[c] * u.scale; }
+    for (var c = 0u; c < D4; c++) { DQ[qb + c] = ${narrow(d, 'dq[c] * u.scale')}; }
   }
 }`;
 }
@@ -433,10 +445,10 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
 const dkvShared = memoKernel(dkvSharedSource);
 function dkvSharedSource(d: Dims, causal: boolean): string {
   const BR = sharedTile(d.D, d.Dv);
-  return /* wgsl */ `${HEADER}
-${BWD_BINDINGS}
-@group(0) @binding(6) var<storage, read_write> DK: array<vec4<f32>>;
-@group(0) @binding(7) var<storage, read_write> DV: array<vec4<f32>>;
+  return /* wgsl */ `${enableF16(d.dt)}${HEADER}
+${bwdBindings(d, false, false)}
+@group(0) @binding(6) var<storage, read_write> DK: array<vec4<${ty(d)}>>;
+@group(0) @binding(7) var<storage, read_write> DV: array<vec4<${ty(d)}>>;
 ${consts(d)}
 const BR = ${BR}u;
 var<workgroup> Qs: array<vec4<f32>, ${BR * (d.D / 4)}>;
@@ -458,20 +470,20 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
   let lb = (b * u.H + h) * u.Sq;
   var k: array<vec4<f32>, D4>;
   var dk: array<vec4<f32>, D4>;
-  for (var c = 0u; c < D4; c++) { k[c] = K[kb + c] * u.c; dk[c] = vec4<f32>(0.0); }
+  for (var c = 0u; c < D4; c++) { k[c] = ${wide(d, 'K[kb + c]')} * u.c; dk[c] = vec4<f32>(0.0); }
   var v: array<vec4<f32>, DV4>;
   var dv: array<vec4<f32>, DV4>;
-  for (var c = 0u; c < DV4; c++) { v[c] = V[vb + c]; dv[c] = vec4<f32>(0.0); }
+  for (var c = 0u; c < DV4; c++) { v[c] = ${wide(d, 'V[vb + c]')}; dv[c] = vec4<f32>(0.0); }
   let istart = ${causal ? `min(wid.x * ${WG}u, u.Sq)` : '0u'};
   for (var i0 = istart; i0 < u.Sq; i0 += BR) {
     workgroupBarrier();
     for (var e = li; e < BR * D4; e += ${WG}u) {
       let i = min(i0 + e / D4, u.Sq - 1u);
-      Qs[e] = Q[qb + i * qs + e % D4];
+      Qs[e] = ${wide(d, 'Q[qb + i * qs + e % D4]')};
     }
     for (var e = li; e < BR * DV4; e += ${WG}u) {
       let i = min(i0 + e / DV4, u.Sq - 1u);
-      Gs[e] = DO[ob + i * os + e % DV4];
+      Gs[e] = ${wide(d, 'DO[ob + i * os + e % DV4]')};
     }
     for (var e = li; e < BR; e += ${WG}u) { Ls[e] = LD[lb + min(i0 + e, u.Sq - 1u)]; }
     workgroupBarrier();
@@ -488,8 +500,8 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
     }
   }
   if (j < u.Sk) {
-    for (var c = 0u; c < D4; c++) { DK[kb + c] = dk[c] * u.scale; }
-    for (var c = 0u; c < DV4; c++) { DV[vb + c] = dv[c]; }
+    for (var c = 0u; c < D4; c++) { DK[kb + c] = ${narrow(d, 'dk[c] * u.scale')}; }
+    for (var c = 0u; c < DV4; c++) { DV[vb + c] = ${narrow(d, 'dv[c]')}; }
   }
 }`;
 }
@@ -538,27 +550,28 @@ const dotv = (a: string[], b: string[]) => `hsum4(${a.reduce((acc, x, i) => (i ?
 
 /**
  * Binding `n` of a tensor whose rows lanes load in turn: a storage buffer named `name`, or (`tex`) a
- * read-only storage texture `${name}T` holding the same values (see "Rows from textures" below).
+ * read-only storage texture `${name}T` holding the same values (rgba16float for f16 rows; see "Rows from
+ * textures" below). Both are read as vec4<f32> (`rowElem`).
  */
-function rowSource(n: number, name: string, tex: boolean): string {
+function rowSource(d: Dims, n: number, name: string, tex: boolean): string {
   return tex
-    ? `@group(0) @binding(${n}) var ${name}T: texture_storage_2d_array<rgba32float, read>;`
-    : `@group(0) @binding(${n}) var<storage, read> ${name}: array<vec4<f32>>;`;
+    ? `@group(0) @binding(${n}) var ${name}T: texture_storage_2d_array<${textureFormat(d.dt)}, read>;`
+    : `@group(0) @binding(${n}) var<storage, read> ${name}: array<vec4<${ty(d)}>>;`;
 }
 /** WGSL: vec4 c of row `row` of head h in batch item b (n4 vec4s a head), from the buffer (at buffer offset `at`) or the texture */
-function rowElem(name: string, tex: boolean, at: string, row: string, n4: number, c: number): string {
-  return tex ? `textureLoad(${name}T, vec2<u32>(h * ${n4}u + ${c}u, ${row}), b)` : `${name}[${at} + ${c}u]`;
+function rowElem(d: Dims, name: string, tex: boolean, at: string, row: string, n4: number, c: number): string {
+  return tex ? `textureLoad(${name}T, vec2<u32>(h * ${n4}u + ${c}u, ${row}), b)` : wide(d, `${name}[${at} + ${c}u]`);
 }
 /** `let ${out}c = ...` for the n4 vec4s of that row */
-function rowLoads(out: string, name: string, tex: boolean, at: string, row: string, n4: number): string {
-  return `let ${out}r = ${at};\n    ` + range(n4).map((c) => `let ${out}${c} = ${rowElem(name, tex, `${out}r`, row, n4, c)};`).join(' ');
+function rowLoads(d: Dims, out: string, name: string, tex: boolean, at: string, row: string, n4: number): string {
+  return `let ${out}r = ${at};\n    ` + range(n4).map((c) => `let ${out}${c} = ${rowElem(d, name, tex, `${out}r`, row, n4, c)};`).join(' ');
 }
 /** the backward kernels' inputs, with Q and dO (`texQG`) or K and V (`texKV`) as textures */
-function bwdBindings(texQG: boolean, texKV: boolean): string {
-  return `${rowSource(1, 'Q', texQG)}
-${rowSource(2, 'K', texKV)}
-${rowSource(3, 'V', texKV)}
-${rowSource(4, 'DO', texQG)}
+function bwdBindings(d: Dims, texQG: boolean, texKV: boolean): string {
+  return `${rowSource(d, 1, 'Q', texQG)}
+${rowSource(d, 2, 'K', texKV)}
+${rowSource(d, 3, 'V', texKV)}
+${rowSource(d, 4, 'DO', texQG)}
 @group(0) @binding(5) var<storage, read> LD: array<vec2<f32>>;`;
 }
 
@@ -594,13 +607,13 @@ function forwardSubgroupSource(d: Dims, causal: boolean, R: number, tex: boolean
   for (const t of U) body.push(CV.map((c) => `let v${t}_${c} = subgroupBroadcast(vl${c}, ${t}u);`).join(' '));
   for (const r of Rs)
     for (const c of CV) body.push(`o${r}_${c} = ${U.reduce((acc, t) => `fma(vec4<f32>(p${r}_${t}), v${t}_${c}, ${acc})`, `o${r}_${c}`)};`);
-  return /* wgsl */ `enable subgroups;
+  return /* wgsl */ `${enableF16(d.dt)}enable subgroups;
 ${HEADER}
 ${FEXP2}
-${rowSource(1, 'Q', texQ)}
-${rowSource(2, 'K', tex)}
-${rowSource(3, 'V', tex)}
-@group(0) @binding(4) var<storage, read_write> O: array<vec4<f32>>;
+${rowSource(d, 1, 'Q', texQ)}
+${rowSource(d, 2, 'K', tex)}
+${rowSource(d, 3, 'V', tex)}
+@group(0) @binding(4) var<storage, read_write> O: array<vec4<${ty(d)}>>;
 @group(0) @binding(5) var<storage, read_write> LSE: array<f32>;
 @compute @workgroup_size(${SG})
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(subgroup_invocation_id) lane: u32) {
@@ -615,7 +628,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(subgroup_invocation_id) 
     (r) => `let i${r} = row0 + ${r * SG}u + lane;
   let ic${r} = min(i${r}, u.Sq - 1u);
   let qb${r} = (b * u.Sq + ic${r}) * ks + h * ${D4}u;
-  ${C.map((c) => `let q${r}_${c} = ${rowElem('Q', texQ, `qb${r}`, `ic${r}`, D4, c)} * u.c;`).join(' ')}
+  ${C.map((c) => `let q${r}_${c} = ${rowElem(d, 'Q', texQ, `qb${r}`, `ic${r}`, D4, c)} * u.c;`).join(' ')}
   ${CV.map((c) => `var o${r}_${c} = vec4<f32>(0.0);`).join(' ')}
   var m${r} = ${NEG};
   var l${r} = 0.0;
@@ -626,8 +639,8 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(subgroup_invocation_id) 
   for (var j0 = 0u; j0 < kend; j0 += ${SG}u) {
     // lane L loads key j0 + L; the keys are then handed to every lane in turn
     let jl = min(j0 + lane, u.Sk - 1u);
-    ${rowLoads('kl', 'K', tex, 'kb + jl * ks', 'jl', D4)}
-    ${rowLoads('vl', 'V', tex, 'vb + jl * vs', 'jl', DV4)}
+    ${rowLoads(d, 'kl', 'K', tex, 'kb + jl * ks', 'jl', D4)}
+    ${rowLoads(d, 'vl', 'V', tex, 'vb + jl * vs', 'jl', DV4)}
     {
       ${body.join('\n      ')}
     }
@@ -636,7 +649,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(subgroup_invocation_id) 
     (r) => `if (i${r} < u.Sq) {
     let inv = 1.0 / l${r};
     let ob = (b * u.Sq + i${r}) * vs + h * ${DV4}u;
-    ${CV.map((c) => `O[ob + ${c}u] = o${r}_${c} * inv;`).join(' ')}
+    ${CV.map((c) => `O[ob + ${c}u] = ${narrow(d, `o${r}_${c} * inv`)};`).join(' ')}
     LSE[(b * u.H + h) * u.Sq + i${r}] = (m${r} + log2(l${r})) * ${1 / LOG2E};
   }`,
   ).join('\n  ')}
@@ -663,11 +676,11 @@ function dqSubgroupSource(d: Dims, causal: boolean, R: number, tex: boolean, tex
   }
   for (const r of Rs)
     for (const c of C) body.push(`dq${r}_${c} = ${U.reduce((acc, t) => `fma(vec4<f32>(ds${r}_${t}), k${t}_${c}, ${acc})`, `dq${r}_${c}`)};`);
-  return /* wgsl */ `enable subgroups;
+  return /* wgsl */ `${enableF16(d.dt)}enable subgroups;
 ${HEADER}
 ${FEXP2}
-${bwdBindings(texQG, tex)}
-@group(0) @binding(6) var<storage, read_write> DQ: array<vec4<f32>>;
+${bwdBindings(d, texQG, tex)}
+@group(0) @binding(6) var<storage, read_write> DQ: array<vec4<${ty(d)}>>;
 @compute @workgroup_size(${SG})
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(subgroup_invocation_id) lane: u32) {
   let b = wid.y / u.H;
@@ -683,21 +696,21 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(subgroup_invocation_id) 
   let qb${r} = (b * u.Sq + ic${r}) * ks + h * ${D4}u;
   let gb${r} = (b * u.Sq + ic${r}) * vs + h * ${DV4}u;
   let ld${r} = LD[(b * u.H + h) * u.Sq + ic${r}];
-  ${C.map((c) => `let q${r}_${c} = ${rowElem('Q', texQG, `qb${r}`, `ic${r}`, D4, c)} * u.c;`).join(' ')}
-  ${CV.map((c) => `let g${r}_${c} = ${rowElem('DO', texQG, `gb${r}`, `ic${r}`, DV4, c)};`).join(' ')}
+  ${C.map((c) => `let q${r}_${c} = ${rowElem(d, 'Q', texQG, `qb${r}`, `ic${r}`, D4, c)} * u.c;`).join(' ')}
+  ${CV.map((c) => `let g${r}_${c} = ${rowElem(d, 'DO', texQG, `gb${r}`, `ic${r}`, DV4, c)};`).join(' ')}
   ${C.map((c) => `var dq${r}_${c} = vec4<f32>(0.0);`).join(' ')}
   let kend${r} = ${causal ? `min(u.Sk, ic${r} + 1u)` : 'u.Sk'};`,
   ).join('\n  ')}
   let kend = ${causal ? `min(u.Sk, min(row0 + ${SG * R}u, u.Sq))` : 'u.Sk'};
   for (var j0 = 0u; j0 < kend; j0 += ${SG}u) {
     let jl = min(j0 + lane, u.Sk - 1u);
-    ${rowLoads('kl', 'K', tex, 'kb + jl * ks', 'jl', D4)}
-    ${rowLoads('vl', 'V', tex, 'vb + jl * vs', 'jl', DV4)}
+    ${rowLoads(d, 'kl', 'K', tex, 'kb + jl * ks', 'jl', D4)}
+    ${rowLoads(d, 'vl', 'V', tex, 'vb + jl * vs', 'jl', DV4)}
     {
       ${body.join('\n      ')}
     }
   }
-  ${Rs.map((r) => `if (i${r} < u.Sq) { ${C.map((c) => `DQ[qb${r} + ${c}u] = dq${r}_${c} * u.scale;`).join(' ')} }`).join('\n  ')}
+  ${Rs.map((r) => `if (i${r} < u.Sq) { ${C.map((c) => `DQ[qb${r} + ${c}u] = ${narrow(d, `dq${r}_${c} * u.scale`)};`).join(' ')} }`).join('\n  ')}
 }`;
 }
 
@@ -726,12 +739,12 @@ function dkvSubgroupSource(d: Dims, causal: boolean, R: number, tex: boolean): s
     for (const c of CV) body.push(`dv${r}_${c} = ${U.reduce((acc, t) => `fma(vec4<f32>(p${r}_${t}), g${t}_${c}, ${acc})`, `dv${r}_${c}`)};`);
     for (const c of C) body.push(`dk${r}_${c} = ${U.reduce((acc, t) => `fma(vec4<f32>(ds${r}_${t}), q${t}_${c}, ${acc})`, `dk${r}_${c}`)};`);
   }
-  return /* wgsl */ `enable subgroups;
+  return /* wgsl */ `${enableF16(d.dt)}enable subgroups;
 ${HEADER}
 ${FEXP2}
-${bwdBindings(tex, false)}
-@group(0) @binding(6) var<storage, read_write> DK: array<vec4<f32>>;
-@group(0) @binding(7) var<storage, read_write> DV: array<vec4<f32>>;
+${bwdBindings(d, tex, false)}
+@group(0) @binding(6) var<storage, read_write> DK: array<vec4<${ty(d)}>>;
+@group(0) @binding(7) var<storage, read_write> DV: array<vec4<${ty(d)}>>;
 @compute @workgroup_size(${SG})
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(subgroup_invocation_id) lane: u32) {
   let b = wid.y / u.H;
@@ -747,8 +760,8 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(subgroup_invocation_id) 
   let jc${r} = min(j${r}, u.Sk - 1u);
   let kb${r} = (b * u.Sk + jc${r}) * qs + h * ${D4}u;
   let vb${r} = (b * u.Sk + jc${r}) * os + h * ${DV4}u;
-  ${C.map((c) => `let k${r}_${c} = K[kb${r} + ${c}u] * u.c;`).join(' ')}
-  ${CV.map((c) => `let v${r}_${c} = V[vb${r} + ${c}u];`).join(' ')}
+  ${C.map((c) => `let k${r}_${c} = ${wide(d, `K[kb${r} + ${c}u]`)} * u.c;`).join(' ')}
+  ${CV.map((c) => `let v${r}_${c} = ${wide(d, `V[vb${r} + ${c}u]`)};`).join(' ')}
   ${C.map((c) => `var dk${r}_${c} = vec4<f32>(0.0);`).join(' ')}
   ${CV.map((c) => `var dv${r}_${c} = vec4<f32>(0.0);`).join(' ')}`,
   ).join('\n  ')}
@@ -758,16 +771,16 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(subgroup_invocation_id) 
     // lane L loads query i0 + L (row, output gradient, lse and D); then handed to every lane in turn
     let il = min(i0 + lane, u.Sq - 1u);
     let ldl = LD[lb + il];
-    ${rowLoads('ql', 'Q', tex, 'qb + il * qs', 'il', D4)}
-    ${rowLoads('gl', 'DO', tex, 'ob + il * os', 'il', DV4)}
+    ${rowLoads(d, 'ql', 'Q', tex, 'qb + il * qs', 'il', D4)}
+    ${rowLoads(d, 'gl', 'DO', tex, 'ob + il * os', 'il', DV4)}
     {
       ${body.join('\n      ')}
     }
   }
   ${Rs.map(
     (r) => `if (j${r} < u.Sk) {
-    ${C.map((c) => `DK[kb${r} + ${c}u] = dk${r}_${c} * u.scale;`).join(' ')}
-    ${CV.map((c) => `DV[vb${r} + ${c}u] = dv${r}_${c};`).join(' ')}
+    ${C.map((c) => `DK[kb${r} + ${c}u] = ${narrow(d, `dk${r}_${c} * u.scale`)};`).join(' ')}
+    ${CV.map((c) => `DV[vb${r} + ${c}u] = ${narrow(d, `dv${r}_${c}`)};`).join(' ')}
   }`,
   ).join('\n  ')}
 }`;
@@ -779,7 +792,8 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(subgroup_invocation_id) 
 function dimsOf(q: Tensor, k: Tensor, v: Tensor, heads: number): Dims {
   const what = `attention: q [${q.shape}], k [${k.shape}], v [${v.shape}], heads ${heads}`;
   if (q.rank !== 3 || k.rank !== 3 || v.rank !== 3) throw new ShapeError(`${what}: expected rank-3 tensors [B, S, H*D]`);
-  for (const t of [q, k, v]) if (t.dtype !== 'f32') throw new ShapeError(`${what}: expected f32 tensors, got ${t.dtype}`);
+  // f32 or f16 (with shader-f16), one dtype for all three
+  const dt = sameFloatDtype('attention', [q, k, v], ['q', 'k', 'v']);
   const [B, Sq, HD] = q.shape;
   const [Bk, Sk, HDk] = k.shape;
   const [Bv, Sv, HDv] = v.shape;
@@ -795,8 +809,8 @@ function dimsOf(q: Tensor, k: Tensor, v: Tensor, heads: number): Dims {
   if (B * heads > rt().maxWorkgroups) throw new ShapeError(`${what}: batch * heads exceeds ${rt().maxWorkgroups}`);
   for (const t of [q, k, v])
     if (t.byteLength > rt().maxBindingBytes) throw new ShapeError(`${what}: an operand of ${t.byteLength} bytes exceeds the storage binding limit; split the batch`);
-  if (B * Sq * HDv * 4 > rt().maxBindingBytes) throw new ShapeError(`${what}: the output exceeds the storage binding limit; split the batch`);
-  return { B, H: heads, Sq, Sk, D, Dv };
+  if (B * Sq * HDv * (dt === 'f16' ? 2 : 4) > rt().maxBindingBytes) throw new ShapeError(`${what}: the output exceeds the storage binding limit; split the batch`);
+  return { B, H: heads, Sq, Sk, D, Dv, dt };
 }
 
 function uniforms(d: Dims, scale: number) {
@@ -818,13 +832,15 @@ export function setAttentionTuning(t: { rows?: Partial<typeof ROWS> } | null) {
 // over the 8 lanes with a bounds-check branch per component, about half of the forward kernel's time at head
 // dim 40 (measured by replacing the loads with arithmetic: 2x). A read-only storage texture is fetched by a
 // branchless gather instead, so those rows are first copied (once per call, a pass over K and V or Q and dO)
-// into rgba32float textures [H * D/4, S, B] and read from there: 1.3-1.4x faster kernels on lavapipe
+// into rgba32float textures [H * D/4, S, B] (rgba16float for f16 tensors: the same values, read back as
+// vec4<f32> by textureLoad) and read from there: 1.3-1.4x faster kernels on lavapipe
 // (paired runs; bench/README.md). Needs WGSL's read-only storage textures and S, H * D/4 <= the 2D texture
 // limit and B <= the array-layer limit; otherwise the kernels read the buffers.
 //
 // The copy is the queue's (copyBufferToTexture, a memcpy on llvmpipe) where a row of H * D values is a
-// multiple of 256 bytes (H * D a multiple of 64, as in Stable Diffusion), else a copy kernel (a buffer load
-// and a texture store per texel: 2-10% of the attention time before the queue copy took over). Where the queue
+// multiple of 256 bytes (H * D a multiple of 64 in f32, as in Stable Diffusion; of 128 in f16, which leaves
+// SD's first UNet level, H * D = 320, to the copy kernel), else a copy kernel (a buffer load and a texture
+// store per texel: 2-10% of the attention time before the queue copy took over). Where the queue
 // copies them, the rows a lane owns (its queries in the forward; queries and output gradients in dQ, whose
 // textures dK/dV needs anyway) are read from textures too: 1.1-1.2x on cross-attention (77 keys, where those
 // rows are a fifth of the work), within the noise on self-attention.
@@ -850,39 +866,51 @@ function rowsFromTextures(d: Dims): boolean {
   );
 }
 
-const textureCopyKernel = /* wgsl */ `
+/** storage format of the staging textures for rows of dtype `dt` */
+const textureFormat = (dt: FloatDType): StagingFormat => (dt === 'f16' ? 'rgba16float' : 'rgba32float');
+
+/** WGSL: the copy of rows of dtype `dt` into a staging texture (where the queue cannot copy them) */
+const textureCopyKernel = memoKernel(
+  (dt: FloatDType) => /* wgsl */ `${enableF16(dt)}
 struct P { W: u32, S: u32, _0: u32, _1: u32 }
 @group(0) @binding(0) var<uniform> u: P;
-@group(0) @binding(1) var<storage, read> X: array<vec4<f32>>;
-@group(0) @binding(2) var T: texture_storage_2d_array<rgba32float, write>;
+@group(0) @binding(1) var<storage, read> X: array<vec4<${storageType(dt)}>>;
+@group(0) @binding(2) var T: texture_storage_2d_array<${textureFormat(dt)}, write>;
 @compute @workgroup_size(32)
 fn main(@builtin(global_invocation_id) g: vec3<u32>) {
   if (g.x >= u.W) { return; }
-  textureStore(T, vec2<u32>(g.x, g.y), g.z, X[(g.z * u.S + g.y) * u.W + g.x]);
-}`;
+  textureStore(T, vec2<u32>(g.x, g.y), g.z, ${dt === 'f16' ? 'vec4<f32>(X[(g.z * u.S + g.y) * u.W + g.x])' : 'X[(g.z * u.S + g.y) * u.W + g.x]'});
+}`,
+);
 
 /** The staging textures' cap (bytes), shared with the other kernels' staging textures (`setStagingTextureCacheBytes`). */
 export function setAttentionTextureCacheBytes(bytes: number) {
   setStagingTextureCacheBytes(bytes);
 }
 
-/** whether rows of W vec4s are copied by the queue (a buffer-to-texture copy needs rows of a multiple of 256 bytes) */
-const queueCopies = (W: number) => (W * 16) % 256 === 0;
+/** bytes of one vec4 of dtype `dt` (one texel of its staging texture) */
+const vec4Bytes = (dt: FloatDType) => (dt === 'f16' ? 8 : 16);
+/**
+ * whether rows of W vec4s of dtype `dt` are copied by the queue (a buffer-to-texture copy needs rows of a
+ * multiple of 256 bytes: W * 16 in f32, W * 8 in f16)
+ */
+const queueCopies = (W: number, dt: FloatDType) => (W * vec4Bytes(dt)) % 256 === 0;
 
 /**
- * The values of t [B, S, W*4] copied into a staging texture [W, S, B] for role `role` (a view of it): a
- * buffer-to-texture copy where a row's W*16 bytes are a multiple of 256 (H * D a multiple of 64, as in
- * Stable Diffusion), else a copy kernel.
+ * The values of t [B, S, W*4] copied into a staging texture [W, S, B] for role `role` (a view of it;
+ * rgba32float for f32 tensors, rgba16float for f16): a buffer-to-texture copy where a row's W*16 bytes (f16:
+ * W*8) are a multiple of 256 (H * D a multiple of 64, as in Stable Diffusion; f16: of 128), else a copy kernel.
  */
 function rowTexture(t: Tensor, B: number, S: number, W: number, role: string): GPUTextureView {
   const r = rt();
-  const tex = stagingTexture(`attention_${role}`, [W, S, B]);
+  const dt = t.dtype as FloatDType;
+  const tex = stagingTexture(`attention_${role}`, [W, S, B], textureFormat(dt));
   const view = tex.createView({ dimension: '2d-array' });
-  if (queueCopies(W)) r.copyToTexture(t.buffer, 0, W * 16, S, tex, [W, S, B]);
+  if (queueCopies(W, dt)) r.copyToTexture(t.buffer, 0, W * vec4Bytes(dt), S, tex, [W, S, B]);
   else
     r.dispatch({
       name: 'attention_rows_to_texture',
-      code: textureCopyKernel,
+      code: textureCopyKernel(dt),
       uniforms: new Uniforms().u32(W, S, 0, 0).done(),
       bindings: [{ buffer: t.buffer }, { texture: view }],
       workgroups: [Math.ceil(W / 32), S, B],
@@ -906,11 +934,14 @@ function plan(kind: 'fwd' | 'dq' | 'dkv', d: Dims, causal: boolean, n: number, t
   return { name, code: gen(d, causal), workgroups: [Math.ceil(n / WG), d.B * d.H] };
 }
 
-/** Forward only: returns the output [B, Sq, H*Dv] and the row logsumexp [B, H, Sq] (natural log). */
+/**
+ * Forward only: returns the output [B, Sq, H*Dv] in the dtype of q, k, v (f32 or f16) and the row logsumexp
+ * [B, H, Sq] (natural log, f32).
+ */
 export function attentionForward(q: Tensor, k: Tensor, v: Tensor, opts: AttentionOptions): { out: Tensor; lse: Tensor } {
   const d = dimsOf(q, k, v, opts.heads);
   const scale = opts.scale ?? 1 / Math.sqrt(d.D);
-  const out = Tensor.empty([d.B, d.Sq, d.H * d.Dv], 'f32', 'attention');
+  const out = Tensor.empty([d.B, d.Sq, d.H * d.Dv], d.dt, 'attention');
   const lse = Tensor.empty([d.B, d.H, d.Sq], 'f32', 'attention_lse');
   if (d.B * d.Sq * d.H === 0) return { out, lse };
   const tex = rowsFromTextures(d);
@@ -918,7 +949,7 @@ export function attentionForward(q: Tensor, k: Tensor, v: Tensor, opts: Attentio
     ? [{ texture: rowTexture(k, d.B, d.Sk, (d.H * d.D) / 4, 'k') }, { texture: rowTexture(v, d.B, d.Sk, (d.H * d.Dv) / 4, 'v') }]
     : [{ buffer: k.buffer }, { buffer: v.buffer }];
   // each lane reads its own query rows once: from a texture only where the queue copies them (no copy kernel)
-  const texQ = tex && queueCopies((d.H * d.D) / 4);
+  const texQ = tex && queueCopies((d.H * d.D) / 4, d.dt);
   rt().dispatch({
     ...plan('fwd', d, !!opts.causal, d.Sq, tex, texQ),
     uniforms: uniforms(d, scale),
@@ -929,7 +960,8 @@ export function attentionForward(q: Tensor, k: Tensor, v: Tensor, opts: Attentio
 
 /**
  * Gradients of attention from the forward's output and row logsumexp; `want` selects which of dQ, dK, dV
- * to compute (null for the others).
+ * to compute (null for the others). The output gradient has the output's dtype (that of q, k, v); the
+ * gradients come back in that dtype.
  */
 export function attentionBackward(
   q: Tensor,
@@ -943,16 +975,17 @@ export function attentionBackward(
 ): [Tensor | null, Tensor | null, Tensor | null] {
   const d = dimsOf(q, k, v, opts.heads);
   if (dOut.size !== out.size) throw new ShapeError(`attention backward: gradient [${dOut.shape}] does not match the output [${out.shape}]`);
+  sameFloatDtype('attention backward', [q, out, dOut], ['q', 'the output', 'the output gradient']);
   const scale = opts.scale ?? 1 / Math.sqrt(d.D);
   const causal = !!opts.causal;
   const r = rt();
   const uni = uniforms(d, scale);
-  const dq = want[0] ? Tensor.empty(q.shape, 'f32', 'attention_dq') : null;
-  const dk = want[1] || want[2] ? Tensor.empty(k.shape, 'f32', 'attention_dk') : null;
-  const dv = want[1] || want[2] ? Tensor.empty(v.shape, 'f32', 'attention_dv') : null;
+  const dq = want[0] ? Tensor.empty(q.shape, d.dt, 'attention_dq') : null;
+  const dk = want[1] || want[2] ? Tensor.empty(k.shape, d.dt, 'attention_dk') : null;
+  const dv = want[1] || want[2] ? Tensor.empty(v.shape, d.dt, 'attention_dv') : null;
   if (d.B * d.Sq * d.H === 0) {
     // no queries: dK and dV are zero
-    for (const t of [dk, dv]) if (t && t.size) r.write(t.buffer, new Float32Array(t.size));
+    for (const t of [dk, dv]) if (t && t.size) r.write(t.buffer, new Uint8Array(Math.ceil(t.byteLength / 4) * 4));
   } else if (dq || dk) {
     const ld = Tensor.empty([d.B, d.H, d.Sq, 2], 'f32', 'attention_ld');
     r.dispatch({
@@ -966,7 +999,7 @@ export function attentionBackward(
     const [bq, bk, bv, bg, bl]: Binding[] = [q, k, v, dOut, ld].map((t) => ({ buffer: t.buffer }));
     // Q and dO as textures: for dK/dV (lanes load them in turn) and then also for dQ's own rows, or for dQ alone
     // where the queue copies them
-    const texQG = tex && (!!dk || (queueCopies((d.H * d.D) / 4) && queueCopies((d.H * d.Dv) / 4)));
+    const texQG = tex && (!!dk || (queueCopies((d.H * d.D) / 4, d.dt) && queueCopies((d.H * d.Dv) / 4, d.dt)));
     const [tq, tg]: Binding[] = texQG ? [{ texture: rowTexture(q, d.B, d.Sq, (d.H * d.D) / 4, 'q') }, { texture: rowTexture(dOut, d.B, d.Sq, (d.H * d.Dv) / 4, 'dout') }] : [bq, bg];
     if (dq) {
       // dQ: lanes load keys and values in turn
@@ -996,16 +1029,21 @@ export const MAX_FUSED_HEAD_DIM = 160;
 /**
  * softmax(scale * Q K^T) V from batched matmuls and a row softmax, materializing the [B*H, Sq, Sk] scores;
  * gradients by the ops' own backward rules. Used for head dims above MAX_FUSED_HEAD_DIM (the VAE's
- * mid-block attention), where a single head makes the score matrix affordable.
+ * mid-block attention), where a single head makes the score matrix affordable. f16 inputs stay f16 through
+ * the composition (scores, probabilities and output in f16 storage): it takes f16 where matmul (with f16
+ * activations as A and B), softmax and add do.
  */
 function attentionUnfused(q: Tensor, k: Tensor, v: Tensor, d: Dims, opts: AttentionOptions): Tensor {
   const { B, H, Sq, Sk, D, Dv } = d;
   const heads = (x: Tensor, S: number, E: number) => reshape(permute(reshape(x, [B, S, H, E]), [0, 2, 1, 3]), [B * H, S, E]);
   let scores = matmul(heads(q, Sq, D), heads(k, Sk, D), { transB: true });
   if (opts.causal) {
+    // the mask in the scores' dtype; for f16 the most negative finite value (a masked score may round to
+    // -inf: exp gives 0 either way, and causal rows always keep key 0, so no row is all -inf)
     const mask = new Float32Array(Sq * Sk);
-    for (let i = 0; i < Sq; i++) for (let j = i + 1; j < Sk; j++) mask[i * Sk + j] = -1e30;
-    scores = add(scores, Tensor.from(mask, [1, Sq, Sk]));
+    const neg = scores.dtype === 'f16' ? -65504 : -1e30;
+    for (let i = 0; i < Sq; i++) for (let j = i + 1; j < Sk; j++) mask[i * Sk + j] = neg;
+    scores = add(scores, Tensor.from(mask, [1, Sq, Sk], scores.dtype));
   }
   const p = softmax(scores, opts.scale ?? 1 / Math.sqrt(D));
   const o = matmul(p, heads(v, Sk, Dv));

@@ -1,6 +1,7 @@
 // Multi-head attention at the UNet's first level for a 32x32 latent with the CFG batch: B=2, 8 heads of
 // d=40, 1024 queries; self-attention (1024 keys) and cross-attention on the 77 text tokens. Ours is the
 // fused kernel (kernels/attention.ts: forward, backward from the saved logsumexp, and a full autodiff step).
+// The 'f16' rows store q, k, v, the output and the gradients in f16 (f32 arithmetic; needs shader-f16).
 // Peers have no usable fused op (tfjs has none; @jax-js/jax's nn.dotProductAttention goes through einsum,
 // which needs iterator helpers that Node 20 lacks), so their rows are the unfused composition batched
 // matmul -> softmax -> matmul on head-major [B*H, S, D] (the permutes they would need from our layout are
@@ -8,7 +9,7 @@
 // backward on its own), @jax-js/jax with vjp (whose closure also runs the backward alone).
 // Nominal flops (the same for every library, so GFLOP/s compare times): forward 4*B*H*Sq*Sk*D,
 // backward 10*B*H*Sq*Sk*D (recomputing the scores, as a fused backward does), fwd+bwd the sum.
-import { Tensor, grad, tidy } from '../../engine/index.js';
+import { Tensor, grad, rt, tidy } from '../../engine/index.js';
 import { attention, attentionBackward, attentionForward, setAttentionTextureLoads } from '../../kernels/attention.js';
 import { gpuFn, loadJax, loadTfjs, randn, tfDone, jaxDone, disposeAll, withSetting, type TfT, type BenchCase, type BenchSuite } from '../lib.js';
 
@@ -34,24 +35,26 @@ function oursCases(s: Shape): BenchCase[] {
   const opts = { heads: H };
   let q: Tensor, k: Tensor, v: Tensor, g: Tensor;
   let saved: { out: Tensor; lse: Tensor } | null = null;
-  const alloc = () => {
-    q = Tensor.from(randn(B * Sq * H * D, 1), [B, Sq, H * D]);
-    k = Tensor.from(randn(B * Sk * H * D, 2), [B, Sk, H * D]);
-    v = Tensor.from(randn(B * Sk * H * D, 3), [B, Sk, H * D]);
-    g = Tensor.from(randn(B * Sq * H * D, 4), [B, Sq, H * D]);
+  const alloc = (dt: 'f32' | 'f16') => {
+    q = Tensor.from(randn(B * Sq * H * D, 1), [B, Sq, H * D], dt);
+    k = Tensor.from(randn(B * Sk * H * D, 2), [B, Sk, H * D], dt);
+    v = Tensor.from(randn(B * Sk * H * D, 3), [B, Sk, H * D], dt);
+    g = Tensor.from(randn(B * Sq * H * D, 4), [B, Sq, H * D], dt);
   };
   const free = () => {
     [q, k, v, g].forEach((t) => t?.dispose());
     if (saved) [saved.out, saved.lse].forEach((t) => t.dispose());
     saved = null;
   };
-  const mk = (pass: BenchCase['pass'], name: string, make: () => () => Tensor | Tensor[]): BenchCase => ({
+  // dt: the storage dtype of q, k, v, the output and the gradients (f16 where the device has shader-f16)
+  const mk = (pass: BenchCase['pass'], name: string, make: () => () => Tensor | Tensor[], dt: 'f32' | 'f16' = 'f32'): BenchCase => ({
     name: `${s.label} ${name}`,
     shape: shapeStr(s),
     pass,
     flops: FLOPS[pass] * unit(s),
     async setup() {
-      alloc();
+      if (dt === 'f16' && !rt().features.has('shader-f16')) return null;
+      alloc(dt);
       return gpuFn(make());
     },
     teardown: free,
@@ -77,6 +80,9 @@ function oursCases(s: Shape): BenchCase[] {
         return grad(attention(qq, kk, vv, opts), [qq, kk, vv], g);
       }),
     ),
+    // f16 storage of q, k, v, the output and the gradients (f32 arithmetic)
+    mk('fwd', 'attention f16', () => forward, 'f16'),
+    mk('bwd', 'attention backward f16', backward, 'f16'),
   ];
 }
 

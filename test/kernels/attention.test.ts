@@ -2,14 +2,18 @@
 // cross-attention, causal masking, several batches / heads / head dims; gradients against finite differences
 // (checkGrad) and against the analytic float64 gradients on larger shapes; every kernel variant the adapter
 // can run (the shared-tile variant included: lavapipe runs a workgroup's invocations in sequence, so a
-// missing barrier shows up here); extra memory linear in the sequence length.
+// missing barrier shows up here); f16 storage of the inputs, output and gradients on every variant and row
+// path (buffers, textures filled by the queue or by the copy kernel) and on the unfused path; extra memory
+// linear in the sequence length.
 // Pipelines are specialised per head dim, so the cases reuse a few head dims to bound compile time.
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { ShapeError, Tensor, grad, rt, tidy } from '../../engine/index.js';
 import {
   attention,
+  attentionBackward,
   attentionForward,
   attentionVariants,
+  MAX_FUSED_HEAD_DIM,
   setAttentionTextureCacheBytes,
   setAttentionTextureLoads,
   setAttentionVariant,
@@ -135,6 +139,71 @@ const BACKWARD_CASES_ALL: Case[] = [
 ];
 const BACKWARD_CASES = BACKWARD_CASES_ALL.filter(small);
 
+// ---- f16 storage ----
+// q, k, v, the output and the gradients in f16, arithmetic in f32. The reference runs on the f16-rounded
+// inputs (read back from the f16 tensors) and output gradient, so the errors left are the f16 roundings of
+// what the kernels store:
+//  - forward output: half an ulp, 2^-11 = 4.9e-4 relative to each value, at most that normalized by the
+//    largest value: tolerance 1e-3. The logsumexp stays f32 (1e-4, as for f32 inputs).
+//  - gradients: their own rounding (4.9e-4) plus that of the saved f16 output, which enters the backward
+//    through D = rowsum(dO * O) and then ds = p * (dp - D), a difference of similar terms: measured up to
+//    4e-4 on these cases (the output up to 4e-4 too); tolerance 1.5e-3.
+// (With the output stored through an f32 binding, the forward check fails at once.)
+const F16_TOL = 1e-3;
+const F16_GRAD_TOL = 1.5e-3;
+const hasF16 = () => rt().features.has('shader-f16');
+
+/** f16 tensors of `xs` and the (f16-rounded) values they hold */
+async function f16Tensors(xs: { data: Float32Array; shape: number[] }[]) {
+  const ts = xs.map((x) => Tensor.from(x.data, x.shape, 'f16'));
+  const rounded = await Promise.all(ts.map(async (t, i) => ({ data: (await t.data()) as Float32Array, shape: xs[i].shape })));
+  return { ts, rounded };
+}
+
+/**
+ * f16 inputs: the output (f16) and logsumexp (f32) against the float64 forward, and all three gradients (f16,
+ * from an f16 output gradient) against the analytic float64 gradients, on the rounded values.
+ */
+async function checkF16(label: string, c: Case, wrt: [boolean, boolean, boolean] = [true, true, true], tol = F16_TOL, gradTol = F16_GRAD_TOL) {
+  const Dv = c.Dv ?? c.D;
+  const { ts, rounded } = await f16Tensors(inputs(c, 3));
+  const { ts: [g], rounded: [gr] } = await f16Tensors([{ data: rand(c.B * c.Sq * c.H * Dv, 17), shape: [c.B, c.Sq, c.H * Dv] }]);
+  const which = ts.filter((_, i) => wrt[i]);
+  // the logsumexp from attentionForward, where the fused kernels take the head dims
+  const fused = Math.max(c.D, Dv) <= MAX_FUSED_HEAD_DIM;
+  const [out, lse, ...gs] = tidy(() => {
+    const f = fused ? attentionForward(ts[0], ts[1], ts[2], optsOf(c)) : null;
+    which.forEach((t) => t.requireGrad());
+    const y = attention(ts[0], ts[1], ts[2], optsOf(c));
+    return [y, f?.lse ?? y, ...grad(y, which, g)];
+  });
+  expect(out.dtype).toBe('f16');
+  const ref = rattentionFull(...refs(rounded), optsOf(c));
+  expectClose(await out.data(), ref.out.data, tol, `attention f16 ${label} forward ${name(c)}`);
+  if (fused) {
+    expect(lse.dtype).toBe('f32');
+    expectClose(await lse.data(), ref.lse.data, 1e-4, `attention f16 ${label} logsumexp ${name(c)}`);
+  }
+  const refG = rattentionBackward(...refs(rounded), rt64(gr.data, gr.shape), optsOf(c)).filter((_, i) => wrt[i]);
+  for (const [i, dx] of gs.entries()) {
+    expect(dx.dtype).toBe('f16');
+    expectClose(await dx.data(), refG[i].data, gradTol, `attention f16 ${label} d${'qkv'[wrt.indexOf(true) + i]} ${name(c)}`);
+  }
+  new Set([out, lse, ...gs, ...ts, g]).forEach((t) => t.dispose());
+}
+
+// self- and cross-attention, odd lengths, Dv != D, causal with more keys than queries; H * D = 128 (its f16
+// rows are 256 bytes: copied into textures by the queue, the others by the copy kernel); head dims 40 and 64
+// outside CI
+const F16_CASES_ALL: Case[] = [
+  { B: 2, H: 2, Sq: 33, Sk: 20, D: 8, Dv: 16 },
+  { B: 1, H: 1, Sq: 20, Sk: 50, D: 4, causal: true },
+  { B: 2, H: 16, Sq: 9, Sk: 9, D: 8 },
+  { B: 1, H: 8, Sq: 100, Sk: 77, D: 40 },
+  { B: 1, H: 2, Sq: 77, Sk: 77, D: 64, causal: true },
+];
+const F16_CASES = F16_CASES_ALL.filter(small);
+
 
 // the subgroup variant twice: rows read from textures (its default where WGSL has read-only storage
 // textures) and from the storage buffers
@@ -178,6 +247,12 @@ for (const { variant, textures, label } of RUNS) {
       if (skip()) return;
       for (const c of BACKWARD_CASES) await checkBackward(label, c);
     }, LONG);
+
+    it('f16 storage: output and gradients in f16 match the float64 reference on the rounded inputs', async (ctx) => {
+      if (skip()) return;
+      if (!hasF16()) ctx.skip();
+      for (const c of F16_CASES) await checkF16(label, c);
+    }, LONG);
   });
 }
 
@@ -194,6 +269,69 @@ describe('attention', () => {
       await checkGrad(`unfused attention ${name(c)}`, inputs(c, 7), (q, k, v) => attention(q, k, v, optsOf(c)), (q, k, v) => rattention(q, k, v, optsOf(c)));
     }
   }, LONG);
+
+  it('head dims above the fused limit take the unfused path in f16 too (f16 scores and probabilities)', async (ctx) => {
+    if (!hasF16()) ctx.skip();
+    // the unscaled scores and the probabilities are stored in f16 too: a score s rounded by up to |s| * 2^-11
+    // changes its probability by |s| * scale * 2^-11 relative (|s| * scale <= 2 on these inputs), on top of the
+    // output's own rounding; measured up to 6e-4 (output) and 7e-4 (gradients): tolerances 2x the fused path's
+    for (const c of [
+      { B: 2, H: 1, Sq: 13, Sk: 13, D: 168 },
+      { B: 1, H: 2, Sq: 9, Sk: 5, D: 164, Dv: 8, causal: true },
+    ] as Case[])
+      await checkF16('unfused', c, [true, true, true], 2 * F16_TOL, 2 * F16_GRAD_TOL);
+  }, LONG);
+
+  it('f16 storage: the subgroup kernels read rows from rgba16float textures, copied by the queue where a row is 256 bytes (H * D a multiple of 128), else by the copy kernel', async (ctx) => {
+    if (!variants.includes('subgroup')) return;
+    if (!hasF16()) ctx.skip();
+    const texRows = !rt().gpu.compat && rt().gpu.wgslFeatures.has('readonly_and_readwrite_storage_textures');
+    const run = async (c: Case, wrt?: [boolean, boolean, boolean]) => {
+      const names = await dispatchedBy(() => checkF16('subgroup', c, wrt));
+      return { kernels: names.filter((n) => /^attention_(fwd|dq|dkv)/.test(n)), copies: names.filter((n) => n === 'attention_rows_to_texture').length };
+    };
+    setAttentionVariant('subgroup');
+    try {
+      // H * D = 64: rows of 128 bytes in f16 (the queue copies them in f32), so the copy kernel fills the textures:
+      // K and V for each forward (attentionForward, then attention) and for dQ, Q and dO for dQ and dK/dV
+      const c64: Case = { B: 2, H: 8, Sq: 9, Sk: 7, D: 8 };
+      const full = await run(c64);
+      if (!texRows) {
+        expect(full).toEqual({ kernels: ['attention_fwd_subgroup', 'attention_fwd_subgroup', 'attention_dq_subgroup', 'attention_dkv_subgroup'], copies: 0 });
+        return;
+      }
+      expect(full).toEqual({ kernels: ['attention_fwd_subgroup_tex', 'attention_fwd_subgroup_tex', 'attention_dq_subgroup_texq', 'attention_dkv_subgroup_tex'], copies: 8 });
+      // dQ alone: its own rows from the buffers (no textures of Q and dO are made for it)
+      expect(await run(c64, [true, false, false])).toEqual({ kernels: ['attention_fwd_subgroup_tex', 'attention_fwd_subgroup_tex', 'attention_dq_subgroup_tex'], copies: 6 });
+      // dV alone: the dK/dV kernel only
+      expect(await run(c64, [false, false, true])).toEqual({ kernels: ['attention_fwd_subgroup_tex', 'attention_fwd_subgroup_tex', 'attention_dkv_subgroup_tex'], copies: 6 });
+      // H * D = 128: rows of 256 bytes, copied by the queue; the forward and dQ read their own rows from textures
+      const c128: Case = { B: 2, H: 16, Sq: 9, Sk: 7, D: 8 };
+      expect(await run(c128)).toEqual({ kernels: ['attention_fwd_subgroup_texq', 'attention_fwd_subgroup_texq', 'attention_dq_subgroup_texq', 'attention_dkv_subgroup_tex'], copies: 0 });
+      expect(await run(c128, [true, false, false])).toEqual({ kernels: ['attention_fwd_subgroup_texq', 'attention_fwd_subgroup_texq', 'attention_dq_subgroup_texq'], copies: 0 });
+    } finally {
+      setAttentionVariant(null);
+    }
+  }, LONG);
+
+  it('f16 storage: q, k, v share one dtype; the output gradient has the output\'s', async (ctx) => {
+    if (!hasF16()) ctx.skip();
+    const c: Case = { B: 1, H: 2, Sq: 7, Sk: 5, D: 8 };
+    const [xq, xk, xv] = inputs(c);
+    const q16 = Tensor.from(xq.data, xq.shape, 'f16');
+    const k16 = Tensor.from(xk.data, xk.shape, 'f16');
+    const v16 = Tensor.from(xv.data, xv.shape, 'f16');
+    const k32 = Tensor.from(xk.data, xk.shape);
+    const v32 = Tensor.from(xv.data, xv.shape);
+    const ki = Tensor.empty(xk.shape, 'i32');
+    expect(() => attention(q16, k32, v16, { heads: 2 })).toThrow(ShapeError);
+    expect(() => attention(q16, k16, v32, { heads: 2 })).toThrow(/v is f32 but q is f16/);
+    expect(() => attentionForward(q16, ki, v16, { heads: 2 })).toThrow(ShapeError);
+    const { out, lse } = attentionForward(q16, k16, v16, { heads: 2 });
+    const g32 = Tensor.from(rand(out.size, 3), out.shape);
+    expect(() => attentionBackward(q16, k16, v16, out, lse, g32, { heads: 2 })).toThrow(/output gradient is f32/);
+    [q16, k16, v16, k32, v32, ki, out, lse, g32].forEach((t) => t.dispose());
+  });
 
   it('subgroup kernels read the rows lanes hand around from textures where WGSL allows it, else from buffers', async () => {
     if (!variants.includes('subgroup')) return;

@@ -12,7 +12,8 @@
 // Browser-safe: model folders come in through a `FolderAccess`; the `...FromDir` loaders import the Node
 // file access only when called.
 import { Tensor, ShapeError } from '../engine/tensor.js';
-import { add, mul, gelu, quickGelu, relu, silu, tanh, pow, scale, addScalar, affine } from '../kernels/elementwise.js';
+import { add, mul, gelu, quickGelu, relu, silu, tanh, pow, scale, addScalar, affine, cast } from '../kernels/elementwise.js';
+import { needF16 } from '../kernels/util.js';
 import { reshape, transpose, concat, gather, broadcastTo, slice } from '../kernels/shape.js';
 import { attention } from '../kernels/attention.js';
 import { conv2d } from '../kernels/conv2d.js';
@@ -252,9 +253,16 @@ export class ClipVisionModel {
     this.params = params;
   }
 
-  /** Encode normalized pixels [B, C, image_size, image_size]. */
-  forward(pixels: Tensor): ClipVisionOutput {
+  /**
+   * Encode normalized pixels [B, C, image_size, image_size]. `activations: 'f16'` runs the encoder layers with
+   * f16 activations (where the device has shader-f16; arithmetic stays f32): the hidden states are f16, the
+   * pooled output and the image embeddings are given in the pixels' dtype.
+   */
+  forward(pixels: Tensor, opts: { activations?: 'f32' | 'f16' } = {}): ClipVisionOutput {
     const c = this.config;
+    const outDtype = pixels.dtype === 'f16' ? 'f16' : 'f32';
+    const act = opts.activations ?? outDtype;
+    if (act === 'f16') needF16('CLIP vision', 'activations');
     if (pixels.rank !== 4 || pixels.shape[1] !== c.numChannels || pixels.shape[2] !== c.imageSize || pixels.shape[3] !== c.imageSize)
       throw new ShapeError(`CLIP vision: pixel_values must be [B, ${c.numChannels}, ${c.imageSize}, ${c.imageSize}], got [${pixels.shape}]`);
     const B = pixels.shape[0];
@@ -262,17 +270,18 @@ export class ClipVisionModel {
     const g = c.imageSize / c.patchSize;
     const p = this.params.sub('vision_model');
     const e = p.sub('embeddings');
-    const patches = conv2d(pixels, e.get('patch_embedding.weight'), undefined, { stride: c.patchSize });
+    // the embeddings (patches, class and position tables) in f32, then the encoder in the activation dtype
+    const patches = conv2d(cast(pixels, 'f32'), e.get('patch_embedding.weight'), undefined, { stride: c.patchSize });
     const tokens = transpose(reshape(patches, [B, h, g * g]), 1, 2);
     const cls = broadcastTo(reshape(e.get('class_embedding'), [1, 1, h]), [B, 1, h]);
     const posTable = e.get('position_embedding.weight');
     if (posTable.shape[0] !== g * g + 1) throw new ShapeError(`CLIP vision: ${posTable.shape[0]} position embeddings for ${g * g + 1} tokens`);
     const embeddings = add(concat([cls, tokens], 1), reshape(posTable, [1, g * g + 1, h]));
-    const pre = layerNorm(p.sub('pre_layrnorm'), embeddings, c.layerNormEps);
+    const pre = layerNorm(p.sub('pre_layrnorm'), cast(embeddings, act), c.layerNormEps);
     const hiddenStates = encoder(p, pre, c, false);
     const lastHiddenState = hiddenStates[hiddenStates.length - 1];
     const first = reshape(slice(lastHiddenState, { 1: [0, 1] }), [B, h]);
-    const pooled = layerNorm(p.sub('post_layernorm'), first, c.layerNormEps);
+    const pooled = cast(layerNorm(p.sub('post_layernorm'), first, c.layerNormEps), outDtype);
     const out: ClipVisionOutput = { embeddings, hiddenStates, lastHiddenState, pooled };
     if (this.params.has('visual_projection.weight')) out.imageEmbeds = linear(this.params.sub('visual_projection'), pooled);
     return out;

@@ -15,7 +15,8 @@ import { guidedStep, officialLr, optimizeSeed, referenceConstants, seedSelectLos
 import { affine, scale } from '../kernels/elementwise.js';
 import { TOLERANCES, registerRunner, type GoldenContext } from './golden.js';
 
-async function loadParts(ctx: GoldenContext): Promise<DiffusionParts & { text: Awaited<ReturnType<typeof loadClipTextModel>> }> {
+/** The golden case's models as SeedSelect parts; `activations` is the storage of their activations. */
+export async function loadParts(ctx: GoldenContext, activations: 'f32' | 'f16' = 'f32'): Promise<DiffusionParts & { text: Awaited<ReturnType<typeof loadClipTextModel>> }> {
   const m = ctx.meta.models as Record<string, string> | undefined;
   if (!m?.unet || !m.vae || !m.text_encoder || !m.image_encoder || !m.scheduler)
     throw new Error(`${ctx.name}: golden JSON "models" must name unet, vae, text_encoder, image_encoder and scheduler folders`);
@@ -28,13 +29,13 @@ async function loadParts(ctx: GoldenContext): Promise<DiffusionParts & { text: A
   const scheduler = DdimScheduler.fromConfig(await readConfig(schedFolder, 'scheduler_config.json'));
   return {
     text,
-    unet: (s, t, c) => unet.forward(s, t, c),
-    vaeDecode: (z) => vae.decode(z),
+    unet: (s, t, c) => unet.forward(s, t, c, { activations }),
+    vaeDecode: (z) => vae.decode(z, { activations }),
     vaeEncode: (x) => {
-      const d = vae.encode(x);
+      const d = vae.encode(x, { activations });
       return { mean: d.mean, std: d.std };
     },
-    clipImageEmbeds: (px) => vision.forward(px).imageEmbeds!,
+    clipImageEmbeds: (px) => vision.forward(px, { activations }).imageEmbeds!,
     scheduler,
     vaeScale: vae.config.scalingFactor,
     clipSize: vision.config.imageSize,

@@ -2,6 +2,7 @@
 // tower SeedSelect scores with. Text-to-image (DDIM + classifier-free guidance) and the `DiffusionParts`
 // view that models/seedselect.ts optimizes through. Browser-safe: folders come in as FolderAccess.
 import { Tensor, noGrad, tidy } from '../engine/tensor.js';
+import { rt } from '../engine/runtime.js';
 import { WeightsError } from '../weights-tools/errors.js';
 import { joinPath, readConfig, type FolderAccess } from '../weights-tools/model-folder.js';
 import type { UploadOptions } from './weights.js';
@@ -28,6 +29,12 @@ export interface LoadOptions extends UploadOptions {
   /** folder of a CLIP vision model (CLIPVisionModelWithProjection or CLIPModel); default: `<model>/image_encoder` when present */
   clip?: FolderAccess;
   onStage?: (stage: string) => void;
+  /**
+   * Storage of the activations and their gradients inside the UNet, the VAE and the CLIP image tower during
+   * SeedSelect: 'f16' halves their memory where the device has shader-f16 (arithmetic stays f32); elsewhere
+   * it falls back to 'f32' (see `activations` on the pipeline). Default 'f32'.
+   */
+  activations?: 'f32' | 'f16';
 }
 
 export class StableDiffusionPipeline {
@@ -42,6 +49,9 @@ export class StableDiffusionPipeline {
     readonly clipMean: number[],
     readonly clipStd: number[],
   ) {}
+
+  /** the activation storage that `parts()` uses (SeedSelect's model calls); 'f16' needs shader-f16 */
+  activations: 'f32' | 'f16' = 'f32';
 
   static async load(root: FolderAccess, opts: LoadOptions = {}): Promise<StableDiffusionPipeline> {
     const index = await root.readText('model_index.json');
@@ -81,7 +91,9 @@ export class StableDiffusionPipeline {
         if (Array.isArray(pc.image_std)) clipStd = pc.image_std;
       }
     }
-    return new StableDiffusionPipeline(root.name, unet, vae, textEncoder, tokenizer, scheduler, clipVision, clipMean, clipStd);
+    const pipe = new StableDiffusionPipeline(root.name, unet, vae, textEncoder, tokenizer, scheduler, clipVision, clipMean, clipStd);
+    pipe.activations = opts.activations === 'f16' && rt().features.has('shader-f16') ? 'f16' : 'f32';
+    return pipe;
   }
 
   /** The latent scaling factor from the VAE config. */
@@ -110,15 +122,15 @@ export class StableDiffusionPipeline {
   parts(): DiffusionParts {
     const vision = this.clipVision;
     return {
-      unet: (s, t, cond) => this.unet.forward(s, t, cond),
-      vaeDecode: (z) => this.vae.decode(z),
+      unet: (s, t, cond) => this.unet.forward(s, t, cond, { activations: this.activations }),
+      vaeDecode: (z) => this.vae.decode(z, { activations: this.activations }),
       vaeEncode: (x) => {
-        const d = this.vae.encode(x);
+        const d = this.vae.encode(x, { activations: this.activations });
         return { mean: d.mean, std: d.std };
       },
       clipImageEmbeds: (px) => {
         if (!vision) throw new WeightsError('NOT_FOUND', 'no CLIP image tower loaded: SeedSelect needs one (pass --clip DIR)', { file: this.name });
-        const out = vision.forward(px);
+        const out = vision.forward(px, { activations: this.activations });
         if (!out.imageEmbeds) throw new WeightsError('MISSING_TENSOR', 'the CLIP vision model has no visual_projection', { file: this.name, tensor: 'visual_projection.weight' });
         return out.imageEmbeds;
       },

@@ -6,7 +6,8 @@
 // conv / group-norm helpers) are exported from here.
 import { Tensor, ShapeError, tidy } from '../engine/tensor.js';
 import { checkpoint } from '../engine/autodiff.js';
-import { add, mul, silu, scale as scaleOp, addScalar } from '../kernels/elementwise.js';
+import { add, mul, silu, scale as scaleOp, addScalar, cast } from '../kernels/elementwise.js';
+import { needF16 } from '../kernels/util.js';
 import { reshape, permute, concat, split } from '../kernels/shape.js';
 import { linear as linearOp } from '../kernels/matmul.js';
 import { layerNorm as layerNormOp } from '../kernels/layernorm.js';
@@ -279,6 +280,12 @@ export interface UNetForwardOptions {
    * Needs at least one input (sample or encoder states) that requires grad to record anything.
    */
   checkpoint?: boolean;
+  /**
+   * Storage of the activations (and their gradients) inside the model: 'f16' halves their memory and
+   * bandwidth where the device has shader-f16 (arithmetic stays f32); default: the sample's dtype. The sample,
+   * the time embedding and the encoder states are cast on entry; the result has the sample's dtype.
+   */
+  activations?: 'f32' | 'f16';
 }
 
 export class UNet2DConditionModel {
@@ -314,6 +321,9 @@ export class UNet2DConditionModel {
     const ts = typeof timesteps === 'number' ? [timesteps] : [...timesteps];
     if (ts.length !== B && ts.length !== 1) throw new ShapeError(`UNet: ${ts.length} timesteps for a batch of ${B}`);
     const tsB = ts.length === B ? ts : new Array(B).fill(ts[0]);
+    const outDtype = sample.dtype === 'f16' ? 'f16' : 'f32';
+    const act = opts.activations ?? outDtype;
+    if (act === 'f16') needF16('UNet', 'activations');
 
     const n = c.blockOutChannels.length;
     const g = c.normNumGroups;
@@ -336,10 +346,11 @@ export class UNet2DConditionModel {
       cap?.('time_proj', temb);
       const emb = tidy(() => linearP(P.sub('time_embedding.linear_2'), silu(linearP(P.sub('time_embedding.linear_1'), temb))));
       cap?.('time_embedding', emb);
-      const tembAct = silu(emb);
-      const ehs = encoderHiddenStates;
+      const tembAct = cast(silu(emb), act);
+      const ehs = cast(encoderHiddenStates, act);
+      const x = cast(sample, act);
 
-      let h = tidy(() => convP(P.sub('conv_in'), c.centerInputSample ? addScalar(scaleOp(sample, 2), -1) : sample));
+      let h = tidy(() => convP(P.sub('conv_in'), c.centerInputSample ? addScalar(scaleOp(x, 2), -1) : x));
       cap?.('conv_in', h);
       const skips: Tensor[] = [h];
 
@@ -431,7 +442,7 @@ export class UNet2DConditionModel {
         } else y = groupNormP(P.sub('conv_norm_out'), h, g, c.normEps, true);
         y = convP(P.sub('conv_out'), y);
         cap?.('conv_out', y);
-        return y;
+        return cast(y, outDtype);
       });
     });
   }

@@ -6,7 +6,8 @@
 //            -> conv_norm_out -> silu -> conv_out
 import { Tensor, ShapeError, tidy } from '../engine/tensor.js';
 import { checkpoint } from '../engine/autodiff.js';
-import { add, mul, clamp, exp, silu, scale as scaleOp } from '../kernels/elementwise.js';
+import { add, mul, clamp, exp, silu, scale as scaleOp, cast } from '../kernels/elementwise.js';
+import { needF16 } from '../kernels/util.js';
 import { split } from '../kernels/shape.js';
 import { uploadWeights, type Params, type UploadOptions } from './weights.js';
 import { ConfigReader, type ConfigObject } from '../weights-tools/config-reader.js';
@@ -72,9 +73,22 @@ export interface VaeForwardOptions {
    * in backward. Parameters used inside get their gradients in `.grad` (use `backward()`).
    */
   checkpoint?: boolean;
+  /**
+   * Storage of the activations (and their gradients) inside the model: 'f16' where the device has shader-f16
+   * (arithmetic stays f32); default: the input's dtype. The result has the input's dtype.
+   */
+  activations?: 'f32' | 'f16';
 }
 
 const EPS = 1e-6;
+
+/** the input cast to the activation dtype of `opts`, and the dtype to return */
+function activationDtypes(what: string, x: Tensor, opts: VaeForwardOptions): { act: 'f32' | 'f16'; out: 'f32' | 'f16' } {
+  const out = x.dtype === 'f16' ? 'f16' : 'f32';
+  const act = opts.activations ?? out;
+  if (act === 'f16') needF16(what, 'activations');
+  return { act, out };
+}
 
 /** VAE attention block (diffusers `Attention` with group_norm, one head, residual, rescale 1) on NCHW. */
 export function vaeAttention(p: Params, x: Tensor, groups: number): Tensor {
@@ -140,8 +154,9 @@ export class AutoencoderKL {
     if (x.shape[2] % this.downscale || x.shape[3] % this.downscale)
       throw new ShapeError(`VAE encode: image height and width must be multiples of ${this.downscale}, got ${x.shape[2]}x${x.shape[3]}`);
     const n = c.blockOutChannels.length;
+    const dts = activationDtypes('VAE encode', x, opts);
     return tidy(() => {
-      let h = this.run(opts, 'encoder.conv_in', (_, y) => convP(P.sub('conv_in'), y), x, false);
+      let h = this.run(opts, 'encoder.conv_in', (_, y) => convP(P.sub('conv_in'), y), cast(x, dts.act), false);
       for (let i = 0; i < n; i++) {
         const name = `encoder.down_blocks.${i}`;
         const bp = P.sub(`down_blocks.${i}`);
@@ -170,7 +185,7 @@ export class AutoencoderKL {
           y = convP(this.params.sub('quant_conv'), y, { padding: 0 });
           cap?.('quant_conv', y);
         }
-        return y;
+        return cast(y, dts.out);
       });
     });
   }
@@ -201,8 +216,9 @@ export class AutoencoderKL {
     const cap = opts.capture;
     if (z.rank !== 4 || z.shape[1] !== c.latentChannels) throw new ShapeError(`VAE decode: latent must be [B, ${c.latentChannels}, h, w], got [${z.shape}]`);
     const n = c.blockOutChannels.length;
+    const dts = activationDtypes('VAE decode', z, opts);
     return tidy(() => {
-      let h = z;
+      let h = cast(z, dts.act);
       if (c.usePostQuantConv) h = this.run(opts, 'post_quant_conv', (_, y) => convP(this.params.sub('post_quant_conv'), y, { padding: 0 }), h, false);
       h = this.run(opts, 'decoder.conv_in', (_, y) => convP(P.sub('conv_in'), y), h, false);
       h = this.run(opts, 'decoder.mid_block', (cp, y) => this.midBlock(P.sub('mid_block'), y, cp, 'decoder.mid_block'), h);
@@ -229,7 +245,7 @@ export class AutoencoderKL {
         }
         y = convP(P.sub('conv_out'), y);
         cap?.('decoder.conv_out', y);
-        return y;
+        return cast(y, dts.out);
       });
     });
   }

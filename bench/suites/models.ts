@@ -96,7 +96,12 @@ const VAE_NOTE = VAE_MID_ATTN ? '' : ' (decoder without mid-block attention)';
 const F16 = process.env.BENCH_F16 === '1';
 const W = { f16: F16 };
 /** what BENCH_F16 did on this adapter, for the row's shape */
-const weightsNote = () => (!F16 ? '' : rt().features.has('shader-f16') ? ', f16 weights' : ', f32 weights (BENCH_F16=1 but the adapter has no shader-f16)');
+const weightsNote = () =>
+  (!F16 ? '' : rt().features.has('shader-f16') ? ', f16 weights' : ', f32 weights (BENCH_F16=1 but the adapter has no shader-f16)') +
+  (!F16_ACT ? '' : act() === 'f16' ? ', f16 activations' : ', f32 activations (BENCH_F16_ACT=1 but the adapter has no shader-f16)');
+/** BENCH_F16_ACT=1: activations (and their gradients) in f16 inside the models, as `--f16-activations` does */
+const F16_ACT = process.env.BENCH_F16_ACT === '1';
+const act = (): 'f32' | 'f16' => (F16_ACT && rt().features.has('shader-f16') ? 'f16' : 'f32');
 
 // ---------------- loaded models, shared between cases ----------------
 type Loaded = UNet2DConditionModel | AutoencoderKL | ClipVisionModel | StableDiffusionPipeline;
@@ -187,7 +192,7 @@ function unetCases(key: 'unet-sd-1.5' | 'unet-sd-2.1-base', label: string): Benc
       const [u] = (await need(key)) as [UNet2DConditionModel];
       const { s, ctx, free } = inputs(u);
       console.log(`    unet ${label}: ${shapeOf(u)}`);
-      return { run: () => noGrad(() => u.forward(s, T, ctx)), free };
+      return { run: () => noGrad(() => u.forward(s, T, ctx, { activations: act() })), free };
     }),
     modelCase(`unet ${label} checkpointed grad(sample)`, shape, 'fwd+bwd', async () => {
       const [u] = (await need(key)) as [UNet2DConditionModel];
@@ -196,7 +201,7 @@ function unetCases(key: 'unet-sd-1.5' | 'unet-sd-2.1-base', label: string): Benc
         run: () =>
           tidy(() => {
             const x = s.detach().requireGrad();
-            return grad(u.forward(x, T, ctx, { checkpoint: true }), [x], g);
+            return grad(u.forward(x, T, ctx, { checkpoint: true, activations: act() }), [x], g);
           }),
         free,
       };
@@ -208,7 +213,7 @@ function unetCases(key: 'unet-sd-1.5' | 'unet-sd-2.1-base', label: string): Benc
 const vaeCase = modelCase('vae decode', `1x4x${LATENT}x${LATENT} -> 1x3x${8 * LATENT}x${8 * LATENT}${VAE_NOTE}`, 'fwd', async () => {
   const [vae] = (await need('vae')) as [AutoencoderKL];
   const z = Tensor.from(gaussianNoise(4 * LATENT * LATENT, 4), [1, 4, LATENT, LATENT]);
-  return { run: () => noGrad(() => vae.decode(z)), free: () => z.dispose() };
+  return { run: () => noGrad(() => vae.decode(z, { activations: act() })), free: () => z.dispose() };
 });
 
 const clipCase = modelCase('clip vit-h-14 image tower', '1x3x224x224 -> 1x1024', 'fwd', async () => {
@@ -218,7 +223,7 @@ const clipCase = modelCase('clip vit-h-14 image tower', '1x3x224x224 -> 1x1024',
     run: () =>
       noGrad(() =>
         tidy(() => {
-          const o = clip.forward(px);
+          const o = clip.forward(px, { activations: act() });
           return o.imageEmbeds!;
         }),
       ),
@@ -278,6 +283,7 @@ const tinyCase = modelCase(
   async () => {
     const [pipe] = (await need('tiny-sd')) as [StableDiffusionPipeline];
     const latent = pipe.latentShape(TINY_SIZE, TINY_SIZE);
+    pipe.activations = act();
     const base = pipe.parts();
     const parts = counted(base, tinyCounts);
     const emb = pipe.encodePrompt('a purple star on a white background');
@@ -338,12 +344,12 @@ const sdCase = modelCase(
     const [unet, vae, clip] = (await need('unet-sd-2.1-base', 'vae', 'clip-vit-h-14')) as [UNet2DConditionModel, AutoencoderKL, ClipVisionModel];
     const sched = JSON.parse(await readFile(join(presetsDir(), 'sd-2.1-base', 'scheduler', 'scheduler_config.json'), 'utf8'));
     const parts: DiffusionParts = {
-      unet: (s, t, c) => unet.forward(s, t, c),
-      vaeDecode: (z) => vae.decode(z),
+      unet: (s, t, c) => unet.forward(s, t, c, { activations: act() }),
+      vaeDecode: (z) => vae.decode(z, { activations: act() }),
       vaeEncode: () => {
         throw new Error('not used');
       },
-      clipImageEmbeds: (px) => clip.forward(px).imageEmbeds!,
+      clipImageEmbeds: (px) => clip.forward(px, { activations: act() }).imageEmbeds!,
       scheduler: DdimScheduler.fromConfig(sched),
       vaeScale: vae.scalingFactor,
       clipSize: clip.config.imageSize,

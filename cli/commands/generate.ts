@@ -34,6 +34,8 @@ export interface GenerateOptions {
   numImages: number;
   earlyStop?: number | boolean;
   f16?: boolean;
+  /** activations and their gradients in f16 inside the models (where the device has shader-f16) */
+  f16Activations?: boolean;
   resume: boolean;
   quiet?: boolean;
   /** library use: cancel like Ctrl-C (the run stays resumable) */
@@ -43,13 +45,22 @@ export interface GenerateOptions {
 }
 
 /** Load a pipeline folder (and an optional separate CLIP tower) for `generate`, with user-facing errors. */
-export async function loadForGenerate(model: string, clip: string | undefined, f16: boolean | undefined, log: (m: string) => void): Promise<StableDiffusionPipeline> {
+export async function loadForGenerate(
+  model: string,
+  clip: string | undefined,
+  f16: boolean | undefined,
+  log: (m: string) => void,
+  f16Activations = false,
+): Promise<StableDiffusionPipeline> {
   try {
-    return await StableDiffusionPipeline.load(nodeFolder(model), {
+    const pipe = await StableDiffusionPipeline.load(nodeFolder(model), {
       clip: clip ? nodeFolder(resolve(clip)) : undefined,
       f16,
+      activations: f16Activations ? 'f16' : 'f32',
       onStage: (s) => log(`loading ${s}`),
     });
+    if (f16Activations && pipe.activations !== 'f16') log('--f16-activations: this device has no shader-f16, so activations stay f32');
+    return pipe;
   } catch (e) {
     if (e instanceof WeightsError) throw new UserError(e.message);
     throw e;
@@ -88,6 +99,7 @@ export function register(program: Command) {
     .option('--num-images <n>', 'images to generate (bootstrapping from the optimized seed)', int('num-images'), 1)
     .option('--early-stop [patience]', 'stop when the loss rose for more than `patience` iterations (default 3)')
     .option('--f16', 'keep weights in f16 on the GPU when the device supports it')
+    .option('--f16-activations', 'keep activations and their gradients in f16 inside the models when the device supports it (about half their memory; arithmetic stays f32)')
     .option('--no-resume', 'start over even if --out holds an unfinished run')
     .option('--quiet', 'no progress output')
     .action(async (o: GenerateOptions) => {
@@ -127,7 +139,7 @@ export async function generate(o: GenerateOptions): Promise<RunJson> {
 
   await init();
   log(`device: ${adapterName(rt().gpu.adapterInfo)} (${rt().gpu.adapterClass})`);
-  const pipe = o.pipeline ?? (await loadForGenerate(modelDir, o.clip, o.f16, log));
+  const pipe = o.pipeline ?? (await loadForGenerate(modelDir, o.clip, o.f16, log, !!o.f16Activations));
   const owned = !o.pipeline;
   if (!pipe.clipVision) throw new UserError(`no CLIP image tower: pass --clip DIR (a CLIPVisionModelWithProjection or CLIPModel folder), or put one in ${modelDir}/image_encoder`);
   const f = 2 ** (pipe.vae.config.blockOutChannels.length - 1);
@@ -147,6 +159,8 @@ export async function generate(o: GenerateOptions): Promise<RunJson> {
     model: modelDir, clip: o.clip ? resolve(o.clip) : null, prompt: o.prompt, negative: o.negative ?? '', refs: refs.map((r) => r.source),
     seed: o.seed, steps: o.steps, guidance: o.guidance, iterations: o.iterations, lr: o.lr ?? 'official (0.1, 0.01 from iteration 3)',
     weightDecay: o.weightDecay, width, height, numImages: o.numImages, earlyStop: o.earlyStop ?? null, f16: !!o.f16,
+    // only when set, so that runs begun before the option existed still resume
+    ...(o.f16Activations ? { f16Activations: true } : {}),
   };
   const prev = o.resume ? await readRunJson(out) : undefined;
   let resume;

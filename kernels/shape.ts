@@ -139,6 +139,9 @@ export function concat(xs: Tensor[], axis = 0): Tensor {
   for (const t of xs)
     if (t.rank !== xs[0].rank || t.shape.some((d, i) => i !== ax && d !== xs[0].shape[i]))
       throw new ShapeError(`concat: shapes [${xs.map((t) => `[${t.shape}]`).join(', ')}] differ outside axis ${ax}`);
+  for (const t of xs)
+    if (t.dtype !== xs[0].dtype)
+      throw new ShapeError(`concat: dtypes ${xs.map((t) => t.dtype).join(', ')} differ: concatenate tensors of one dtype (cast() converts)`);
   const shape = [...xs[0].shape];
   shape[ax] = xs.reduce((a, t) => a + t.shape[ax], 0);
   const out = Tensor.empty(shape, xs[0].dtype, 'concat');

@@ -124,6 +124,13 @@ describe('cast', () => {
     expect([...(await g.data())]).toEqual([...w]);
   });
 
+  it('concat refuses tensors of different dtypes instead of mixing their bits', (ctx) => {
+    needF16(ctx);
+    const a = Tensor.from([1, 2], [2], 'f16');
+    const b = Tensor.from([3, 4], [2]);
+    expect(() => E.concat([a, b])).toThrow(/concat: dtypes f16, f32 differ/);
+  });
+
   it('rejects non-float tensors with a message naming the op', () => {
     const i = Tensor.from(Int32Array.from([1, 2]), [2], 'i32');
     expect(() => E.cast(i, 'f16')).toThrow(/cast: input must be f32 or f16, got i32/);

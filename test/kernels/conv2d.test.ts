@@ -266,6 +266,9 @@ for (const [variant, packing] of VARIANTS)
       });
     });
 
+    // CI runs the f16 cases on the two paths lavapipe takes by default (a cold shader cache compiles each
+    // f16 kernel anew); local runs take every variant
+    if (!process.env.CI || (variant === 'subgroup' && packing === 'never') || variant === 'winograd')
     describe('conv2d f16 activations', () => {
       for (const c of CASES)
         it(`forward ${c.name}: x[${c.x}] w[${c.w}]`, async (ctx) => {

@@ -52,6 +52,17 @@ describe('seedselect generate', () => {
     expect(json.peakBytes).toBeGreaterThan(0);
   });
 
+  it('--f16-activations runs the models with f16 activations: the same losses within f16 rounding', async () => {
+    const out = join(dir, 'run-f16-act');
+    const run = await generate({ ...base(out), iterations: 2, f16Activations: true });
+    expect(run.status).toBe('done');
+    const json = JSON.parse(await readFile(join(out, 'run.json'), 'utf8'));
+    expect(json.options.f16Activations).toBe(true);
+    // iteration 0 scores the same seed as the f32 run; f16 activations move the loss by rounding only
+    const [a, b] = [run.images[0].history[0].total, full.images[0].history[0].total];
+    expect(Math.abs(a - b)).toBeLessThanOrEqual(1e-2 * Math.abs(b));
+  });
+
   it('an interrupted run resumes where it stopped and ends with the same seed', async () => {
     const out = join(dir, 'run-resumed');
     const ac = new AbortController();

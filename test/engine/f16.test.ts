@@ -5,16 +5,13 @@
 import { beforeAll, describe, expect, it } from 'vitest';
 import * as E from '../../engine/index.js';
 import { Tensor, grad, rt, tidy } from '../../engine/index.js';
-import { f16ToF32, f32ToF16 } from '../../engine/tensor.js';
 import * as R from '../../kernels/core.ref.js';
-import { expectClose, gpu, rand } from '../helpers/check.js';
+import { expectClose, f16Rounded, gpu, rand } from '../helpers/check.js';
 
 beforeAll(async () => {
   await gpu();
 });
 
-/** f16 rounding as the GPU stores it (round to nearest even) */
-const round16 = (d: Float32Array) => f16ToF32(f32ToF16(d));
 const OUT_TOL = 6e-4;
 
 function needF16(ctx: { skip: () => void }) {
@@ -37,7 +34,7 @@ describe('f16 elementwise', () => {
     needF16(ctx);
     for (const [name, f, lo, hi, p0, p1] of UN)
       for (const s of [[1], [7], [33], [3, 7, 33], [2, 1000]]) {
-        const d = round16(rand(R.rprod(s), 3, lo, hi));
+        const d = f16Rounded(rand(R.rprod(s), 3, lo, hi));
         const y = tidy(() => f(Tensor.from(d, s, 'f16')));
         expect(y.dtype).toBe('f16');
         const ref = R.rmap([R.rt64(d, s)], (v) => R.UNARY_REF[name](v, p0, p1));
@@ -63,8 +60,8 @@ describe('f16 elementwise', () => {
     for (const [sa, sb] of pairs)
       for (const [name, f] of ops)
         for (const bType of ['f16', 'f32'] as const) {
-          const a = round16(rand(R.rprod(sa), 5));
-          const b = bType === 'f16' ? round16(rand(R.rprod(sb), 6)) : rand(R.rprod(sb), 6);
+          const a = f16Rounded(rand(R.rprod(sa), 5));
+          const b = bType === 'f16' ? f16Rounded(rand(R.rprod(sb), 6)) : rand(R.rprod(sb), 6);
           const y = tidy(() => f(Tensor.from(a, sa, 'f16'), Tensor.from(b, sb, bType)));
           expect(y.dtype).toBe(bType === 'f16' ? 'f16' : 'f32');
           const ref = R.rmap([R.rt64(a, sa), R.rt64(b, sb)], R.BINARY_REF[name]);
@@ -77,8 +74,8 @@ describe('f16 elementwise', () => {
   it('where takes its dtype from the two branches, not the condition', async (ctx) => {
     needF16(ctx);
     const c = Float32Array.from([1, 0, 0, 1, 1, 0, 1]);
-    const a = round16(rand(7, 1));
-    const b = round16(rand(7, 2));
+    const a = f16Rounded(rand(7, 1));
+    const b = f16Rounded(rand(7, 2));
     const y = tidy(() => E.where(Tensor.from(c, [7]), Tensor.from(a, [7], 'f16'), Tensor.from(b, [7], 'f16')));
     expect(y.dtype).toBe('f16');
     expect([...(await y.data())]).toEqual([...c].map((v, i) => (v ? a[i] : b[i])));
@@ -104,10 +101,10 @@ describe('cast', () => {
     const d = Float32Array.from([...rand(997, 8, -70000, 70000), 1 + 2 ** -11, 1 + 3 * 2 ** -11, 6e-8, -3e-5, 65519, 65520, 0, -0]);
     const h = tidy(() => E.cast(Tensor.from(d, [d.length]), 'f16'));
     expect(h.dtype).toBe('f16');
-    expect([...(await h.data())]).toEqual([...round16(d)]);
+    expect([...(await h.data())]).toEqual([...f16Rounded(d)]);
     const back = tidy(() => E.cast(h, 'f32'));
     expect(back.dtype).toBe('f32');
-    expect([...(await back.data())]).toEqual([...round16(d)]);
+    expect([...(await back.data())]).toEqual([...f16Rounded(d)]);
     const same = tidy(() => E.cast(back, 'f32'));
     expect(same).toBe(back);
     h.dispose();
@@ -118,7 +115,7 @@ describe('cast', () => {
     needF16(ctx);
     const x = Tensor.from(rand(10, 3), [10]);
     x.requiresGrad = true;
-    const w = round16(rand(10, 4));
+    const w = f16Rounded(rand(10, 4));
     const [g] = tidy(() => grad(E.sum(E.mul(E.cast(x, 'f16'), Tensor.from(w, [10], 'f16'))), [x]));
     expect(g.dtype).toBe('f32');
     expect([...(await g.data())]).toEqual([...w]);
@@ -147,7 +144,7 @@ describe('f16 reductions and data movement', () => {
       [[5, 300], [1]],
       [[4, 9, 5], [0, 2]],
     ] as [number[], number[]][]) {
-      const d = round16(rand(R.rprod(s), 9));
+      const d = f16Rounded(rand(R.rprod(s), 9));
       for (const op of ['sum', 'max'] as const) {
         const y = tidy(() => (op === 'sum' ? E.sum : E.max)(Tensor.from(d, s, 'f16'), axes));
         expect(y.dtype).toBe('f16');
@@ -160,7 +157,7 @@ describe('f16 reductions and data movement', () => {
   it('slice, pad, concat, permute and broadcast keep f16, and so do their gradients', async (ctx) => {
     needF16(ctx);
     const s = [3, 5, 7];
-    const d = round16(rand(105, 12));
+    const d = f16Rounded(rand(105, 12));
     const x = Tensor.from(d, s, 'f16');
     x.requiresGrad = true;
     const fns: [string, (x: Tensor) => Tensor, (x: R.RT) => R.RT][] = [
@@ -174,7 +171,7 @@ describe('f16 reductions and data movement', () => {
       expect(y.dtype).toBe('f16');
       expect([...(await y.data())]).toEqual([...ref(R.rt64(d, s)).data]);
       // d/dx sum(f(x) * r) for a random r: the reference gradient scatters r back
-      const r = round16(rand(y.size, 13));
+      const r = f16Rounded(rand(y.size, 13));
       const [g] = tidy(() => grad(E.sum(E.mul(f(x), Tensor.from(r, y.shape, 'f16'))), [x]));
       expect(g.dtype).toBe('f16');
       const want = new Float64Array(105);
@@ -193,7 +190,7 @@ describe('autodiff with f16 activations', () => {
   it('f16 chains get f16 gradients that match the float64 reference', async (ctx) => {
     needF16(ctx);
     const s = [4, 33];
-    const xd = round16(rand(132, 21, -2, 2));
+    const xd = f16Rounded(rand(132, 21, -2, 2));
     const x = Tensor.from(xd, s, 'f16');
     x.requiresGrad = true;
     // L = sum(silu(x) * x + exp(x / 2)): x used three times, so gradients accumulate in f16
@@ -208,7 +205,7 @@ describe('autodiff with f16 activations', () => {
 
   it('an f32 upstream gradient for an f16 output is cast to f16; mixed ops give each input its own dtype', async (ctx) => {
     needF16(ctx);
-    const a = Tensor.from(round16(rand(6, 1)), [2, 3], 'f16');
+    const a = Tensor.from(f16Rounded(rand(6, 1)), [2, 3], 'f16');
     const b = Tensor.from(rand(3, 2), [3]);
     a.requiresGrad = true;
     b.requiresGrad = true;

@@ -2,6 +2,7 @@
 // GPU op's backward against central finite differences of its float64 CPU reference.
 import { expect } from 'vitest';
 import { init, rt, Tensor, grad, tidy, type Runtime } from '../../engine/index.js';
+import { f16ToF32, f32ToF16 } from '../../engine/tensor.js';
 import type { RT } from '../../kernels/core.ref.js';
 
 export async function gpu(): Promise<Runtime> {
@@ -37,6 +38,11 @@ export function rand(n: number, seed = 1, lo = -1, hi = 1): Float32Array {
     out[i] = lo + (hi - lo) * (((t ^ (t >>> 14)) >>> 0) / 4294967296);
   }
   return out;
+}
+
+/** The values an f16 tensor made from `d` holds (round to nearest even, as `Tensor.from(d, shape, 'f16')` converts), as f32. */
+export function f16Rounded(d: Float32Array): Float32Array {
+  return f16ToF32(f32ToF16(d));
 }
 
 export function relErr(got: ArrayLike<number>, ref: ArrayLike<number>): number {

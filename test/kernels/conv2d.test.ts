@@ -19,7 +19,7 @@ import { setWinogradTextureLoads, WINOGRAD_F23, WINOGRAD_F43 } from '../../kerne
 import { setMatmulKMajor } from '../../kernels/matmul.js';
 import { rconv2d } from '../../kernels/conv2d.ref.js';
 import { rprod, rt64 } from '../../kernels/core.ref.js';
-import { checkGrad, dispatchedBy, expectClose, gpu, rand } from '../helpers/check.js';
+import { checkGrad, dispatchedBy, expectClose, gpu, rand, f16Rounded } from '../helpers/check.js';
 
 beforeAll(async () => {
   await gpu();
@@ -56,14 +56,6 @@ function data(c: Case) {
   };
 }
 
-/** `d` rounded to f16 (what an f16 tensor made from it holds), as f32 */
-async function roundF16(d: Float32Array): Promise<Float32Array> {
-  const t = Tensor.from(d, [d.length], 'f16');
-  const r = (await t.data()) as Float32Array;
-  t.dispose();
-  return r;
-}
-
 // f16 activations: the kernels compute in f32 from the f16 inputs (the reference gets the same rounded inputs)
 // and round each output element once, to within half an f16 ulp (2^-11 = 4.9e-4 of its magnitude, so of
 // max|ref|); with the f32 arithmetic's own error (below 1e-4 also for Winograd) the normalized error stays
@@ -74,8 +66,8 @@ const f16Device = () => rt().features.has('shader-f16');
 async function forwardCheck(c: Case, wDtype: 'f32' | 'f16' = 'f32', tol = 1e-5, xDtype: 'f32' | 'f16' = 'f32') {
   const d = data(c);
   // with f16 weights (activations), the reference uses the rounded weights (activations)
-  const wData = wDtype === 'f16' ? await roundF16(d.w) : d.w;
-  const xData = xDtype === 'f16' ? await roundF16(d.x) : d.x;
+  const wData = wDtype === 'f16' ? f16Rounded(d.w) : d.w;
+  const xData = xDtype === 'f16' ? f16Rounded(d.x) : d.x;
   const y = tidy(() =>
     conv2d(Tensor.from(d.x, c.x, xDtype), Tensor.from(d.w, c.w, wDtype), c.bias ? Tensor.from(d.b, [c.w[0]]) : undefined, c.opts),
   );
@@ -301,9 +293,9 @@ for (const [variant, packing] of VARIANTS)
       async function backwardF16(c: Case, wd: 'f32' | 'f16', tolY = F16_TOL) {
         const d = data(c);
         const probe = rconv2d(rt64(d.x, c.x), rt64(d.w, c.w), null, c.opts);
-        const gy = await roundF16(rand(probe.data.length, 5));
-        const xr = await roundF16(d.x);
-        const wr = wd === 'f16' ? await roundF16(d.w) : d.w;
+        const gy = f16Rounded(rand(probe.data.length, 5));
+        const xr = f16Rounded(d.x);
+        const wr = wd === 'f16' ? f16Rounded(d.w) : d.w;
         const ref = refBackward(c, xr, wr, gy);
         const yref = rconv2d(rt64(xr, c.x), rt64(wr, c.w), c.bias ? rt64(d.b, [c.w[0]]) : null, c.opts);
         const out = tidy(() => {
@@ -357,9 +349,9 @@ for (const [variant, packing] of VARIANTS)
         try {
           for (const c of cases) {
             const d = data(c);
-            const xr = await roundF16(d.x);
+            const xr = f16Rounded(d.x);
             const yref = rconv2d(rt64(xr, c.x), rt64(d.w, c.w), rt64(d.b, [c.w[0]]), c.opts);
-            const gy = await roundF16(rand(yref.data.length, 5));
+            const gy = f16Rounded(rand(yref.data.length, 5));
             const ref = refBackward(c, xr, d.w, gy);
             // f16 elements: 2 bytes; at least 8 KiB, where the (f32) repacked weights of these cases fit
             const itemBytes = Math.max(rprod(c.x.slice(1)), rprod(yref.shape.slice(1))) * 2;
@@ -503,9 +495,9 @@ describe('conv2d Winograd F(4x4, 3x3)', () => {
     setConv2dWinograd('always');
     try {
       const d = data(c);
-      const xr = await roundF16(d.x);
+      const xr = f16Rounded(d.x);
       const yref = rconv2d(rt64(xr, c.x), rt64(d.w, c.w), rt64(d.b, [c.w[0]]), c.opts);
-      const gy = await roundF16(rand(yref.data.length, 5));
+      const gy = f16Rounded(rand(yref.data.length, 5));
       const ref = refBackward(c, xr, d.w, gy);
       r.maxBindingBytes = 200 * 1024;
       const out = tidy(() => {

@@ -5,7 +5,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { geglu, grad, noGrad, rt, Tensor, tidy } from '../../engine/index.js';
 import { erf, rprod, rt64, type RT } from '../../kernels/core.ref.js';
 import { setGegluChunk } from '../../kernels/geglu.js';
-import { checkGrad, dispatchedBy, expectClose, gpu, rand } from '../helpers/check.js';
+import { checkGrad, dispatchedBy, expectClose, gpu, rand, f16Rounded } from '../helpers/check.js';
 
 beforeAll(async () => {
   await gpu();
@@ -95,13 +95,6 @@ describe.each([null, 1, 3])('geglu (chunk %s)', (k) => {
 // max|ref|) and the f32 arithmetic (2e-6 above).
 const F16_TOL = 6e-4;
 
-async function f16Values(d: Float32Array): Promise<Float32Array> {
-  const t = Tensor.from(d, [d.length], 'f16');
-  const v = (await t.data()) as Float32Array;
-  t.dispose();
-  return v;
-}
-
 /** y and dx with x and dy stored as `dt` */
 function runGeglu(s: number[], dt: 'f32' | 'f16', xd: Float32Array, gd: Float32Array) {
   return tidy(() => {
@@ -116,7 +109,7 @@ describe.each([null, 1, 3])('geglu f16 (chunk %s)', (k) => {
   it('forward on odd shapes', async (ctx) => {
     if (!rt().features.has('shader-f16')) ctx.skip();
     for (const s of SHAPES) {
-      const xd = await f16Values(rand(rprod(s), 3, -5, 5));
+      const xd = f16Rounded(rand(rprod(s), 3, -5, 5));
       const y = tidy(() => geglu(Tensor.from(xd, s, 'f16')));
       expect(y.dtype).toBe('f16');
       const got = await y.data();
@@ -130,8 +123,8 @@ describe.each([null, 1, 3])('geglu f16 (chunk %s)', (k) => {
     if (!rt().features.has('shader-f16')) ctx.skip();
     for (const s of SHAPES) {
       const n = rprod(s);
-      const xd = await f16Values(rand(n, 6, -3, 3));
-      const gd = await f16Values(rand(n / 2, 7));
+      const xd = f16Rounded(rand(n, 6, -3, 3));
+      const gd = f16Rounded(rand(n / 2, 7));
       const h = runGeglu(s, 'f16', xd, gd);
       const f = runGeglu(s, 'f32', xd, gd);
       expect(h.map((t) => t.dtype)).toEqual(['f16', 'f16']);
@@ -150,8 +143,8 @@ describe.each([null, 1, 3])('geglu f16 (chunk %s)', (k) => {
       [[129, 30], 7680, 2], // scalar path: 128-row steps; the last window's y and dy hold 15 f16 (odd)
     ] as [number[], number, number][]) {
       const n = rprod(s);
-      const xd = await f16Values(rand(n, 8, -3, 3));
-      const gd = await f16Values(rand(n / 2, 9));
+      const xd = f16Rounded(rand(n, 8, -3, 3));
+      const gd = f16Rounded(rand(n / 2, 9));
       const full = runGeglu(s, 'f16', xd, gd);
       const want = await Promise.all(full.map((t) => t.data()));
       full.forEach((t) => t.dispose());

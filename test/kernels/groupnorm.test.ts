@@ -6,7 +6,7 @@ import { grad, groupNorm, noGrad, rt, Tensor, tidy } from '../../engine/index.js
 import { rprod, rt64, type RT } from '../../kernels/core.ref.js';
 import { rgroupNorm } from '../../kernels/groupnorm.ref.js';
 import { setGroupNormChunk } from '../../kernels/groupnorm.js';
-import { checkGrad, dispatchedBy, expectClose, gpu, rand } from '../helpers/check.js';
+import { checkGrad, dispatchedBy, expectClose, gpu, rand, f16Rounded } from '../helpers/check.js';
 
 beforeAll(async () => {
   await gpu();
@@ -168,20 +168,12 @@ describe.each(CHUNKS)('groupNorm beyond one storage binding (chunk %s)', (k) => 
 // max|ref|; F16_TOL allows that plus the f32 arithmetic (measured up to 3.9e-4).
 const F16_TOL = 6e-4;
 
-/** The values an f16 tensor holds for `d` (read back from one). */
-async function f16Values(d: Float32Array): Promise<Float32Array> {
-  const t = Tensor.from(d, [d.length], 'f16');
-  const v = (await t.data()) as Float32Array;
-  t.dispose();
-  return v;
-}
-
 async function forward16(shape: number[], groups: number, silu: boolean, wdtype: 'f32' | 'f16', offset = 0) {
   const C = shape[1];
-  const xd = await f16Values(rand(rprod(shape), 3, -2 + offset, 2 + offset));
+  const xd = f16Rounded(rand(rprod(shape), 3, -2 + offset, 2 + offset));
   let wd = rand(C, 4, 0.5, 1.5);
   let bd = rand(C, 5, -0.5, 0.5);
-  if (wdtype === 'f16') [wd, bd] = [await f16Values(wd), await f16Values(bd)];
+  if (wdtype === 'f16') [wd, bd] = [f16Rounded(wd), f16Rounded(bd)];
   const y = tidy(() => groupNorm(Tensor.from(xd, shape, 'f16'), groups, Tensor.from(wd, [C], wdtype), Tensor.from(bd, [C], wdtype), 1e-5, { silu }));
   expect(y.dtype).toBe('f16');
   const got = await y.data();
@@ -220,11 +212,11 @@ function runBoth(
 async function backward16(shape: number[], groups: number, silu: boolean, wdt: 'f32' | 'f16') {
   const C = shape[1];
   const n = rprod(shape);
-  const xd = await f16Values(rand(n, 6, -2, 2));
-  const gd = await f16Values(rand(n, 7));
+  const xd = f16Rounded(rand(n, 6, -2, 2));
+  const gd = f16Rounded(rand(n, 7));
   let wd = rand(C, 4, 0.5, 1.5);
   let bd = rand(C, 5, -0.5, 0.5);
-  if (wdt === 'f16') [wd, bd] = [await f16Values(wd), await f16Values(bd)];
+  if (wdt === 'f16') [wd, bd] = [f16Rounded(wd), f16Rounded(bd)];
   const h = runBoth(shape, groups, silu, 'f16', wdt, xd, gd, wd, bd);
   const f = runBoth(shape, groups, silu, 'f32', wdt, xd, gd, wd, bd);
   expect(h.map((t) => t.dtype)).toEqual(['f16', 'f16', wdt, wdt]);
@@ -277,7 +269,7 @@ describe('groupNorm dtypes', () => {
     const shape = [2, 6, 3, 5];
     const n = rprod(shape);
     const [xd, gd] = [rand(n, 6, -2, 2), rand(n, 7)];
-    const [wd, bd] = [await f16Values(rand(6, 4, 0.5, 1.5)), await f16Values(rand(6, 5, -0.5, 0.5))];
+    const [wd, bd] = [f16Rounded(rand(6, 4, 0.5, 1.5)), f16Rounded(rand(6, 5, -0.5, 0.5))];
     const h = runBoth(shape, 3, true, 'f32', 'f16', xd, gd, wd, bd);
     const f = runBoth(shape, 3, true, 'f32', 'f32', xd, gd, wd, bd);
     expect(h.map((t) => t.dtype)).toEqual(['f32', 'f32', 'f16', 'f16']);
@@ -338,7 +330,7 @@ describe.each(CHUNKS)('groupNorm f16 beyond one storage binding (chunk %s)', (k)
     ] as [number[], number, number, number][]) {
       const C = shape[1];
       const n = rprod(shape);
-      const [xd, gd] = [await f16Values(rand(n, 21)), await f16Values(rand(n, 24))];
+      const [xd, gd] = [f16Rounded(rand(n, 21)), f16Rounded(rand(n, 24))];
       const [wd, bd] = [rand(C, 22, 0.5, 1.5), rand(C, 23)];
       const full = runBoth(shape, groups, true, 'f16', 'f32', xd, gd, wd, bd);
       const want = await Promise.all(full.map((t) => t.data()));

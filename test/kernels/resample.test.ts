@@ -6,7 +6,7 @@ import { Tensor, grad, noGrad, rt, tidy } from '../../engine/index.js';
 import { resizeBicubic, upsampleNearest2x } from '../../kernels/resample.js';
 import { rresizeBicubic, rupsampleNearest2x } from '../../kernels/resample.ref.js';
 import { rprod, rt64 } from '../../kernels/core.ref.js';
-import { checkGrad, dispatchedBy, expectClose, gpu, rand } from '../helpers/check.js';
+import { checkGrad, dispatchedBy, expectClose, gpu, rand, f16Rounded } from '../helpers/check.js';
 
 beforeAll(async () => {
   await gpu();
@@ -120,15 +120,8 @@ describe('resampling tensors larger than one storage binding', () => {
 // roughly double the error.
 const F16_TOL = 6e-4;
 
-async function f16Values(d: Float32Array): Promise<Float32Array> {
-  const t = Tensor.from(d, [d.length], 'f16');
-  const v = (await t.data()) as Float32Array;
-  t.dispose();
-  return v;
-}
-
 async function forward16(name: string, shape: number[], f: (x: Tensor) => Tensor, ref: (x: ReturnType<typeof rt64>) => { data: Float64Array }, tol: number) {
-  const d = await f16Values(rand(rprod(shape), 3));
+  const d = f16Rounded(rand(rprod(shape), 3));
   const y = tidy(() => f(Tensor.from(d, shape, 'f16')));
   expect(y.dtype).toBe('f16');
   const got = await y.data();
@@ -141,8 +134,8 @@ async function forward16(name: string, shape: number[], f: (x: Tensor) => Tensor
  * f32 values, the f16 one rounds the result. Also checks the rule's own output dtype (grad() would cast it).
  */
 async function backward16(name: string, shape: number[], outShape: number[], f: (x: Tensor) => Tensor) {
-  const xd = await f16Values(rand(rprod(shape), 3));
-  const gd = await f16Values(rand(rprod(outShape), 9));
+  const xd = f16Rounded(rand(rprod(shape), 3));
+  const gd = f16Rounded(rand(rprod(outShape), 9));
   const run = (dt: 'f16' | 'f32') =>
     tidy(() => {
       const x = Tensor.from(xd, shape, dt).requireGrad();
@@ -230,9 +223,9 @@ describe('resampling f16 tensors larger than one storage binding', () => {
     const r = rt();
     const saved = r.maxBindingBytes;
     const s = [2, 3, 13, 11];
-    const d = await f16Values(rand(rprod(s), 4));
-    const gyU = await f16Values(rand(rprod([2, 3, 26, 22]), 5));
-    const gyB = await f16Values(rand(rprod([2, 3, 7, 17]), 6));
+    const d = f16Rounded(rand(rprod(s), 4));
+    const gyU = f16Rounded(rand(rprod([2, 3, 26, 22]), 5));
+    const gyB = f16Rounded(rand(rprod([2, 3, 7, 17]), 6));
     const run = () =>
       tidy(() => {
         const x = Tensor.from(d, s, 'f16').requireGrad();

@@ -120,6 +120,12 @@ function refBackward(c: Case, x: Float32Array, w: Float32Array, gy: Float32Array
 // each); and twice more with every 3x3 stride-1 convolution through Winograd, F(4x4, 3x3) and F(2x2, 3x3) (the
 // rest direct).
 type Variant = ConvVariant | 'winograd' | 'winograd 2x2' | 'winograd, buffers';
+/** shapes for the lowered binding limit: one item fits (chunks of whole batch items), or one item exceeds it (chunks of channels, unaligned offsets) */
+const CHUNK_CASES: Case[] = [
+  { name: 'batch chunks', x: [3, 4, 24, 20], w: [6, 4, 3, 3], bias: true, opts: { padding: 1 } },
+  { name: 'channel chunks', x: [2, 5, 40, 36], w: [4, 5, 3, 3], bias: true, opts: { stride: 2, padding: [0, 1, 0, 1] } },
+  { name: 'channel chunks s1', x: [1, 6, 40, 37], w: [9, 6, 3, 3], bias: true, opts: { padding: 1 } },
+];
 const VARIANTS: [Variant, WeightPacking][] = [
   ['subgroup', 'never'],
   ['subgroup', 'always'],
@@ -222,13 +228,7 @@ for (const [variant, packing] of VARIANTS)
       it('splits batch items and channels (lowered binding limit)', async () => {
         const r = rt();
         const saved = r.maxBindingBytes;
-        const cases: Case[] = [
-          // one item fits: chunks of whole batch items
-          { name: 'batch chunks', x: [3, 4, 24, 20], w: [6, 4, 3, 3], bias: true, opts: { padding: 1 } },
-          // one item exceeds the limit: chunks of channels (input and output), unaligned offsets
-          { name: 'channel chunks', x: [2, 5, 40, 36], w: [4, 5, 3, 3], bias: true, opts: { stride: 2, padding: [0, 1, 0, 1] } },
-          { name: 'channel chunks s1', x: [1, 6, 40, 37], w: [9, 6, 3, 3], bias: true, opts: { padding: 1 } },
-        ];
+        const cases = CHUNK_CASES;
         try {
           for (const c of cases) {
             const d = data(c);
@@ -341,11 +341,7 @@ for (const [variant, packing] of VARIANTS)
         if (!f16Device()) ctx.skip();
         const r = rt();
         const saved = r.maxBindingBytes;
-        const cases: Case[] = [
-          { name: 'batch chunks', x: [3, 4, 24, 20], w: [6, 4, 3, 3], bias: true, opts: { padding: 1 } },
-          { name: 'channel chunks', x: [2, 5, 40, 36], w: [4, 5, 3, 3], bias: true, opts: { stride: 2, padding: [0, 1, 0, 1] } },
-          { name: 'channel chunks s1', x: [1, 6, 40, 37], w: [9, 6, 3, 3], bias: true, opts: { padding: 1 } },
-        ];
+        const cases = CHUNK_CASES;
         try {
           for (const c of cases) {
             const d = data(c);

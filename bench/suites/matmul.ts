@@ -1,7 +1,7 @@
 // Matmul at the UNet's two biggest linear shapes: forward, the two backward matmuls (dA = dC @ Bᵀ,
 // dB = Aᵀ @ dC) and a full autodiff step; the same matmuls through @tensorflow/tfjs-backend-webgpu and
 // @jax-js/jax on the same adapter.
-import { Tensor, grad, tidy } from '../../engine/index.js';
+import { Tensor, grad, rt, tidy } from '../../engine/index.js';
 import { matmul, matmulRaw, setMatmulKMajor, setMatmulVariant, setMatmulWeightCacheBytes, type MatmulVariant } from '../../kernels/matmul.js';
 import { gpuFn, loadJax, loadTfjs, randn, withSetting, type BenchCase, type BenchSuite } from '../lib.js';
 
@@ -14,12 +14,14 @@ function oursCases(M: number, K: number, N: number): BenchCase[] {
   const shape = `${M}x${K} @ ${K}x${N}`;
   const flops = 2 * M * N * K;
   let A: Tensor, B: Tensor, G: Tensor;
+  let A16: Tensor | undefined;
   const alloc = () => {
     A = Tensor.from(randn(M * K, 1), [M, K]);
     B = Tensor.from(randn(K * N, 2), [K, N]);
     G = Tensor.from(randn(M * N, 3), [M, N]);
+    A16 = rt().features.has('shader-f16') ? Tensor.from(randn(M * K, 1), [M, K], 'f16') : undefined;
   };
-  const free = () => [A, B, G].forEach((t) => t?.dispose());
+  const free = () => [A, B, G, A16].forEach((t) => t?.dispose());
   const mk = (name: string, pass: BenchCase['pass'], fl: number, fn: () => Tensor | Tensor[]): BenchCase => ({
     name,
     shape,
@@ -47,6 +49,14 @@ function oursCases(M: number, K: number, N: number): BenchCase[] {
       withSetting(() => setMatmulWeightCacheBytes(0), () => setMatmulWeightCacheBytes(null), () => matmulRaw(G, B, { transB: true })),
     ),
     mk('matmul dB=Aᵀ@dC', 'bwd', flops, () => matmulRaw(A, G, { transA: true })),
+    // A (the activation) stored in f16, output f16, arithmetic f32 (skipped without shader-f16)
+    {
+      ...mk('matmul f16 A', 'fwd', flops, () => matmulRaw(A16!, B)),
+      async setup() {
+        alloc();
+        return A16 ? gpuFn(() => matmulRaw(A16!, B)) : null;
+      },
+    },
     mk('matmul autodiff', 'fwd+bwd', 3 * flops, () =>
       tidy(() => {
         const a = A.detach().requireGrad();

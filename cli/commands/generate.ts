@@ -284,7 +284,9 @@ export async function generate(o: GenerateOptions): Promise<RunJson> {
     await save();
     log(`wrote ${out} (${run.images.length} image(s), before.png, loss.png, run.json); peak GPU memory ${fmtBytes(run.peakBytes)}`);
     if (stops.includes('non-finite')) {
-      const e = new Error(`the loss became non-finite; kept the last good seed (see ${join(out, 'run.json')})`);
+      // f16 activations overflow above 65504: the likeliest cause when they are on
+      const hint = pipe.activations === 'f16' ? '; the models ran with f16 activations, which overflow above 65504: try without --f16-activations' : '';
+      const e = new Error(`the loss became non-finite; kept the last good seed (see ${join(out, 'run.json')})${hint}`);
       (e as { exitCode?: number }).exitCode = 2;
       throw e;
     }

@@ -45,6 +45,32 @@ export function f16Rounded(d: Float32Array): Float32Array {
   return f16ToF32(f32ToF16(d));
 }
 
+/**
+ * Runs `run` twice, as is and with `rt().maxBindingBytes` lowered to `limit` (which makes ops split their work into
+ * windows), and returns both results read back plus the kernels the split run dispatched. The limit is restored
+ * whatever happens.
+ */
+export async function splitRun(limit: number, run: () => Tensor[]): Promise<{ want: Float32Array[]; got: Float32Array[]; names: string[] }> {
+  const read = async (ts: Tensor[]) => {
+    const out = (await Promise.all(ts.map((t) => t.data()))) as Float32Array[];
+    ts.forEach((t) => t.dispose());
+    return out;
+  };
+  const want = await read(run());
+  const r = rt();
+  const saved = r.maxBindingBytes;
+  let split: Tensor[] = [];
+  try {
+    r.maxBindingBytes = limit;
+    const names = await dispatchedBy(() => {
+      split = run();
+    });
+    return { want, got: await read(split), names };
+  } finally {
+    r.maxBindingBytes = saved;
+  }
+}
+
 export function relErr(got: ArrayLike<number>, ref: ArrayLike<number>): number {
   expect(got.length).toBe(ref.length);
   let err = 0;

@@ -5,7 +5,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { geglu, grad, noGrad, rt, Tensor, tidy } from '../../engine/index.js';
 import { erf, rprod, rt64, type RT } from '../../kernels/core.ref.js';
 import { setGegluChunk } from '../../kernels/geglu.js';
-import { checkGrad, dispatchedBy, expectClose, gpu, rand, f16Rounded } from '../helpers/check.js';
+import { checkGrad, expectClose, gpu, rand, f16Rounded, splitRun } from '../helpers/check.js';
 
 beforeAll(async () => {
   await gpu();
@@ -58,8 +58,6 @@ describe.each([null, 1, 3])('geglu (chunk %s)', (k) => {
       await checkGrad('geglu', [{ data: rand(rprod(s), 6, -3, 3), shape: s }], geglu, rgeglu, { samples: 60 });
     });
   it('splits rows beyond one storage binding', async () => {
-    const r = rt();
-    const saved = r.maxBindingBytes;
     for (const s of [[40, 24], [130, 30]]) {
       const n = rprod(s);
       const xd = rand(n, 8, -3, 3);
@@ -71,19 +69,10 @@ describe.each([null, 1, 3])('geglu (chunk %s)', (k) => {
           const y = geglu(x);
           return [y, ...grad(y, [x], Tensor.from(gd, outShape))];
         });
-      const full = run();
-      const want = await Promise.all(full.map((t) => t.data()));
-      full.forEach((t) => t.dispose());
-      try {
-        r.maxBindingBytes = 8192; // windows of 64 rows (vec4 path) or 64 rows (scalar path)
-        const split = run();
-        const got = await Promise.all(split.map((t) => t.data()));
-        split.forEach((t) => t.dispose());
-        expectClose(got[0], want[0], 0, `geglu split [${s}] y`);
-        expectClose(got[1], want[1], 0, `geglu split [${s}] dx`);
-      } finally {
-        r.maxBindingBytes = saved;
-      }
+      // windows of 64 rows (vec4 path) or 64 rows (scalar path)
+      const { want, got } = await splitRun(8192, run);
+      expectClose(got[0], want[0], 0, `geglu split [${s}] y`);
+      expectClose(got[1], want[1], 0, `geglu split [${s}] dx`);
       expectClose(want[0], rgeglu(rt64(xd, s)).data, 2e-6, `geglu [${s}] vs reference`);
     }
   });
@@ -136,8 +125,6 @@ describe.each([null, 1, 3])('geglu f16 (chunk %s)', (k) => {
   });
   it('splits rows beyond one storage binding (f16: 128-element alignment steps)', async (ctx) => {
     if (!rt().features.has('shader-f16')) ctx.skip();
-    const r = rt();
-    const saved = r.maxBindingBytes;
     for (const [s, limit, windows] of [
       [[40, 24], 1536, 2], // vec4 path: 32-row steps of 48 bytes
       [[129, 30], 7680, 2], // scalar path: 128-row steps; the last window's y and dy hold 15 f16 (odd)
@@ -145,23 +132,9 @@ describe.each([null, 1, 3])('geglu f16 (chunk %s)', (k) => {
       const n = rprod(s);
       const xd = f16Rounded(rand(n, 8, -3, 3));
       const gd = f16Rounded(rand(n / 2, 9));
-      const full = runGeglu(s, 'f16', xd, gd);
-      const want = await Promise.all(full.map((t) => t.data()));
-      full.forEach((t) => t.dispose());
-      let got: (Float32Array | Int32Array)[] = [];
-      try {
-        r.maxBindingBytes = limit;
-        let split: Tensor[] = [];
-        const names = await dispatchedBy(() => {
-          split = runGeglu(s, 'f16', xd, gd);
-        });
-        expect(names.filter((m) => m === 'geglu').length).toBe(windows);
-        expect(names.filter((m) => m === 'geglu_backward').length).toBe(windows);
-        got = await Promise.all(split.map((t) => t.data()));
-        split.forEach((t) => t.dispose());
-      } finally {
-        r.maxBindingBytes = saved;
-      }
+      const { want, got, names } = await splitRun(limit, () => runGeglu(s, 'f16', xd, gd));
+      expect(names.filter((m) => m === 'geglu').length).toBe(windows);
+      expect(names.filter((m) => m === 'geglu_backward').length).toBe(windows);
       expectClose(got[0], want[0], 0, `geglu f16 split [${s}] y`);
       expectClose(got[1], want[1], 0, `geglu f16 split [${s}] dx`);
       expectClose(want[0], rgeglu(rt64(xd, s)).data, F16_TOL, `geglu f16 [${s}] vs reference`);

@@ -6,7 +6,7 @@ import { grad, groupNorm, noGrad, rt, Tensor, tidy } from '../../engine/index.js
 import { rprod, rt64, type RT } from '../../kernels/core.ref.js';
 import { rgroupNorm } from '../../kernels/groupnorm.ref.js';
 import { setGroupNormChunk } from '../../kernels/groupnorm.js';
-import { checkGrad, dispatchedBy, expectClose, gpu, rand, f16Rounded } from '../helpers/check.js';
+import { checkGrad, expectClose, gpu, rand, f16Rounded, splitRun } from '../helpers/check.js';
 
 beforeAll(async () => {
   await gpu();
@@ -121,8 +121,6 @@ describe.each(CHUNKS)('groupNorm backward (chunk %s)', (k) => {
 describe.each(CHUNKS)('groupNorm beyond one storage binding (chunk %s)', (k) => {
   beforeAll(() => setGroupNormChunk(k));
   it('splits into windows at aligned offsets (forward and backward, vec4 and scalar paths)', async () => {
-    const r = rt();
-    const saved = r.maxBindingBytes;
     // limits that split x, y, dy and dx into several windows while the small per-plane arrays still fit
     for (const [shape, groups, limit] of [
       [[2, 32, 24, 24], 8, 32768], // vec4 path
@@ -143,18 +141,8 @@ describe.each(CHUNKS)('groupNorm beyond one storage binding (chunk %s)', (k) => 
           const y = groupNorm(x, groups, w, b, 1e-5, { silu: true });
           return [y, ...grad(y, [x, w, b], Tensor.from(gd, shape))];
         });
-      const full = run();
-      const want = await Promise.all(full.map((t) => t.data()));
-      full.forEach((t) => t.dispose());
-      try {
-        r.maxBindingBytes = limit;
-        const split = run();
-        const got = await Promise.all(split.map((t) => t.data()));
-        split.forEach((t) => t.dispose());
-        ['y', 'dx', 'dweight', 'dbias'].forEach((w, i) => expectClose(got[i], want[i], 1e-6, `groupNorm split [${shape}] ${w}`));
-      } finally {
-        r.maxBindingBytes = saved;
-      }
+      const { want, got } = await splitRun(limit, run);
+      ['y', 'dx', 'dweight', 'dbias'].forEach((w, i) => expectClose(got[i], want[i], 1e-6, `groupNorm split [${shape}] ${w}`));
       const ref = rgroupNorm(rt64(xd, shape), groups, rt64(wd, [C]), rt64(bd, [C]), 1e-5, true);
       expectClose(want[0], ref.data, 1e-5, `groupNorm [${shape}] vs reference`);
     }
@@ -321,8 +309,6 @@ describe.each(CHUNKS)('groupNorm f16 beyond one storage binding (chunk %s)', (k)
   beforeAll(() => setGroupNormChunk(k));
   it('splits into windows at aligned offsets (f16 planes: 128-element alignment steps)', async (ctx) => {
     if (!rt().features.has('shader-f16')) ctx.skip();
-    const r = rt();
-    const saved = r.maxBindingBytes;
     for (const [shape, groups, limit, windows] of [
       [[2, 32, 24, 24], 8, 16384, 5], // vec4 path: 2-plane steps of 1152 bytes, windows of 14 planes
       [[2, 160, 15, 15], 2, 65536, 3], // scalar path: 128-plane steps
@@ -332,22 +318,8 @@ describe.each(CHUNKS)('groupNorm f16 beyond one storage binding (chunk %s)', (k)
       const n = rprod(shape);
       const [xd, gd] = [f16Rounded(rand(n, 21)), f16Rounded(rand(n, 24))];
       const [wd, bd] = [rand(C, 22, 0.5, 1.5), rand(C, 23)];
-      const full = runBoth(shape, groups, true, 'f16', 'f32', xd, gd, wd, bd);
-      const want = await Promise.all(full.map((t) => t.data()));
-      full.forEach((t) => t.dispose());
-      let got: (Float32Array | Int32Array)[] = [];
-      try {
-        r.maxBindingBytes = limit;
-        let split: Tensor[] = [];
-        const names = await dispatchedBy(() => {
-          split = runBoth(shape, groups, true, 'f16', 'f32', xd, gd, wd, bd);
-        });
-        expect(names.filter((m) => m === 'group_norm').length).toBe(windows);
-        got = await Promise.all(split.map((t) => t.data()));
-        split.forEach((t) => t.dispose());
-      } finally {
-        r.maxBindingBytes = saved;
-      }
+      const { want, got, names } = await splitRun(limit, () => runBoth(shape, groups, true, 'f16', 'f32', xd, gd, wd, bd));
+      expect(names.filter((m) => m === 'group_norm').length).toBe(windows);
       // the windows change the partials per plane (T), so f32 sums may differ in the last bit, which can
       // flip an f16 rounding: one f16 ulp at most
       ['y', 'dx'].forEach((w, i) => expectClose(got[i], want[i], 2 * F16_TOL, `groupNorm f16 split [${shape}] ${w}`));

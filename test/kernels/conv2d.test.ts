@@ -17,7 +17,7 @@ import {
 } from '../../kernels/conv2d.js';
 import { setWinogradTextureLoads, WINOGRAD_F23, WINOGRAD_F43 } from '../../kernels/winograd.js';
 import { setMatmulKMajor } from '../../kernels/matmul.js';
-import { rconv2d } from '../../kernels/conv2d.ref.js';
+import { rconv2d, rconv2dBackward } from '../../kernels/conv2d.ref.js';
 import { rprod, rt64 } from '../../kernels/core.ref.js';
 import { checkGrad, dispatchedBy, expectClose, gpu, rand, f16Rounded } from '../helpers/check.js';
 
@@ -80,40 +80,7 @@ async function forwardCheck(c: Case, wDtype: 'f32' | 'f16' = 'f32', tol = 1e-5, 
 }
 
 /** Exact backward (vs float64 reference) on a larger shape through the transposed sums. */
-function refBackward(c: Case, x: Float32Array, w: Float32Array, gy: Float32Array) {
-  const ref = rconv2d(rt64(x, c.x), rt64(w, c.w), null, c.opts);
-  const [N, O, Ho, Wo] = ref.shape;
-  const [, C, H, W] = c.x;
-  const [, , KH, KW] = c.w;
-  const s = c.opts.stride ?? 1;
-  const [SH, SW] = typeof s === 'number' ? [s, s] : s;
-  const p = c.opts.padding ?? 0;
-  const [PT, , PL] = typeof p === 'number' ? [p, p, p, p] : p.length === 2 ? [p[0], p[0], p[1], p[1]] : p;
-  const dx = new Float64Array(x.length);
-  const dw = new Float64Array(w.length);
-  const db = new Float64Array(O);
-  for (let n = 0; n < N; n++)
-    for (let o = 0; o < O; o++)
-      for (let oy = 0; oy < Ho; oy++)
-        for (let ox = 0; ox < Wo; ox++) {
-          const g = gy[((n * O + o) * Ho + oy) * Wo + ox];
-          db[o] += g;
-          for (let ci = 0; ci < C; ci++)
-            for (let ky = 0; ky < KH; ky++) {
-              const iy = oy * SH - PT + ky;
-              if (iy < 0 || iy >= H) continue;
-              for (let kx = 0; kx < KW; kx++) {
-                const ix = ox * SW - PL + kx;
-                if (ix < 0 || ix >= W) continue;
-                const xi = ((n * C + ci) * H + iy) * W + ix;
-                const wi = ((o * C + ci) * KH + ky) * KW + kx;
-                dx[xi] += g * w[wi];
-                dw[wi] += g * x[xi];
-              }
-            }
-        }
-  return { dx, dw, db, yShape: ref.shape };
-}
+const refBackward = (c: Case, x: Float32Array, w: Float32Array, gy: Float32Array) => rconv2dBackward(x, c.x, w, c.w, gy, c.opts);
 
 // every suite runs with both direct tilings: 'subgroup' (CPU adapters with 8-wide subgroups) and 'register'
 // (the rest); 'subgroup' twice: weights read in place, and repacked first (the kernels pick by size, tests force

@@ -19,7 +19,7 @@
 // item, each bound at a 256-byte aligned offset with the remainder passed as an element shift.
 import { rt, Uniforms, type BufferBinding } from '../engine/runtime.js';
 import { DTYPE_BYTES, ShapeError, Tensor, record, wantsGrad } from '../engine/tensor.js';
-import { grid, WG_INDEX, memoKernel, flatMain, storageType, enableF16, floatDtype, sameFloatDtype, type FloatDType } from './util.js';
+import { grid, WG_INDEX, memoKernel, flatMain, storageType, enableF16, floatDtype, sameFloatDtype, bindWindow, windowLimit, type FloatDType } from './util.js';
 import { cast } from './elementwise.js';
 import { winogradBackwardData, winogradBackwardWeight, winogradFits, winogradForward, type WinogradTile } from './winograd.js';
 
@@ -81,22 +81,6 @@ const narrow = (dt: FloatDType, e: string) => (dt === 'f16' ? `f16(${e})` : e);
 
 // ---------------- binding windows for tensors larger than one storage binding ----------------
 
-/** Bind elements [start, start + count) of `t` at an aligned offset; `shift` is the element index of `start` in the window. */
-function window(t: Tensor, start: number, count: number): { bind: BufferBinding; shift: number } {
-  const r = rt();
-  const eb = DTYPE_BYTES[t.dtype];
-  const byte = start * eb;
-  const offset = Math.floor(byte / r.offsetAlign) * r.offsetAlign;
-  const shift = (byte - offset) / eb;
-  const size = Math.min(t.buffer.size - offset, Math.ceil(((count + shift) * eb) / 4) * 4);
-  return { bind: { buffer: t.buffer, offset, size }, shift };
-}
-
-/** Largest element count (of `eb` bytes each) that a window may hold, leaving room for the alignment shift. */
-function windowLimit(eb: number): number {
-  const r = rt();
-  return Math.floor((r.maxBindingBytes - r.offsetAlign) / eb);
-}
 
 /**
  * Chunking of two per-item operands A [N, CA, SA] and B [N, CB, SB] with `eb` bytes per element (4: f32, 2:
@@ -214,10 +198,10 @@ function forwardRaw(x: Tensor, w: Tensor, bias: Tensor | undefined, g: Geom): Te
     const nn = Math.min(nb, N - n0);
     for (let o0 = 0; o0 < O; o0 += ob) {
       const oc = Math.min(ob, O - o0);
-      const yw = window(y, n0 * O * Ho * Wo + o0 * Ho * Wo, (nn - 1) * O * Ho * Wo + oc * Ho * Wo);
+      const yw = bindWindow(y, n0 * O * Ho * Wo + o0 * Ho * Wo, (nn - 1) * O * Ho * Wo + oc * Ho * Wo);
       for (let c0 = 0; c0 < C; c0 += cb) {
         const cc = Math.min(cb, C - c0);
-        const xw = window(x, n0 * C * H * W + c0 * H * W, (nn - 1) * C * H * W + cc * H * W);
+        const xw = bindWindow(x, n0 * C * H * W + c0 * H * W, (nn - 1) * C * H * W + cc * H * W);
         const wg: [number, number, number] = [Math.ceil((Ho * Wo) / 32), Math.ceil(oc / 32), nn];
         checkGrid('conv2d', wg);
         r.dispatch({
@@ -323,10 +307,10 @@ function backwardDataRaw(gy: Tensor, w: Tensor, g: Geom): Tensor {
     const nn = Math.min(nb, N - n0);
     for (let c0 = 0; c0 < C; c0 += cb) {
       const cc = Math.min(cb, C - c0);
-      const xw = window(dx, n0 * C * H * W + c0 * H * W, (nn - 1) * C * H * W + cc * H * W);
+      const xw = bindWindow(dx, n0 * C * H * W + c0 * H * W, (nn - 1) * C * H * W + cc * H * W);
       for (let o0 = 0; o0 < O; o0 += ob) {
         const oc = Math.min(ob, O - o0);
-        const gw = window(gy, n0 * O * Ho * Wo + o0 * Ho * Wo, (nn - 1) * O * Ho * Wo + oc * Ho * Wo);
+        const gw = bindWindow(gy, n0 * O * Ho * Wo + o0 * Ho * Wo, (nn - 1) * O * Ho * Wo + oc * Ho * Wo);
         const wg: [number, number, number] = [Math.ceil((H * SW * QB) / 8), Math.ceil(cc / 32), nn];
         checkGrid('conv2d backward', wg);
         r.dispatch({
@@ -431,10 +415,10 @@ function backwardWeightF32(gy: Tensor, x: Tensor, g: Geom): Tensor {
     const nn = Math.min(nb, N - n0);
     for (let o0 = 0; o0 < O; o0 += ob) {
       const oc = Math.min(ob, O - o0);
-      const gw = window(gy, n0 * O * Ho * Wo + o0 * Ho * Wo, (nn - 1) * O * Ho * Wo + oc * Ho * Wo);
+      const gw = bindWindow(gy, n0 * O * Ho * Wo + o0 * Ho * Wo, (nn - 1) * O * Ho * Wo + oc * Ho * Wo);
       for (let c0 = 0; c0 < C; c0 += cb) {
         const cc = Math.min(cb, C - c0);
-        const xw = window(x, n0 * C * H * W + c0 * H * W, (nn - 1) * C * H * W + cc * H * W);
+        const xw = bindWindow(x, n0 * C * H * W + c0 * H * W, (nn - 1) * C * H * W + cc * H * W);
         const wg: [number, number, number] = [Math.ceil(cc / 32), Math.ceil(oc / 32), KH * KW];
         checkGrid('conv2d backward', wg);
         r.dispatch({
@@ -745,10 +729,10 @@ function forwardSg(x: Tensor, w: Tensor, bias: Tensor | undefined, g: Geom, y: T
     const wr = packed ? repack(w, bias, 'fwd', o0, oc, g) : null;
     for (let n0 = 0; n0 < N; n0 += nb) {
       const nn = Math.min(nb, N - n0);
-      const yw = window(y, n0 * O * Ho * Wo + o0 * Ho * Wo, (nn - 1) * O * Ho * Wo + oc * Ho * Wo);
+      const yw = bindWindow(y, n0 * O * Ho * Wo + o0 * Ho * Wo, (nn - 1) * O * Ho * Wo + oc * Ho * Wo);
       for (let c0 = 0; c0 < C; c0 += cb) {
         const cc = Math.min(cb, C - c0);
-        const xw = window(x, n0 * C * H * W + c0 * H * W, (nn - 1) * C * H * W + cc * H * W);
+        const xw = bindWindow(x, n0 * C * H * W + c0 * H * W, (nn - 1) * C * H * W + cc * H * W);
         const wg: [number, number, number] = [Math.ceil((nn * Ho * Wo) / (SG * SG_T)), Math.ceil(oc / SG_R), 1];
         checkGrid('conv2d', wg);
         r.dispatch({
@@ -781,10 +765,10 @@ function backwardDataSg(gy: Tensor, w: Tensor, g: Geom, dx: Tensor) {
     const wr = packed ? repack(w, undefined, 'bwd', c0, cc, g) : null;
     for (let n0 = 0; n0 < N; n0 += nb) {
       const nn = Math.min(nb, N - n0);
-      const xw = window(dx, n0 * C * H * W + c0 * H * W, (nn - 1) * C * H * W + cc * H * W);
+      const xw = bindWindow(dx, n0 * C * H * W + c0 * H * W, (nn - 1) * C * H * W + cc * H * W);
       for (let o0 = 0; o0 < O; o0 += ob) {
         const oc = Math.min(ob, O - o0);
-        const gw = window(gy, n0 * O * Ho * Wo + o0 * Ho * Wo, (nn - 1) * O * Ho * Wo + oc * Ho * Wo);
+        const gw = bindWindow(gy, n0 * O * Ho * Wo + o0 * Ho * Wo, (nn - 1) * O * Ho * Wo + oc * Ho * Wo);
         const wg: [number, number, number] = [Math.ceil((nn * phasePlane) / (SG * SG_T)), Math.ceil(cc / SG_R), SH * SW];
         checkGrid('conv2d backward', wg);
         r.dispatch({
@@ -944,11 +928,11 @@ function backwardWeightSg(gy: Tensor, x: Tensor, g: Geom, dw: Tensor): boolean {
     const nn = Math.min(nb, N - n0);
     for (let o0 = 0; o0 < O; o0 += ob) {
       const oc = Math.min(ob, O - o0);
-      const gw = window(gy, n0 * O * Ho * Wo + o0 * Ho * Wo, (nn - 1) * O * Ho * Wo + oc * Ho * Wo);
+      const gw = bindWindow(gy, n0 * O * Ho * Wo + o0 * Ho * Wo, (nn - 1) * O * Ho * Wo + oc * Ho * Wo);
       const { gt, Rp } = transposeRows(gw, ad, nn, oc, Ho * Wo, O * Ho * Wo);
       for (let c0 = 0; c0 < C; c0 += cb) {
         const cc = Math.min(cb, C - c0);
-        const xw = window(x, n0 * C * H * W + c0 * H * W, (nn - 1) * C * H * W + cc * H * W);
+        const xw = bindWindow(x, n0 * C * H * W + c0 * H * W, (nn - 1) * C * H * W + cc * H * W);
         const { gt: xt, Rp: Cp } = transposeRows(xw, ad, nn, cc, H * W, C * H * W);
         const wg: [number, number, number] = [Math.ceil(cc / (SG * SG_T)), Math.ceil(oc / SG_R), KH * KW];
         checkGrid('conv2d backward', wg);
@@ -1016,7 +1000,7 @@ function biasGradRaw(gy: Tensor): Tensor {
     const nn = Math.min(nb, N - n0);
     for (let o0 = 0; o0 < O; o0 += ob) {
       const oc = Math.min(ob, O - o0);
-      const gw = window(gy, n0 * O * Ho * Wo + o0 * Ho * Wo, (nn - 1) * O * Ho * Wo + oc * Ho * Wo);
+      const gw = bindWindow(gy, n0 * O * Ho * Wo + o0 * Ho * Wo, (nn - 1) * O * Ho * Wo + oc * Ho * Wo);
       r.dispatch({
         name: 'conv2d_bwd_bias',
         code: biasGradKernel(ad),

@@ -8,7 +8,7 @@
 // arithmetic is f32 (every load widened, every store narrowed).
 import { rt, Uniforms } from '../engine/runtime.js';
 import { ShapeError, Tensor, record, wantsGrad } from '../engine/tensor.js';
-import { grid, WG_INDEX, memoKernel, flatMain, enableF16, floatDtype, sameFloatDtype, storageType } from './util.js';
+import { grid, WG_INDEX, memoKernel, flatMain, enableF16, floatDtype, sameFloatDtype, storageType, bindWindow, alignedRowStep } from './util.js';
 
 const kernel = memoKernel(kernelSource);
 function kernelSource(vec: boolean, backward: boolean, dt: string): string {
@@ -63,11 +63,6 @@ export function setGegluChunk(n: number | null) {
   perInvocation = n === null ? null : Math.max(1, Math.floor(n));
 }
 
-function gcd(a: number, b: number): number {
-  while (b) [a, b] = [b, a % b];
-  return a;
-}
-
 function run(name: string, x: Tensor, g: Tensor | null, out: Tensor, D: number) {
   const r = rt();
   const rows = x.size / (2 * D);
@@ -77,8 +72,7 @@ function run(name: string, x: Tensor, g: Tensor | null, out: Tensor, D: number) 
   const rowBytes = 2 * D * bytes;
   let per = rows;
   if (rows * rowBytes > r.maxBindingBytes) {
-    const alignElems = r.offsetAlign / bytes;
-    const step = alignElems / gcd(D, alignElems); // rows per aligned offset step of the D-wide tensors
+    const step = alignedRowStep(D, bytes); // rows per aligned offset step of the D-wide tensors
     per = Math.floor(r.maxBindingBytes / rowBytes / step) * step;
     if (per < 1) throw new ShapeError(`${name}: ${step} row(s) of ${rowBytes} bytes exceed the storage binding limit (${r.maxBindingBytes})`);
   }
@@ -86,13 +80,9 @@ function run(name: string, x: Tensor, g: Tensor | null, out: Tensor, D: number) 
   const TC = Math.ceil(D4 / (perInvocation ?? (r.gpu.adapterClass === 'cpu' ? 64 : 4)));
   for (let r0 = 0; r0 < rows; r0 += per) {
     const nr = Math.min(per, rows - r0);
-    const wide = (t: Tensor) => ({ buffer: t.buffer, offset: r0 * rowBytes, size: nr * rowBytes });
-    // a binding is whole 4-byte words: an odd number of f16 elements binds one more (the pooled buffer has it)
-    const narrow = (t: Tensor) => ({
-      buffer: t.buffer,
-      offset: (r0 * rowBytes) / 2,
-      size: Math.min(t.buffer.size - (r0 * rowBytes) / 2, Math.ceil((nr * rowBytes) / 8) * 4),
-    });
+    // rows of 2D (x, dx) and of D (y, dy) elements; windows start at aligned offsets, so their shift is 0
+    const wide = (t: Tensor) => bindWindow(t, r0 * 2 * D, nr * 2 * D).bind;
+    const narrow = (t: Tensor) => bindWindow(t, r0 * D, nr * D).bind;
     r.dispatch({
       name,
       code,

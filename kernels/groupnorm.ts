@@ -19,7 +19,7 @@
 // f32 (every load widened, every store narrowed).
 import { rt, Uniforms } from '../engine/runtime.js';
 import { ShapeError, Tensor, record, wantsGrad } from '../engine/tensor.js';
-import { grid, prod, WG_INDEX, memoKernel, flatMain, enableF16, floatDtype, sameFloatDtype, storageType } from './util.js';
+import { grid, prod, WG_INDEX, memoKernel, flatMain, enableF16, floatDtype, sameFloatDtype, storageType, needF16, bindWindow, alignedRowStep } from './util.js';
 
 /** vec4 loads per invocation in the plane passes (a plane gets ceil(S4 / perInvocation) invocations) */
 let perInvocation: number | null = null;
@@ -224,11 +224,6 @@ ${flatMain('t', 'u.planes * u.T')}
   }
 }`);
 
-function gcd(a: number, b: number): number {
-  while (b) [a, b] = [b, a % b];
-  return a;
-}
-
 /**
  * Windows [p0, p1) of whole planes of `S` elements of `bytes` bytes each (4: f32, 2: f16) that fit one
  * binding and start at aligned offsets.
@@ -237,8 +232,7 @@ function planeWindows(op: string, planes: number, S: number, bytes: number): [nu
   const r = rt();
   const planeBytes = S * bytes;
   if (planes * planeBytes <= r.maxBindingBytes) return [[0, planes]];
-  const alignElems = r.offsetAlign / bytes;
-  const step = alignElems / gcd(S, alignElems); // planes per aligned offset step
+  const step = alignedRowStep(S, bytes); // planes per aligned offset step
   const per = Math.floor(r.maxBindingBytes / planeBytes / step) * step;
   if (per < 1)
     throw new ShapeError(`${op}: ${step} plane(s) of ${planeBytes} bytes exceed the storage binding limit (${r.maxBindingBytes}); cannot split`);
@@ -266,7 +260,7 @@ export function groupNorm(x: Tensor, groups: number, weight: Tensor, bias: Tenso
   const wf16 = weight.dtype === 'f16'; // weight/bias storage (independent of x's dtype)
   if (weight.dtype !== bias.dtype || (weight.dtype !== 'f32' && weight.dtype !== 'f16'))
     throw new ShapeError(`groupNorm: weight and bias must both be f32 or both f16, got ${weight.dtype} and ${bias.dtype}`);
-  if (wf16 && !rt().features.has('shader-f16')) throw new ShapeError('groupNorm: f16 weight/bias need the shader-f16 feature');
+  if (wf16) needF16('groupNorm', 'weight/bias');
   const y = Tensor.empty(x.shape, dt, 'group_norm');
   if (x.size === 0) return y;
 
@@ -282,12 +276,8 @@ export function groupNorm(x: Tensor, groups: number, weight: Tensor, bias: Tenso
   const T = Math.max(1, Math.min(Math.ceil(S4 / perInv), perInvocation ? Infinity : 256, Math.floor(r.maxBindingBytes / (planes * 16))));
   const bytes = dt === 'f16' ? 2 : 4;
   const windows = planeWindows('groupNorm', planes, S, bytes);
-  // a binding's size must be a multiple of 4 bytes: an odd number of f16 elements binds one more (the
-  // buffer, 256-byte bucketed, has it); the kernels never index past their planes
-  const bindX = (t: Tensor, p0: number, p1: number) => {
-    const offset = p0 * S * bytes;
-    return { buffer: t.buffer, offset, size: Math.min(t.buffer.size - offset, Math.ceil(((p1 - p0) * S * bytes) / 4) * 4) };
-  };
+  // windows start at aligned offsets (planeWindows), so their shift is 0; the kernels never index past their planes
+  const bindX = (t: Tensor, p0: number, p1: number) => bindWindow(t, p0 * S, (p1 - p0) * S).bind;
 
   const ps = Tensor.empty([planes, 4], 'f32', 'group_norm_stats');
   const part = Tensor.empty([planes * T, 4], 'f32', 'group_norm_partials');

@@ -8,24 +8,11 @@
 // Tensors larger than one storage binding are processed in chunks of rows bound at aligned offsets.
 // Images and their gradients are f32 or f16 (shader-f16); the arithmetic and the gradients' sums are f32
 // (every load widened, every store narrowed), the bicubic weights f32.
-import { rt, Uniforms, type BufferBinding } from '../engine/runtime.js';
+import { rt, Uniforms } from '../engine/runtime.js';
 import { ShapeError, Tensor, record } from '../engine/tensor.js';
-import { grid, WG_INDEX, flatMain, enableF16, floatDtype, memoKernel, sameFloatDtype, storageType, type FloatDType } from './util.js';
+import { grid, WG_INDEX, flatMain, enableF16, floatDtype, memoKernel, sameFloatDtype, storageType, bindWindow, windowLimit, type FloatDType } from './util.js';
 
-const elemBytes = (t: Tensor) => (t.dtype === 'f16' ? 2 : 4);
-
-/** Elements [start, start + count) of t bound at an aligned offset; `shift` is where start lies in the binding. */
-function window(t: Tensor, start: number, count: number): { bind: BufferBinding; shift: number } {
-  const r = rt();
-  const eb = elemBytes(t);
-  const byte = start * eb;
-  const offset = Math.floor(byte / r.offsetAlign) * r.offsetAlign;
-  const shift = (byte - offset) / eb;
-  // binding sizes are whole 4-byte words: an odd number of f16 elements binds one more (the pooled buffer has it)
-  return { bind: { buffer: t.buffer, offset, size: Math.min(t.buffer.size - offset, Math.ceil(((count + shift) * eb) / 4) * 4) }, shift };
-}
-/** Elements of the widest dtype (f32) that fit one binding behind any aligned offset: a safe limit for f16 too. */
-const windowLimit = () => Math.floor((rt().maxBindingBytes - rt().offsetAlign) / 4);
+// windows hold at most windowLimit(4) elements: the f32 count, a safe limit for f16 too
 
 function check4(op: string, x: Tensor): FloatDType {
   if (x.rank !== 4) throw new ShapeError(`${op}: expected [N, C, H, W], got [${x.shape}]`);
@@ -65,13 +52,13 @@ function nearestRaw(src: Tensor, outShape: number[], rows: number, W: number, ba
   const out = Tensor.empty(outShape, src.dtype, backward ? 'upsample_nearest2x_bwd' : 'upsample_nearest2x');
   if (out.size === 0) return out;
   const r = rt();
-  const chunk = Math.floor(windowLimit() / (4 * W));
+  const chunk = Math.floor(windowLimit(4) / (4 * W));
   if (chunk < 1) throw new ShapeError(`upsampleNearest2x: one row of ${W} pixels exceeds the storage binding limit`);
   const code = NEAREST(backward, src.dtype);
   for (let r0 = 0; r0 < rows; r0 += chunk) {
     const rc = Math.min(chunk, rows - r0);
-    const small = window(backward ? out : src, r0 * W, rc * W);
-    const big = window(backward ? src : out, r0 * 4 * W, rc * 4 * W);
+    const small = bindWindow(backward ? out : src, r0 * W, rc * W);
+    const big = bindWindow(backward ? src : out, r0 * 4 * W, rc * 4 * W);
     const [inW, outW] = backward ? [big, small] : [small, big];
     r.dispatch({
       name: backward ? 'upsample_nearest2x_bwd' : 'upsample_nearest2x',
@@ -185,12 +172,12 @@ function bandedRaw(x: Tensor, outShape: number[], outer: number, Lin: number, Lo
   const out = Tensor.empty(outShape, dt, name);
   if (out.size === 0) return out;
   const r = rt();
-  const chunk = Math.floor(windowLimit() / (Math.max(Lin, Lout) * inner));
+  const chunk = Math.floor(windowLimit(4) / (Math.max(Lin, Lout) * inner));
   if (chunk < 1) throw new ShapeError(`${name}: one image plane exceeds the storage binding limit`);
   for (let o0 = 0; o0 < outer; o0 += chunk) {
     const oc = Math.min(chunk, outer - o0);
-    const xw = window(x, o0 * Lin * inner, oc * Lin * inner);
-    const yw = window(out, o0 * Lout * inner, oc * Lout * inner);
+    const xw = bindWindow(x, o0 * Lin * inner, oc * Lin * inner);
+    const yw = bindWindow(out, o0 * Lout * inner, oc * Lout * inner);
     const n = oc * Lout * inner;
     r.dispatch({
       name,

@@ -1,7 +1,7 @@
 // Small helpers shared by the kernel families: shape arithmetic, dispatch grids, the uniform layout of
 // shapes/strides (up to MAX_RANK dims, packed as vec4<u32> arrays), and the WGSL that decodes them.
-import { ShapeError, Tensor } from '../engine/tensor.js';
-import { rt } from '../engine/runtime.js';
+import { DTYPE_BYTES, ShapeError, Tensor } from '../engine/tensor.js';
+import { rt, type BufferBinding } from '../engine/runtime.js';
 
 export const MAX_RANK = 8;
 
@@ -129,6 +129,37 @@ export function sameFloatDtype(op: string, ts: Tensor[], args: string[]): FloatD
     if (floatDtype(op, args[i], ts[i]) !== dt)
       throw new ShapeError(`${op}: ${args[i]} is ${ts[i].dtype} but ${args[0]} is ${dt}: the activations and their gradients must share one dtype (cast() converts)`);
   return dt;
+}
+
+// ---- binding windows of tensors larger than one storage binding ----
+
+/** Bind elements [start, start + count) of `t` at an aligned offset; `shift` is the element index of `start` in the window. */
+export function bindWindow(t: Tensor, start: number, count: number): { bind: BufferBinding; shift: number } {
+  const r = rt();
+  const eb = DTYPE_BYTES[t.dtype];
+  const byte = start * eb;
+  const offset = Math.floor(byte / r.offsetAlign) * r.offsetAlign;
+  const shift = (byte - offset) / eb;
+  // binding sizes are whole 4-byte words: an odd number of f16 elements binds one more (the pooled buffer has it)
+  const size = Math.min(t.buffer.size - offset, Math.ceil(((count + shift) * eb) / 4) * 4);
+  return { bind: { buffer: t.buffer, offset, size }, shift };
+}
+
+/** Largest element count (of `eb` bytes each) that a window may hold, leaving room for the alignment shift. */
+export function windowLimit(eb: number): number {
+  const r = rt();
+  return Math.floor((r.maxBindingBytes - r.offsetAlign) / eb);
+}
+
+function gcd(a: number, b: number): number {
+  while (b) [a, b] = [b, a % b];
+  return a;
+}
+
+/** The fewest rows of `elems` elements of `bytes` bytes each whose multiples all start at aligned binding offsets. */
+export function alignedRowStep(elems: number, bytes: number): number {
+  const alignElems = rt().offsetAlign / bytes;
+  return alignElems / gcd(elems, alignElems);
 }
 
 export function assertDtype(op: string, t: Tensor, ...allowed: string[]) {

@@ -516,51 +516,14 @@ function matmulInto(a: Tensor, b: Tensor, opts: MatmulOptions, cDt: FloatDType):
   return out;
 }
 
-// Y[c] = sum over r of X[r * n + c] for X [rows, n]: f32 sums, each side in its own dtype. The backward's sums
-// (bias gradients, gradients of batch-broadcast operands) where an f16 tensor is read or written; f32 ones
-// keep sumTo. One invocation per column: adjacent lanes read adjacent columns.
-const colSumKernel = memoKernel(
-  (xDt: FloatDType, yDt: FloatDType) => /* wgsl */ `${enableF16(xDt, yDt)}
-${WG_INDEX}
-struct P { rows: u32, n: u32, _0: u32, _1: u32 }
-@group(0) @binding(0) var<uniform> u: P;
-@group(0) @binding(1) var<storage, read> X: array<${storageType(xDt)}>;
-@group(0) @binding(2) var<storage, read_write> Y: array<${storageType(yDt)}>;
-${flatMain('c', 'u.n')}
-  var s = 0.0;
-  for (var r = 0u; r < u.rows; r++) { s += f32(X[r * u.n + c]); }
-  Y[c] = ${storageType(yDt)}(s);
-}`,
-);
-
-/** The sum over the leading `rows` of x (as [rows, n]), shaped `shape`, in dtype dt. */
-function colSum(x: Tensor, rows: number, shape: readonly number[], dt: FloatDType): Tensor {
-  const n = x.size / rows;
-  const y = Tensor.empty(shape, dt, 'matmul_colsum');
-  if (n === 0) return y;
-  rt().dispatch({
-    name: 'matmul_colsum',
-    code: colSumKernel(x.dtype as FloatDType, dt),
-    uniforms: new Uniforms().u32(rows, n, 0, 0).done(),
-    bindings: [{ buffer: x.buffer }, { buffer: y.buffer }],
-    workgroups: grid(Math.ceil(n / 64)),
-  });
-  return y;
-}
-
 /**
  * The gradient of operand t (dtype dt) from `full`, computed per batch of the output by f: summed over the
- * batch when t was broadcast over it. f32 gradients keep the f32 path (sumTo); f16 ones are summed in f32 from
- * an f32 per-batch product, then stored f16.
+ * batch when t was broadcast over it. An f16 operand's per-batch products stay f32 until the sum is stored.
  */
 function operandGrad(t: Tensor, batch: number, f: (outDt: FloatDType) => Tensor): Tensor {
   const dt = t.dtype as FloatDType;
   const full = f(batch > 1 && dt === 'f16' ? 'f32' : dt);
-  if (full.size === t.size) return full;
-  if (dt === 'f32') return sumTo(full, t.shape);
-  const s = colSum(full, full.size / t.size, t.shape, dt);
-  full.dispose();
-  return s;
+  return full.size === t.size ? full : sumTo(full, t.shape, dt);
 }
 
 /**
@@ -597,8 +560,8 @@ export function matmul(a: Tensor, b: Tensor, opts: MatmulOptions = {}): Tensor {
         );
       }
     }
-    // the bias is f32: an f16 dC is summed by colSum (sumTo takes f32)
-    const gBias = bias && wantsGrad(bias) ? (g.dtype === 'f32' ? sumTo(g, [bias.size]) : colSum(g, g.size / bias.size, [bias.size], 'f32')) : null;
+    // the bias is f32: an f16 dC is summed in f32
+    const gBias = bias && wantsGrad(bias) ? sumTo(g, [bias.size], 'f32') : null;
     return [ga, gb, gBias];
   });
 }

@@ -5,7 +5,7 @@ import { rt, Uniforms } from '../engine/runtime.js';
 import { ShapeError, Tensor, record } from '../engine/tensor.js';
 import { collapseDims, grid, normAxis, prod, stridesOf, WG_INDEX, memoKernel, flatMain, floatDtype, storageType, enableF16, type FloatDType } from './util.js';
 import { broadcastTo, reshape } from './shape.js';
-import { mul, scale, equal, div } from './elementwise.js';
+import { mul, scale, equal, div, cast } from './elementwise.js';
 
 type ReduceOp = 'sum' | 'max';
 
@@ -21,15 +21,15 @@ function decode(prefix: string, rank: number, idx: string, field: string): strin
 }
 
 const kernel = memoKernel(kernelSource);
-function kernelSource(op: ReduceOp, keptRank: number, redRank: number, wide: boolean, dt: FloatDType): string {
+function kernelSource(op: ReduceOp, keptRank: number, redRank: number, wide: boolean, xDt: FloatDType, yDt: FloatDType): string {
   const init = op === 'sum' ? '0.0' : '-3.4e38';
   const comb = (a: string, b: string) => (op === 'sum' ? `${a} + ${b}` : `max(${a}, ${b})`);
-  const ty = storageType(dt);
-  const head = /* wgsl */ `${enableF16(dt)}
+  const ty = storageType(yDt);
+  const head = /* wgsl */ `${enableF16(xDt, yDt)}
 ${WG_INDEX}
 struct P { nout: u32, nred: u32, _0: u32, _1: u32, ksh: array<vec4<u32>, 2>, kst: array<vec4<u32>, 2>, rsh: array<vec4<u32>, 2>, rst: array<vec4<u32>, 2> }
 @group(0) @binding(0) var<uniform> u: P;
-@group(0) @binding(1) var<storage, read> X: array<${ty}>;
+@group(0) @binding(1) var<storage, read> X: array<${storageType(xDt)}>;
 @group(0) @binding(2) var<storage, read_write> Y: array<${ty}>;`;
   if (!wide)
     return /* wgsl */ `${head}
@@ -67,9 +67,10 @@ function normAxes(shape: readonly number[], axes: number | number[] | undefined,
   return [...new Set(list)].sort((a, b) => a - b);
 }
 
-function reduceRaw(op: ReduceOp, x: Tensor, axes: number[], keepDims: boolean): Tensor {
-  // f16 input: f16 result, accumulated in f32
-  const dt = floatDtype(op, 'input', x);
+/** `outDt`: the result's storage (default the input's); the accumulation is f32 either way */
+function reduceRaw(op: ReduceOp, x: Tensor, axes: number[], keepDims: boolean, outDt?: FloatDType): Tensor {
+  const xDt = floatDtype(op, 'input', x);
+  const dt = outDt ?? xDt;
   const r = rt();
   if (x.byteLength > r.maxBindingBytes) throw new ShapeError(`${op}: input of ${x.byteLength} bytes exceeds the storage binding limit`);
   const st = stridesOf(x.shape);
@@ -85,7 +86,7 @@ function reduceRaw(op: ReduceOp, x: Tensor, axes: number[], keepDims: boolean): 
   const wide = nred > 256;
   r.dispatch({
     name: op,
-    code: kernel(op, kept.shape.length, red.shape.length, wide, dt),
+    code: kernel(op, kept.shape.length, red.shape.length, wide, xDt, dt),
     uniforms: new Uniforms(64)
       .u32(nout, nred, 0, 0)
       .u32(...pad(kept.shape, 1), ...pad(kept.strides[0], 0), ...pad(red.shape, 1), ...pad(red.strides[0], 0))
@@ -123,12 +124,17 @@ export function max(x: Tensor, axes?: number | number[], keepDims = false): Tens
   }, [y]);
 }
 
-/** Sum a broadcast gradient back down to `shape` (the inverse of broadcasting). */
-export function sumTo(g: Tensor, shape: readonly number[]): Tensor {
+/**
+ * Sum a broadcast gradient back down to `shape` (the inverse of broadcasting). With `dtype` (for backward rules:
+ * no autodiff), the sum is stored in that dtype, accumulated in f32 from g's values (an f16 gradient's f32 bias
+ * gradient, or an f32 product's f16 operand gradient, rounded once).
+ */
+export function sumTo(g: Tensor, shape: readonly number[], dtype?: FloatDType): Tensor {
   const off = g.shape.length - shape.length;
   if (off < 0) throw new ShapeError(`sumTo: cannot reduce [${g.shape}] to larger rank [${shape}]`);
   const axes: number[] = [];
   for (let i = 0; i < g.shape.length; i++) if (i < off || (shape[i - off] === 1 && g.shape[i] !== 1)) axes.push(i);
+  if (dtype && dtype !== g.dtype) return reshape(axes.length ? reduceRaw('sum', g, axes, true, dtype) : cast(g, dtype), shape);
   const s = axes.length ? sum(g, axes, true) : g;
   return reshape(s, shape);
 }

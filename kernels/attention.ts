@@ -27,7 +27,7 @@
 // Causal masking is top-left aligned (key j is visible to query i when j <= i), as PyTorch's is_causal.
 import { rt, Uniforms, type Binding } from '../engine/runtime.js';
 import { ShapeError, Tensor, needsGrad, record, wantsGrad } from '../engine/tensor.js';
-import { memoKernel, clearKernelMemos, enableF16, sameFloatDtype, storageType, type FloatDType } from './util.js';
+import { memoKernel, clearKernelMemos, enableF16, sameFloatDtype, storageType, widen, narrow, type FloatDType } from './util.js';
 import { setStagingTextureCacheBytes, stagingTexture, type StagingFormat } from './staging.js';
 import { matmul } from './matmul.js';
 import { softmax } from './softmax.js';
@@ -79,10 +79,6 @@ interface Dims {
 // row logsumexp and the backward's per-row (lse, D) stay f32.
 /** WGSL storage type of the activations */
 const ty = (d: Dims) => storageType(d.dt);
-/** WGSL: a vec4 loaded from an activation buffer, as vec4<f32> */
-const wide = (d: Dims, e: string) => (d.dt === 'f16' ? `vec4<f32>(${e})` : e);
-/** WGSL: a vec4<f32> value stored to an activation buffer */
-const narrow = (d: Dims, e: string) => (d.dt === 'f16' ? `vec4<f16>(${e})` : e);
 
 const HEADER = /* wgsl */ `
 struct P { B: u32, H: u32, Sq: u32, Sk: u32, c: f32, scale: f32, _0: u32, _1: u32 }
@@ -134,11 +130,11 @@ function tree(xs: string[], op: (a: string, b: string) => string): string {
 const hsum = (v: string) => `((${v}.x + ${v}.y) + (${v}.z + ${v}.w))`;
 /** acc = sum over t of vec4(w_t) * X[row_t + c], as an fma chain onto `init` */
 const fmaChain = (d: Dims, init: string, ws: string[], rows: string[], arr: string, c: number) =>
-  ws.reduce((acc, w, t) => `fma(vec4<f32>(${w}), ${wide(d, `${arr}[${rows[t]} + ${c}u]`)}, ${acc})`, init);
+  ws.reduce((acc, w, t) => `fma(vec4<f32>(${w}), ${widen(d.dt, `${arr}[${rows[t]} + ${c}u]`, true)}, ${acc})`, init);
 /** per t: a_t = sum over c of x_c * X[row_t + c] (vec4 partial sums), c outer so each x_c is reused over t */
 function dotBlock(d: Dims, out: string, x: string, n4: number, rows: string[], arr: string): string {
-  const lines = [rows.map((r, t) => `var ${out}${t} = ${x}0 * ${wide(d, `${arr}[${r}]`)};`).join(' ')];
-  for (let c = 1; c < n4; c++) lines.push(rows.map((r, t) => `${out}${t} = fma(${x}${c}, ${wide(d, `${arr}[${r} + ${c}u]`)}, ${out}${t});`).join(' '));
+  const lines = [rows.map((r, t) => `var ${out}${t} = ${x}0 * ${widen(d.dt, `${arr}[${r}]`, true)};`).join(' ')];
+  for (let c = 1; c < n4; c++) lines.push(rows.map((r, t) => `${out}${t} = fma(${x}${c}, ${widen(d.dt, `${arr}[${r} + ${c}u]`, true)}, ${out}${t});`).join(' '));
   return lines.join('\n    ');
 }
 
@@ -168,7 +164,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
   let vs = u.H * ${DV4}u;
   let kb = b * u.Sk * ks + h * ${D4}u;
   let vb = b * u.Sk * vs + h * ${DV4}u;
-  ${range(D4).map((c) => `let q${c} = ${wide(d, `Q[qb + ${c}u]`)} * u.c;`).join(' ')}
+  ${range(D4).map((c) => `let q${c} = ${widen(d.dt, `Q[qb + ${c}u]`, true)} * u.c;`).join(' ')}
   ${range(DV4).map((c) => `var o${c} = vec4<f32>(0.0);`).join(' ')}
   var m = ${NEG};
   var l = 0.0;
@@ -188,7 +184,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
   if (i < u.Sq) {
     let inv = 1.0 / l;
     let ob = (b * u.Sq + i) * u.H * ${DV4}u + h * ${DV4}u;
-    ${range(DV4).map((c) => `O[ob + ${c}u] = ${narrow(d, `o${c} * inv`)};`).join(' ')}
+    ${range(DV4).map((c) => `O[ob + ${c}u] = ${narrow(d.dt, `o${c} * inv`, true)};`).join(' ')}
     LSE[(b * u.H + h) * u.Sq + i] = (m + log2(l)) * ${1 / LOG2E};
   }
 }`;
@@ -219,7 +215,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
   let kb = b * u.Sk * ks + h * D4;
   let vb = b * u.Sk * vs + h * DV4;
   var q: array<vec4<f32>, D4>;
-  for (var c = 0u; c < D4; c++) { q[c] = ${wide(d, 'Q[qb + c]')} * u.c; }
+  for (var c = 0u; c < D4; c++) { q[c] = ${widen(d.dt, 'Q[qb + c]', true)} * u.c; }
   var o: array<vec4<f32>, DV4>;
   for (var c = 0u; c < DV4; c++) { o[c] = vec4<f32>(0.0); }
   var m = ${NEG};
@@ -232,11 +228,11 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
     workgroupBarrier();
     for (var e = li; e < BC * D4; e += ${WG}u) {
       let j = min(j0 + e / D4, u.Sk - 1u);
-      Ks[e] = ${wide(d, 'K[kb + j * ks + e % D4]')};
+      Ks[e] = ${widen(d.dt, 'K[kb + j * ks + e % D4]', true)};
     }
     for (var e = li; e < BC * DV4; e += ${WG}u) {
       let j = min(j0 + e / DV4, u.Sk - 1u);
-      Vs[e] = ${wide(d, 'V[vb + j * vs + e % DV4]')};
+      Vs[e] = ${widen(d.dt, 'V[vb + j * vs + e % DV4]', true)};
     }
     workgroupBarrier();
     var s: array<f32, BC>;
@@ -260,7 +256,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
   if (i < u.Sq) {
     let inv = 1.0 / l;
     let ob = (b * u.Sq + i) * u.H * DV4 + h * DV4;
-    for (var c = 0u; c < DV4; c++) { O[ob + c] = ${narrow(d, 'o[c] * inv')}; }
+    for (var c = 0u; c < DV4; c++) { O[ob + c] = ${narrow(d.dt, 'o[c] * inv', true)}; }
     LSE[(b * u.H + h) * u.Sq + i] = (m + log2(l)) * ${1 / LOG2E};
   }
 }`;
@@ -286,7 +282,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
   if (i >= u.Sq) { return; }
   let ob = (b * u.Sq + i) * u.H * DV4 + h * DV4;
   var acc = vec4<f32>(0.0);
-  for (var c = 0u; c < DV4; c++) { acc = fma(${wide(d, 'O[ob + c]')}, ${wide(d, 'DO[ob + c]')}, acc); }
+  for (var c = 0u; c < DV4; c++) { acc = fma(${widen(d.dt, 'O[ob + c]', true)}, ${widen(d.dt, 'DO[ob + c]', true)}, acc); }
   let row = (b * u.H + h) * u.Sq + i;
   LD[row] = vec2<f32>(LSE[row] * ${LOG2E}, acc.x + acc.y + acc.z + acc.w);
 }`;
@@ -317,8 +313,8 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
   let kb = b * u.Sk * ks + h * ${D4}u;
   let vb = b * u.Sk * vs + h * ${DV4}u;
   let ld = LD[(b * u.H + h) * u.Sq + iq];
-  ${range(D4).map((c) => `let q${c} = ${wide(d, `Q[qb + ${c}u]`)} * u.c;`).join(' ')}
-  ${range(DV4).map((c) => `let g${c} = ${wide(d, `DO[ob + ${c}u]`)};`).join(' ')}
+  ${range(D4).map((c) => `let q${c} = ${widen(d.dt, `Q[qb + ${c}u]`, true)} * u.c;`).join(' ')}
+  ${range(DV4).map((c) => `let g${c} = ${widen(d.dt, `DO[ob + ${c}u]`, true)};`).join(' ')}
   ${range(D4).map((c) => `var dq${c} = vec4<f32>(0.0);`).join(' ')}
   let kend = ${causal ? 'min(u.Sk, iq + 1u)' : 'u.Sk'};
   for (var j0 = 0u; j0 < kend; j0 += ${KB_REG}u) {
@@ -330,7 +326,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
     ${range(D4).map((c) => `dq${c} = ${fmaChain(d, `dq${c}`, T.map((t) => `ds${t}`), kr, 'K', c)};`).join('\n    ')}
   }
   if (i < u.Sq) {
-    ${range(D4).map((c) => `DQ[qb + ${c}u] = ${narrow(d, `dq${c} * u.scale`)};`).join(' ')}
+    ${range(D4).map((c) => `DQ[qb + ${c}u] = ${narrow(d.dt, `dq${c} * u.scale`, true)};`).join(' ')}
   }
 }`;
 }
@@ -360,8 +356,8 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
   let qb = b * u.Sq * qs + h * ${D4}u;
   let ob = b * u.Sq * os + h * ${DV4}u;
   let lb = (b * u.H + h) * u.Sq;
-  ${range(D4).map((c) => `let k${c} = ${wide(d, `K[kb + ${c}u]`)} * u.c;`).join(' ')}
-  ${range(DV4).map((c) => `let v${c} = ${wide(d, `V[vb + ${c}u]`)};`).join(' ')}
+  ${range(D4).map((c) => `let k${c} = ${widen(d.dt, `K[kb + ${c}u]`, true)} * u.c;`).join(' ')}
+  ${range(DV4).map((c) => `let v${c} = ${widen(d.dt, `V[vb + ${c}u]`, true)};`).join(' ')}
   ${range(D4).map((c) => `var dk${c} = vec4<f32>(0.0);`).join(' ')}
   ${range(DV4).map((c) => `var dv${c} = vec4<f32>(0.0);`).join(' ')}
   // causal: queries before this workgroup's first key see none of its keys
@@ -379,8 +375,8 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
     ${range(D4).map((c) => `dk${c} = ${fmaChain(d, `dk${c}`, T.map((t) => `ds${t}`), qr, 'Q', c)};`).join('\n    ')}
   }
   if (j < u.Sk) {
-    ${range(D4).map((c) => `DK[kb + ${c}u] = ${narrow(d, `dk${c} * u.scale`)};`).join(' ')}
-    ${range(DV4).map((c) => `DV[vb + ${c}u] = ${narrow(d, `dv${c}`)};`).join(' ')}
+    ${range(D4).map((c) => `DK[kb + ${c}u] = ${narrow(d.dt, `dk${c} * u.scale`, true)};`).join(' ')}
+    ${range(DV4).map((c) => `DV[vb + ${c}u] = ${narrow(d.dt, `dv${c}`, true)};`).join(' ')}
   }
 }`;
 }
@@ -410,20 +406,20 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
   let ld = LD[(b * u.H + h) * u.Sq + iq];
   var q: array<vec4<f32>, D4>;
   var dq: array<vec4<f32>, D4>;
-  for (var c = 0u; c < D4; c++) { q[c] = ${wide(d, 'Q[qb + c]')} * u.c; dq[c] = vec4<f32>(0.0); }
+  for (var c = 0u; c < D4; c++) { q[c] = ${widen(d.dt, 'Q[qb + c]', true)} * u.c; dq[c] = vec4<f32>(0.0); }
   var g: array<vec4<f32>, DV4>;
-  for (var c = 0u; c < DV4; c++) { g[c] = ${wide(d, 'DO[ob + c]')}; }
+  for (var c = 0u; c < DV4; c++) { g[c] = ${widen(d.dt, 'DO[ob + c]', true)}; }
   let kendWg = ${causal ? `min(u.Sk, min(wid.x * ${WG}u + ${WG}u, u.Sq))` : 'u.Sk'};
   let kend = ${causal ? 'min(u.Sk, iq + 1u)' : 'u.Sk'};
   for (var j0 = 0u; j0 < kendWg; j0 += BC) {
     workgroupBarrier();
     for (var e = li; e < BC * D4; e += ${WG}u) {
       let j = min(j0 + e / D4, u.Sk - 1u);
-      Ks[e] = ${wide(d, 'K[kb + j * ks + e % D4]')};
+      Ks[e] = ${widen(d.dt, 'K[kb + j * ks + e % D4]', true)};
     }
     for (var e = li; e < BC * DV4; e += ${WG}u) {
       let j = min(j0 + e / DV4, u.Sk - 1u);
-      Vs[e] = ${wide(d, 'V[vb + j * vs + e % DV4]')};
+      Vs[e] = ${widen(d.dt, 'V[vb + j * vs + e % DV4]', true)};
     }
     workgroupBarrier();
     for (var jj = 0u; jj < BC; jj++) {
@@ -437,7 +433,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
     }
   }
   if (i < u.Sq) {
-    for (var c = 0u; c < D4; c++) { DQ[qb + c] = ${narrow(d, 'dq[c] * u.scale')}; }
+    for (var c = 0u; c < D4; c++) { DQ[qb + c] = ${narrow(d.dt, 'dq[c] * u.scale', true)}; }
   }
 }`;
 }
@@ -470,20 +466,20 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
   let lb = (b * u.H + h) * u.Sq;
   var k: array<vec4<f32>, D4>;
   var dk: array<vec4<f32>, D4>;
-  for (var c = 0u; c < D4; c++) { k[c] = ${wide(d, 'K[kb + c]')} * u.c; dk[c] = vec4<f32>(0.0); }
+  for (var c = 0u; c < D4; c++) { k[c] = ${widen(d.dt, 'K[kb + c]', true)} * u.c; dk[c] = vec4<f32>(0.0); }
   var v: array<vec4<f32>, DV4>;
   var dv: array<vec4<f32>, DV4>;
-  for (var c = 0u; c < DV4; c++) { v[c] = ${wide(d, 'V[vb + c]')}; dv[c] = vec4<f32>(0.0); }
+  for (var c = 0u; c < DV4; c++) { v[c] = ${widen(d.dt, 'V[vb + c]', true)}; dv[c] = vec4<f32>(0.0); }
   let istart = ${causal ? `min(wid.x * ${WG}u, u.Sq)` : '0u'};
   for (var i0 = istart; i0 < u.Sq; i0 += BR) {
     workgroupBarrier();
     for (var e = li; e < BR * D4; e += ${WG}u) {
       let i = min(i0 + e / D4, u.Sq - 1u);
-      Qs[e] = ${wide(d, 'Q[qb + i * qs + e % D4]')};
+      Qs[e] = ${widen(d.dt, 'Q[qb + i * qs + e % D4]', true)};
     }
     for (var e = li; e < BR * DV4; e += ${WG}u) {
       let i = min(i0 + e / DV4, u.Sq - 1u);
-      Gs[e] = ${wide(d, 'DO[ob + i * os + e % DV4]')};
+      Gs[e] = ${widen(d.dt, 'DO[ob + i * os + e % DV4]', true)};
     }
     for (var e = li; e < BR; e += ${WG}u) { Ls[e] = LD[lb + min(i0 + e, u.Sq - 1u)]; }
     workgroupBarrier();
@@ -500,8 +496,8 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
     }
   }
   if (j < u.Sk) {
-    for (var c = 0u; c < D4; c++) { DK[kb + c] = ${narrow(d, 'dk[c] * u.scale')}; }
-    for (var c = 0u; c < DV4; c++) { DV[vb + c] = ${narrow(d, 'dv[c]')}; }
+    for (var c = 0u; c < D4; c++) { DK[kb + c] = ${narrow(d.dt, 'dk[c] * u.scale', true)}; }
+    for (var c = 0u; c < DV4; c++) { DV[vb + c] = ${narrow(d.dt, 'dv[c]', true)}; }
   }
 }`;
 }
@@ -560,7 +556,7 @@ function rowSource(d: Dims, n: number, name: string, tex: boolean): string {
 }
 /** WGSL: vec4 c of row `row` of head h in batch item b (n4 vec4s a head), from the buffer (at buffer offset `at`) or the texture */
 function rowElem(d: Dims, name: string, tex: boolean, at: string, row: string, n4: number, c: number): string {
-  return tex ? `textureLoad(${name}T, vec2<u32>(h * ${n4}u + ${c}u, ${row}), b)` : wide(d, `${name}[${at} + ${c}u]`);
+  return tex ? `textureLoad(${name}T, vec2<u32>(h * ${n4}u + ${c}u, ${row}), b)` : widen(d.dt, `${name}[${at} + ${c}u]`, true);
 }
 /** `let ${out}c = ...` for the n4 vec4s of that row */
 function rowLoads(d: Dims, out: string, name: string, tex: boolean, at: string, row: string, n4: number): string {
@@ -649,7 +645,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(subgroup_invocation_id) 
     (r) => `if (i${r} < u.Sq) {
     let inv = 1.0 / l${r};
     let ob = (b * u.Sq + i${r}) * vs + h * ${DV4}u;
-    ${CV.map((c) => `O[ob + ${c}u] = ${narrow(d, `o${r}_${c} * inv`)};`).join(' ')}
+    ${CV.map((c) => `O[ob + ${c}u] = ${narrow(d.dt, `o${r}_${c} * inv`, true)};`).join(' ')}
     LSE[(b * u.H + h) * u.Sq + i${r}] = (m${r} + log2(l${r})) * ${1 / LOG2E};
   }`,
   ).join('\n  ')}
@@ -710,7 +706,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(subgroup_invocation_id) 
       ${body.join('\n      ')}
     }
   }
-  ${Rs.map((r) => `if (i${r} < u.Sq) { ${C.map((c) => `DQ[qb${r} + ${c}u] = ${narrow(d, `dq${r}_${c} * u.scale`)};`).join(' ')} }`).join('\n  ')}
+  ${Rs.map((r) => `if (i${r} < u.Sq) { ${C.map((c) => `DQ[qb${r} + ${c}u] = ${narrow(d.dt, `dq${r}_${c} * u.scale`, true)};`).join(' ')} }`).join('\n  ')}
 }`;
 }
 
@@ -760,8 +756,8 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(subgroup_invocation_id) 
   let jc${r} = min(j${r}, u.Sk - 1u);
   let kb${r} = (b * u.Sk + jc${r}) * qs + h * ${D4}u;
   let vb${r} = (b * u.Sk + jc${r}) * os + h * ${DV4}u;
-  ${C.map((c) => `let k${r}_${c} = ${wide(d, `K[kb${r} + ${c}u]`)} * u.c;`).join(' ')}
-  ${CV.map((c) => `let v${r}_${c} = ${wide(d, `V[vb${r} + ${c}u]`)};`).join(' ')}
+  ${C.map((c) => `let k${r}_${c} = ${widen(d.dt, `K[kb${r} + ${c}u]`, true)} * u.c;`).join(' ')}
+  ${CV.map((c) => `let v${r}_${c} = ${widen(d.dt, `V[vb${r} + ${c}u]`, true)};`).join(' ')}
   ${C.map((c) => `var dk${r}_${c} = vec4<f32>(0.0);`).join(' ')}
   ${CV.map((c) => `var dv${r}_${c} = vec4<f32>(0.0);`).join(' ')}`,
   ).join('\n  ')}
@@ -779,8 +775,8 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(subgroup_invocation_id) 
   }
   ${Rs.map(
     (r) => `if (j${r} < u.Sk) {
-    ${C.map((c) => `DK[kb${r} + ${c}u] = ${narrow(d, `dk${r}_${c} * u.scale`)};`).join(' ')}
-    ${CV.map((c) => `DV[vb${r} + ${c}u] = ${narrow(d, `dv${r}_${c}`)};`).join(' ')}
+    ${C.map((c) => `DK[kb${r} + ${c}u] = ${narrow(d.dt, `dk${r}_${c} * u.scale`, true)};`).join(' ')}
+    ${CV.map((c) => `DV[vb${r} + ${c}u] = ${narrow(d.dt, `dv${r}_${c}`, true)};`).join(' ')}
   }`,
   ).join('\n  ')}
 }`;

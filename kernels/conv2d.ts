@@ -19,7 +19,7 @@
 // item, each bound at a 256-byte aligned offset with the remainder passed as an element shift.
 import { rt, Uniforms, type BufferBinding } from '../engine/runtime.js';
 import { DTYPE_BYTES, ShapeError, Tensor, record, wantsGrad } from '../engine/tensor.js';
-import { grid, WG_INDEX, memoKernel, flatMain, storageType, enableF16, floatDtype, sameFloatDtype, bindWindow, windowLimit, type FloatDType } from './util.js';
+import { grid, WG_INDEX, memoKernel, flatMain, storageType, enableF16, floatDtype, sameFloatDtype, bindWindow, windowLimit, widen, narrow, type FloatDType } from './util.js';
 import { cast } from './elementwise.js';
 import { winogradBackwardData, winogradBackwardWeight, winogradFits, winogradForward, type WinogradTile } from './winograd.js';
 
@@ -74,10 +74,6 @@ function geometry(x: Tensor, w: Tensor, opts: Conv2dOptions): Geom {
 // binding, the partial sums over channel chunks are accumulated in y / dX itself, so with f16 activations they
 // are rounded to f16 once per chunk (bias gradient and dW accumulate in f32).
 
-/** WGSL: the load `e` of a tensor stored as `dt`, widened to f32 */
-const wide = (dt: FloatDType, e: string) => (dt === 'f16' ? `f32(${e})` : e);
-/** WGSL: the f32 value `e` narrowed for a store into a tensor of dtype `dt` */
-const narrow = (dt: FloatDType, e: string) => (dt === 'f16' ? `f16(${e})` : e);
 
 // ---------------- binding windows for tensors larger than one storage binding ----------------
 
@@ -155,7 +151,7 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
       let wk = wrow + u32(ky * KW + kx);
       for (var c = 0u; c < u.Cc; c++) {
         let xo = c * HW;
-        let xv = vec4<f32>(${['x', 'y', 'z', 'w'].map((c) => wide(ad, `X[a.${c} + xo]`)).join(', ')}) * m;
+        let xv = vec4<f32>(${['x', 'y', 'z', 'w'].map((c) => widen(ad, `X[a.${c} + xo]`)).join(', ')}) * m;
         let wc = wk + c * KHW;
         acc0 = fma(vec4<f32>(f32(WT[wc.x])), xv, acc0);
         acc1 = fma(vec4<f32>(f32(WT[wc.y])), xv, acc1);
@@ -170,7 +166,7 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
     let base = u.yShift + n * u.yBS + (ol + i) * P + p0;
     var v = accs[i];
     ${bias ? 'if (u.accum == 0u) { v += vec4<f32>(BIAS[u.o0 + ol + i]); }' : ''}
-    ${J.map((j) => `if (p0 + ${j}u < P) { Y[base + ${j}u] = ${narrow(ad, `select(v[${j}], v[${j}] + ${wide(ad, `Y[base + ${j}u]`)}, u.accum != 0u)`)}; }`).join('\n    ')}
+    ${J.map((j) => `if (p0 + ${j}u < P) { Y[base + ${j}u] = ${narrow(ad, `select(v[${j}], v[${j}] + ${widen(ad, `Y[base + ${j}u]`)}, u.accum != 0u)`)}; }`).join('\n    ')}
   }
 }`;
 }
@@ -264,7 +260,7 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
       let wk = wrow + u32(ky * KW + kx);
       for (var o = 0u; o < u.Oc; o++) {
         let go = o * HoWo;
-        let gv = vec4<f32>(${['x', 'y', 'z', 'w'].map((c) => wide(ad, `G[a.${c} + go]`)).join(', ')}) * m;
+        let gv = vec4<f32>(${['x', 'y', 'z', 'w'].map((c) => widen(ad, `G[a.${c} + go]`)).join(', ')}) * m;
         let wc = wk + o * wo;
         acc0 = fma(vec4<f32>(f32(WT[wc.x])), gv, acc0);
         acc1 = fma(vec4<f32>(f32(WT[wc.y])), gv, acc1);
@@ -278,7 +274,7 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
     if (cl + i >= u.Cc) { break; }
     let base = u.xShift + n * u.xBS + (cl + i) * u.H * u.W + iy * u.W;
     let v = accs[i];
-    ${J.map((j) => `if (colOk[${j}]) { let k = base + ix[${j}]; DX[k] = ${narrow(ad, `select(v[${j}], v[${j}] + ${wide(ad, 'DX[k]')}, u.accum != 0u)`)}; }`).join('\n    ')}
+    ${J.map((j) => `if (colOk[${j}]) { let k = base + ix[${j}]; DX[k] = ${narrow(ad, `select(v[${j}], v[${j}] + ${widen(ad, 'DX[k]')}, u.accum != 0u)`)}; }`).join('\n    ')}
   }
 }`;
 }
@@ -365,8 +361,8 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
       for (var ox = oxLo; ox < oxHi; ox++) {
         let xi = xr + u32(ox * SW);
         let gi = gr + u32(ox);
-        let xv = vec4<f32>(${['x', 'y', 'z', 'w'].map((c) => wide(ad, `X[xi.${c}]`)).join(', ')});
-        ${['x', 'y', 'z', 'w'].map((c, i) => `acc${i} = fma(vec4<f32>(${wide(ad, `G[gi.${c}]`)}), xv, acc${i});`).join('\n        ')}
+        let xv = vec4<f32>(${['x', 'y', 'z', 'w'].map((c) => widen(ad, `X[xi.${c}]`)).join(', ')});
+        ${['x', 'y', 'z', 'w'].map((c, i) => `acc${i} = fma(vec4<f32>(${widen(ad, `G[gi.${c}]`)}), xv, acc${i});`).join('\n        ')}
       }
     }
   }
@@ -674,7 +670,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(subgroup_invocation_id) 
         let wv = vec4<f32>(${J.map((j) => `f32(WT[wb${j} + ko])`).join(', ')});`
         }
         let so = k * srcPlane;
-        ${T.map((t) => `let x${t} = ${wide(ad, `SRC[s${t} + so]`)} * m${t};`).join(' ')}
+        ${T.map((t) => `let x${t} = ${widen(ad, `SRC[s${t} + so]`)} * m${t};`).join(' ')}
         ${R.map(
           (r) =>
             `{ let w = ${bc('wv', r)}; ${T.map((t) => `c${r}_${t} = fma(w, x${t}, c${r}_${t});`).join(' ')} }`,
@@ -699,7 +695,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(subgroup_invocation_id) 
   for (var r = 0u; r < rn; r++) {
     ${Q.map((q) => `let v${q} = acc[r * ${SG_T / 4}u + ${q}u];`).join(' ')}
     let ro = oBase + r * outPlane;
-    ${T.map((t) => `if (pi${t} < NT) { let q = ro + oa${t}; Y[q] = ${narrow(ad, `select(v${t >> 2}[${t % 4}], v${t >> 2}[${t % 4}] + ${wide(ad, 'Y[q]')}, u.accum != 0u)`)}; }`).join('\n    ')}
+    ${T.map((t) => `if (pi${t} < NT) { let q = ro + oa${t}; Y[q] = ${narrow(ad, `select(v${t >> 2}[${t % 4}], v${t >> 2}[${t % 4}] + ${widen(ad, 'Y[q]')}, u.accum != 0u)`)}; }`).join('\n    ')}
   }
 }`;
 }
@@ -864,7 +860,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(subgroup_invocation_id) 
 // single integer division per invocation (a division per element made this transpose cost as much as the
 // convolution that follows it on CPU adapters, where vector integer division is scalarized).
 const transposeRowsKernel = memoKernel((ad: FloatDType) => {
-  const ld = (e: string) => wide(ad, e);
+  const ld = (e: string) => widen(ad, e);
   return /* wgsl */ `${enableF16(ad)}
 ${WG_INDEX}
 struct P { nP: u32, Rp4: u32, rc: u32, P: u32, gBS: u32, shift: u32, _0: u32, _1: u32 }
@@ -970,7 +966,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
   var acc = 0.0;
   for (var n = 0u; n < u.nb; n++) {
     let base = u.gShift + n * u.gBS + o * u.P;
-    for (var p = li; p < u.P; p += 64u) { acc += ${wide(ad, 'G[base + p]')}; }
+    for (var p = li; p < u.P; p += 64u) { acc += ${widen(ad, 'G[base + p]')}; }
   }
   part[li] = acc;
   workgroupBarrier();

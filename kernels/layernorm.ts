@@ -4,12 +4,8 @@
 // gradients and the saved statistics), and all arithmetic is f32.
 import { rt, Uniforms } from '../engine/runtime.js';
 import { ShapeError, Tensor, record, wantsGrad } from '../engine/tensor.js';
-import { grid, WG_INDEX, flatMain, memoKernel, floatDtype, storageType, enableF16, type FloatDType } from './util.js';
+import { grid, WG_INDEX, flatMain, memoKernel, floatDtype, storageType, enableF16, widen, narrow, type FloatDType } from './util.js';
 import { ROW_REDUCE } from './rowwise.js';
-
-/** WGSL: a load from a binding of dtype dt, widened to f32 (unchanged for f32); a store narrowed to dt */
-const ld = (dt: FloatDType, e: string) => (dt === 'f16' ? `f32(${e})` : e);
-const st = (dt: FloatDType, e: string) => (dt === 'f16' ? `f16(${e})` : e);
 
 // x and y in dtype xt
 const forward = memoKernel(
@@ -27,12 +23,12 @@ ${flatMain('row', 'u.rows', 'workgroup')}
   let base = row * u.L;
   let n = f32(u.L);
   var s = 0.0;
-  for (var i = li; i < u.L; i += 64u) { s += ${ld(xt, 'X[base + i]')}; }
+  for (var i = li; i < u.L; i += 64u) { s += ${widen(xt, 'X[base + i]')}; }
   let mean = row_sum(s, li) / n;
   var v = 0.0;
-  for (var i = li; i < u.L; i += 64u) { let d = ${ld(xt, 'X[base + i]')} - mean; v += d * d; }
+  for (var i = li; i < u.L; i += 64u) { let d = ${widen(xt, 'X[base + i]')} - mean; v += d * d; }
   let rstd = inverseSqrt(row_sum(v, li) / n + u.eps);
-  for (var i = li; i < u.L; i += 64u) { Y[base + i] = ${st(xt, `(${ld(xt, 'X[base + i]')} - mean) * rstd * W[i] + Bv[i]`)}; }
+  for (var i = li; i < u.L; i += 64u) { Y[base + i] = ${narrow(xt, `(${widen(xt, 'X[base + i]')} - mean) * rstd * W[i] + Bv[i]`)}; }
   if (li == 0u) { S[2u * row] = mean; S[2u * row + 1u] = rstd; }
 }`,
 );
@@ -56,16 +52,16 @@ ${flatMain('row', 'u.rows', 'workgroup')}
   var a = 0.0;
   var b = 0.0;
   for (var i = li; i < u.L; i += 64u) {
-    let gw = ${ld(gt, 'G[base + i]')} * W[i];
+    let gw = ${widen(gt, 'G[base + i]')} * W[i];
     a += gw;
-    b += gw * (${ld(xt, 'X[base + i]')} - mean) * rstd;
+    b += gw * (${widen(xt, 'X[base + i]')} - mean) * rstd;
   }
   let n = f32(u.L);
   let ma = row_sum(a, li) / n;
   let mb = row_sum(b, li) / n;
   for (var i = li; i < u.L; i += 64u) {
-    let xh = (${ld(xt, 'X[base + i]')} - mean) * rstd;
-    DX[base + i] = ${st(xt, `rstd * (${ld(gt, 'G[base + i]')} * W[i] - ma - xh * mb)`)};
+    let xh = (${widen(xt, 'X[base + i]')} - mean) * rstd;
+    DX[base + i] = ${narrow(xt, `rstd * (${widen(gt, 'G[base + i]')} * W[i] - ma - xh * mb)`)};
   }
 }`,
 );
@@ -88,12 +84,12 @@ ${flatMain('row', 'u.rows')}
   let base = row * u.L;
   let n = f32(u.L);
   var s = 0.0;
-  for (var i = 0u; i < u.L; i++) { s += ${ld(xt, 'X[base + i]')}; }
+  for (var i = 0u; i < u.L; i++) { s += ${widen(xt, 'X[base + i]')}; }
   let mean = s / n;
   var v = 0.0;
-  for (var i = 0u; i < u.L; i++) { let d = ${ld(xt, 'X[base + i]')} - mean; v += d * d; }
+  for (var i = 0u; i < u.L; i++) { let d = ${widen(xt, 'X[base + i]')} - mean; v += d * d; }
   let rstd = inverseSqrt(v / n + u.eps);
-  for (var i = 0u; i < u.L; i++) { Y[base + i] = ${st(xt, `(${ld(xt, 'X[base + i]')} - mean) * rstd * W[i] + Bv[i]`)}; }
+  for (var i = 0u; i < u.L; i++) { Y[base + i] = ${narrow(xt, `(${widen(xt, 'X[base + i]')} - mean) * rstd * W[i] + Bv[i]`)}; }
   S[2u * row] = mean;
   S[2u * row + 1u] = rstd;
 }`,
@@ -116,16 +112,16 @@ ${flatMain('row', 'u.rows')}
   var a = 0.0;
   var b = 0.0;
   for (var i = 0u; i < u.L; i++) {
-    let gw = ${ld(gt, 'G[base + i]')} * W[i];
+    let gw = ${widen(gt, 'G[base + i]')} * W[i];
     a += gw;
-    b += gw * (${ld(xt, 'X[base + i]')} - mean) * rstd;
+    b += gw * (${widen(xt, 'X[base + i]')} - mean) * rstd;
   }
   let n = f32(u.L);
   let ma = a / n;
   let mb = b / n;
   for (var i = 0u; i < u.L; i++) {
-    let xh = (${ld(xt, 'X[base + i]')} - mean) * rstd;
-    DX[base + i] = ${st(xt, `rstd * (${ld(gt, 'G[base + i]')} * W[i] - ma - xh * mb)`)};
+    let xh = (${widen(xt, 'X[base + i]')} - mean) * rstd;
+    DX[base + i] = ${narrow(xt, `rstd * (${widen(gt, 'G[base + i]')} * W[i] - ma - xh * mb)`)};
   }
 }`,
 );
@@ -146,8 +142,8 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
   var dw = 0.0;
   var db = 0.0;
   for (var r = 0u; r < u.rows; r++) {
-    let g = ${ld(gt, 'G[r * u.L + c]')};
-    dw += g * (${ld(xt, 'X[r * u.L + c]')} - S[2u * r]) * S[2u * r + 1u];
+    let g = ${widen(gt, 'G[r * u.L + c]')};
+    dw += g * (${widen(xt, 'X[r * u.L + c]')} - S[2u * r]) * S[2u * r + 1u];
     db += g;
   }
   DW[c] = dw;

@@ -18,7 +18,7 @@
 // f16, else f32; in the backward each gradient takes its tensor's dtype (see `matmul`).
 import { rt, Uniforms } from '../engine/runtime.js';
 import { ShapeError, Tensor, record, wantsGrad } from '../engine/tensor.js';
-import { grid, memoKernel, WG_INDEX, flatMain, perRuntime, floatDtype, storageType, enableF16, type FloatDType } from './util.js';
+import { grid, memoKernel, WG_INDEX, flatMain, perRuntime, floatDtype, storageType, enableF16, widen, narrow, type FloatDType } from './util.js';
 import { reshape } from './shape.js';
 import { sumTo } from './reduce.js';
 
@@ -56,10 +56,6 @@ interface Dts {
   b: FloatDType;
   c: FloatDType;
 }
-/** WGSL: widen a load from a binding of dtype `dt` to f32 (a plain parenthesis for f32, as before f16 existed) */
-const widen = (dt: FloatDType, e: string) => `${dt === 'f16' ? 'f32' : ''}(${e})`;
-/** WGSL: narrow an f32 value to the storage type of a binding of dtype `dt` */
-const narrow = (dt: FloatDType, e: string) => (dt === 'f16' ? `f16(${e})` : e);
 
 function loadExprs(transA: boolean, transB: boolean, d: Dts) {
   // element (m, k) of op(A) and (k, n) of op(B) within the current batch
@@ -187,10 +183,7 @@ function subgroupKernelSource(c: SubgroupCfg): string {
   const cols = range(SG_N);
   // column j lives in component j % 4 of vec4 number (j / 4) / S of lane (j / 4) % S
   const bc = (v: string, j: number) => `subgroupBroadcast(${v}${Math.floor((j >> 2) / S)}[${j % 4}], ${(j >> 2) % S}u)`;
-  const aLoad = (t: number) => {
-    const e = transA ? `A[aB + k * u.M + mc${t}]` : `A[aB + mc${t} * u.K + k]`;
-    return d.a === 'f16' ? `f32(${e})` : e;
-  };
+  const aLoad = (t: number) => widen(d.a, transA ? `A[aB + k * u.M + mc${t}]` : `A[aB + mc${t} * u.K + k]`);
   const bLoad = (col: string) => widen(d.b, transB ? `B[bB + ${col} * u.K + k]` : `B[bB + k * u.N + ${col}]`);
   return /* wgsl */ `enable subgroups;
 ${enableF16(d.a, d.b, d.c)}
@@ -242,7 +235,6 @@ const KM_ROWS = 32;
 // transposed, B not) is read as vec4<f16> and widened; an f16 output is narrowed at the store.
 const kmajorKernel = memoKernel((bias: boolean, d: Dts) => {
   const R = range(KM_ROWS);
-  const v4 = (dt: FloatDType, e: string) => (dt === 'f16' ? `vec4<f32>(${e})` : e);
   const f16 = enableF16(d.a, d.b, d.c);
   return /* wgsl */ `enable subgroups;${f16 ? `\n${f16}` : ''}
 struct P { M: u32, M4: u32, N4: u32, K: u32, aS: u32, bS: u32, cS: u32, _0: u32 }
@@ -260,14 +252,14 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(subgroup_invocation_id) 
   let bB = wid.z * u.bS + min(n4, u.N4 - 1u);
   ${R.map((r) => `var c${r} = vec4<f32>(0.0);`).join(' ')}
   for (var k = 0u; k < u.K; k++) {
-    let av = ${v4(d.a, 'A[aB + k * u.M4]')};
-    let bv = ${v4(d.b, 'B[bB + k * u.N4]')};
+    let av = ${widen(d.a, 'A[aB + k * u.M4]', true)};
+    let bv = ${widen(d.b, 'B[bB + k * u.N4]', true)};
     ${R.map((r) => `c${r} = fma(vec4<f32>(subgroupBroadcast(av[${r % 4}], ${r >> 2}u)), bv, c${r});`).join('\n    ')}
   }
   if (n4 < u.N4) {
     let bb = ${bias ? 'BIAS[n4]' : 'vec4<f32>(0.0)'};
     let cB = wid.z * u.cS + m0 * u.N4 + n4;
-    ${R.map((r) => `if (m0 + ${r}u < u.M) { C[cB + ${r}u * u.N4] = ${d.c === 'f16' ? `vec4<f16>(c${r} + bb)` : `c${r} + bb`}; }`).join('\n    ')}
+    ${R.map((r) => `if (m0 + ${r}u < u.M) { C[cB + ${r}u * u.N4] = ${narrow(d.c, `c${r} + bb`, true)}; }`).join('\n    ')}
   }
 }`;
 });

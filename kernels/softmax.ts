@@ -2,12 +2,8 @@
 // x may be f16 (with `shader-f16`): y is then f16, and so are the gradients (dY in y's dtype, dX in x's).
 import { rt, Uniforms } from '../engine/runtime.js';
 import { ShapeError, Tensor, record } from '../engine/tensor.js';
-import { grid, WG_INDEX, flatMain, memoKernel, floatDtype, storageType, enableF16, type FloatDType } from './util.js';
+import { grid, WG_INDEX, flatMain, memoKernel, floatDtype, storageType, enableF16, widen, narrow, type FloatDType } from './util.js';
 import { ROW_REDUCE } from './rowwise.js';
-
-/** WGSL: a load from a binding of dtype dt, widened to f32 (unchanged for f32) */
-const ld = (dt: FloatDType, e: string) => (dt === 'f16' ? `f32(${e})` : e);
-const st = (dt: FloatDType, e: string) => (dt === 'f16' ? `f16(${e})` : e);
 
 const forward = memoKernel(
   (xt: FloatDType, yt: FloatDType) => /* wgsl */ `${enableF16(xt, yt)}
@@ -20,13 +16,13 @@ struct P { rows: u32, L: u32, scale: f32, _0: u32 }
 ${flatMain('row', 'u.rows', 'workgroup')}
   let base = row * u.L;
   var m = -3.4e38;
-  for (var i = li; i < u.L; i += 64u) { m = max(m, ${ld(xt, 'X[base + i]')} * u.scale); }
+  for (var i = li; i < u.L; i += 64u) { m = max(m, ${widen(xt, 'X[base + i]')} * u.scale); }
   m = row_max(m, li);
   var s = 0.0;
-  for (var i = li; i < u.L; i += 64u) { s += exp(${ld(xt, 'X[base + i]')} * u.scale - m); }
+  for (var i = li; i < u.L; i += 64u) { s += exp(${widen(xt, 'X[base + i]')} * u.scale - m); }
   s = row_sum(s, li);
   let inv = 1.0 / s;
-  for (var i = li; i < u.L; i += 64u) { Y[base + i] = ${st(yt, `exp(${ld(xt, 'X[base + i]')} * u.scale - m) * inv`)}; }
+  for (var i = li; i < u.L; i += 64u) { Y[base + i] = ${narrow(yt, `exp(${widen(xt, 'X[base + i]')} * u.scale - m) * inv`)}; }
 }`,
 );
 
@@ -42,9 +38,9 @@ struct P { rows: u32, L: u32, scale: f32, _0: u32 }
 ${flatMain('row', 'u.rows', 'workgroup')}
   let base = row * u.L;
   var d = 0.0;
-  for (var i = li; i < u.L; i += 64u) { d += ${ld(gt, 'G[base + i]')} * ${ld(yt, 'Y[base + i]')}; }
+  for (var i = li; i < u.L; i += 64u) { d += ${widen(gt, 'G[base + i]')} * ${widen(yt, 'Y[base + i]')}; }
   d = row_sum(d, li);
-  for (var i = li; i < u.L; i += 64u) { DX[base + i] = ${st(dxt, `u.scale * ${ld(yt, 'Y[base + i]')} * (${ld(gt, 'G[base + i]')} - d)`)}; }
+  for (var i = li; i < u.L; i += 64u) { DX[base + i] = ${narrow(dxt, `u.scale * ${widen(yt, 'Y[base + i]')} * (${widen(gt, 'G[base + i]')} - d)`)}; }
 }`,
 );
 

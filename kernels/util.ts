@@ -100,6 +100,11 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
 
 export type FloatDType = 'f32' | 'f16';
 
+/** WGSL: the load `e` from a binding of dtype `dt` as f32 (a scalar, or a vec4 with `v4`); `e` itself for f32 */
+export const widen = (dt: string, e: string, v4 = false) => (dt === 'f16' ? `${v4 ? 'vec4<f32>' : 'f32'}(${e})` : e);
+/** WGSL: the f32 value `e` (a scalar, or a vec4 with `v4`) narrowed for a store into a binding of dtype `dt` */
+export const narrow = (dt: string, e: string, v4 = false) => (dt === 'f16' ? `${v4 ? 'vec4<f16>' : 'f16'}(${e})` : e);
+
 /** WGSL scalar type that stores a float tensor of dtype `dt` */
 export const storageType = (dt: string) => (dt === 'f16' ? 'f16' : 'f32');
 

@@ -21,7 +21,7 @@
 // f32), while the transformed operands, the GEMMs and dW stay f32.
 import { rt, Uniforms, type Binding } from '../engine/runtime.js';
 import { Tensor } from '../engine/tensor.js';
-import { grid, WG_INDEX, memoKernel, flatMain, enableF16, storageType, type FloatDType } from './util.js';
+import { grid, WG_INDEX, memoKernel, flatMain, enableF16, storageType, widen, narrow, type FloatDType } from './util.js';
 import { matmulRaw } from './matmul.js';
 import { linearLoad, linearTexture, linearTextureFits } from './staging.js';
 
@@ -119,16 +119,12 @@ const range = (n: number) => [...Array(n).keys()];
 const J4 = range(4);
 const vec = (parts: string[]) => `vec4<f32>(${parts.join(', ')})`;
 
-/** WGSL: the f32 load `e` of a tensor stored as `dt` (a scalar, or a vec4 with `v4`); unchanged for f32 */
-const wide = (dt: FloatDType, e: string, v4 = false) => (dt === 'f16' ? `${v4 ? 'vec4<f32>' : 'f32'}(${e})` : e);
-/** WGSL: the f32 value `e` (a scalar, or a vec4 with `v4`) narrowed for a store into a tensor of dtype `dt` */
-const narrow = (dt: FloatDType, e: string, v4 = false) => (dt === 'f16' ? `${v4 ? 'vec4<f16>' : 'f16'}(${e})` : e);
 
 /**
  * WGSL: vec4 element `idx` of operand `arr`, a storage buffer of dtype `dt` or (tex) a linear staging texture
  * (staging.ts; rgba16float for f16 tensors, read as vec4<f32> all the same).
  */
-const read = (arr: string, idx: string, tex: boolean, dt: FloatDType = 'f32') => (tex ? linearLoad(arr, idx) : wide(dt, `${arr}[${idx}]`, true));
+const read = (arr: string, idx: string, tex: boolean, dt: FloatDType = 'f32') => (tex ? linearLoad(arr, idx) : widen(dt, `${arr}[${idx}]`, true));
 /**
  * WGSL declaration of a read-only operand at `binding` of dtype `dt`: a storage buffer of vec4s (or of scalars,
  * `scalar`) or (tex) a linear staging texture.
@@ -200,7 +196,7 @@ const inputKernel = memoKernel((m: WinogradTile, off: number, layout: 'tiles' | 
     off < 0
       ? A.map((k) =>
           A.map(
-            (l) => `let d_${k}_${l} = ${vec(J4.map((j) => `select(0.0, ${wide(dt, `S[base${j} + u32(select(0, yy${j}_${k} * Ws + xx${j}_${l}, ry${j}_${k} && rx${j}_${l}))]`)}, ry${j}_${k} && rx${j}_${l})`))};`,
+            (l) => `let d_${k}_${l} = ${vec(J4.map((j) => `select(0.0, ${widen(dt, `S[base${j} + u32(select(0, yy${j}_${k} * Ws + xx${j}_${l}, ry${j}_${k} && rx${j}_${l}))]`)}, ry${j}_${k} && rx${j}_${l})`))};`,
           ).join('\n  '),
         ).join('\n  ')
       : A.map((k) =>
@@ -293,9 +289,9 @@ ${MAIN}
   let base${j} = ((n${j} * u.C + ch${j}) * u.H + y0${j}) * u.W + x0${j};
   ${T.map((a) =>
     aligned
-      ? `let g${j}_${a} = select(vec4<f32>(0.0), ${wide(dt, `GY[select(0u, (base${j} + ${a}u * u.W) / 4u, ok${j} && y0${j} + ${a}u < u.H)]`, true)}, ok${j} && y0${j} + ${a}u < u.H);`
+      ? `let g${j}_${a} = select(vec4<f32>(0.0), ${widen(dt, `GY[select(0u, (base${j} + ${a}u * u.W) / 4u, ok${j} && y0${j} + ${a}u < u.H)]`, true)}, ok${j} && y0${j} + ${a}u < u.H);`
       : `let g${j}_${a} = ${vec([
-          ...T.map((b) => `select(0.0, ${wide(dt, `GY[select(0u, base${j} + ${a}u * u.W + ${b}u, ok${j} && y0${j} + ${a}u < u.H && x0${j} + ${b}u < u.W)]`)}, ok${j} && y0${j} + ${a}u < u.H && x0${j} + ${b}u < u.W)`),
+          ...T.map((b) => `select(0.0, ${widen(dt, `GY[select(0u, base${j} + ${a}u * u.W + ${b}u, ok${j} && y0${j} + ${a}u < u.H && x0${j} + ${b}u < u.W)]`)}, ok${j} && y0${j} + ${a}u < u.H && x0${j} + ${b}u < u.W)`),
           ...Array(4 - TILE).fill('0.0'),
         ])};`,
   ).join('\n  ')}`,

@@ -7,7 +7,7 @@
 // is f16, else f32 (as in PyTorch, f16 with f32 gives f32). `cast` converts between the two.
 import { rt, Uniforms } from '../engine/runtime.js';
 import { ShapeError, Tensor, wantsGrad, record } from '../engine/tensor.js';
-import { broadcastShapes, broadcastStrides, collapseDims, grid, prod, sameShape, stridesOf, WG_INDEX, memoKernel, flatMain, floatDtype, needF16, storageType, enableF16, type FloatDType } from './util.js';
+import { broadcastShapes, broadcastStrides, collapseDims, grid, prod, sameShape, stridesOf, WG_INDEX, memoKernel, flatMain, floatDtype, needF16, storageType, enableF16, widen, narrow, type FloatDType } from './util.js';
 import { sumTo } from './reduce.js';
 
 /** WGSL helpers usable in expressions (vec4 versions). */
@@ -105,8 +105,8 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
   for (var j = 0u; j < ${per}u; j++) {
     let i = base + j * 64u;
     if (i >= u.n) { return; }
-    ${names.map((x) => `let ${x} = vec4<f32>(${x.toUpperCase()}[i]);`).join(' ')}
-    Y[i] = vec4<${yt}>(${def.expr});
+    ${names.map((x, k) => `let ${x} = ${widen(dts[k], `${x.toUpperCase()}[i]`, true)};`).join(' ')}
+    Y[i] = ${narrow(yt, def.expr, true)};
   }
 }`;
 }
@@ -148,10 +148,10 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
         (d) => `{ let c = rem % ${at('sh', d)}; rem = rem / ${at('sh', d)}; ${names.map((x) => `o${x} += c * ${at('s' + x, d)};`).join(' ')} }`,
       )
       .join('\n    ')}
-    ${names.map((x) => `${x}[k] = f32(${x.toUpperCase()}[o${x}]);`).join(' ')}
+    ${names.map((x, k) => `${x}[k] = ${widen(dts[k], `${x.toUpperCase()}[o${x}]`)};`).join(' ')}
   }
   let y = ${def.expr};
-  for (var k = 0u; k < 4u; k++) { if (i4 + k < u.n) { Y[i4 + k] = ${yt}(y[k]); } }
+  for (var k = 0u; k < 4u; k++) { if (i4 + k < u.n) { Y[i4 + k] = ${narrow(yt, 'y[k]')}; } }
 }`;
 }
 
@@ -299,7 +299,7 @@ struct P { n: u32, _0: u32, v: f32, _1: f32 }
 @group(0) @binding(0) var<uniform> u: P;
 @group(0) @binding(1) var<storage, read_write> Y: array<vec4<${storageType(dt)}>>;
 ${flatMain('i', 'u.n')}
-  Y[i] = vec4<${storageType(dt)}>(vec4<f32>(u.v));
+  Y[i] = ${narrow(dt, 'vec4<f32>(u.v)', true)};
 }`,
 );
 

@@ -3,7 +3,7 @@
 // invocation per output; large ones a 64-wide workgroup per output with a tree in workgroup memory.
 import { rt, Uniforms } from '../engine/runtime.js';
 import { ShapeError, Tensor, record } from '../engine/tensor.js';
-import { collapseDims, grid, normAxis, prod, stridesOf, WG_INDEX, memoKernel, flatMain, floatDtype, storageType, enableF16, type FloatDType } from './util.js';
+import { collapseDims, grid, normAxis, prod, stridesOf, WG_INDEX, memoKernel, flatMain, floatDtype, storageType, enableF16, widen, narrow, type FloatDType } from './util.js';
 import { broadcastTo, reshape } from './shape.js';
 import { mul, scale, equal, div, cast } from './elementwise.js';
 
@@ -24,13 +24,12 @@ const kernel = memoKernel(kernelSource);
 function kernelSource(op: ReduceOp, keptRank: number, redRank: number, wide: boolean, xDt: FloatDType, yDt: FloatDType): string {
   const init = op === 'sum' ? '0.0' : '-3.4e38';
   const comb = (a: string, b: string) => (op === 'sum' ? `${a} + ${b}` : `max(${a}, ${b})`);
-  const ty = storageType(yDt);
   const head = /* wgsl */ `${enableF16(xDt, yDt)}
 ${WG_INDEX}
 struct P { nout: u32, nred: u32, _0: u32, _1: u32, ksh: array<vec4<u32>, 2>, kst: array<vec4<u32>, 2>, rsh: array<vec4<u32>, 2>, rst: array<vec4<u32>, 2> }
 @group(0) @binding(0) var<uniform> u: P;
 @group(0) @binding(1) var<storage, read> X: array<${storageType(xDt)}>;
-@group(0) @binding(2) var<storage, read_write> Y: array<${ty}>;`;
+@group(0) @binding(2) var<storage, read_write> Y: array<${storageType(yDt)}>;`;
   if (!wide)
     return /* wgsl */ `${head}
 ${flatMain('o', 'u.nout')}
@@ -38,9 +37,9 @@ ${flatMain('o', 'u.nout')}
   var acc = ${init};
   for (var r = 0u; r < u.nred; r++) {
     ${decode('r', redRank, 'r', 'r')}
-    acc = ${comb('acc', 'f32(X[koff + roff])')};
+    acc = ${comb('acc', widen(xDt, 'X[koff + roff]'))};
   }
-  Y[o] = ${ty}(acc);
+  Y[o] = ${narrow(yDt, 'acc')};
 }`;
   return /* wgsl */ `${head}
 var<workgroup> part: array<f32, 64>;
@@ -49,7 +48,7 @@ ${flatMain('o', 'u.nout', 'workgroup')}
   var acc = ${init};
   for (var r = li; r < u.nred; r += 64u) {
     ${decode('r', redRank, 'r', 'r')}
-    acc = ${comb('acc', 'f32(X[koff + roff])')};
+    acc = ${comb('acc', widen(xDt, 'X[koff + roff]'))};
   }
   part[li] = acc;
   workgroupBarrier();
@@ -57,7 +56,7 @@ ${flatMain('o', 'u.nout', 'workgroup')}
     if (li < s) { part[li] = ${comb('part[li]', 'part[li + s]')}; }
     workgroupBarrier();
   }
-  if (li == 0u) { Y[o] = ${ty}(part[0]); }
+  if (li == 0u) { Y[o] = ${narrow(yDt, 'part[0]')}; }
 }`;
 }
 

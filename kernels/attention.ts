@@ -28,7 +28,7 @@
 import { rt, Uniforms, type Binding } from '../engine/runtime.js';
 import { ShapeError, Tensor, needsGrad, record, wantsGrad } from '../engine/tensor.js';
 import { memoKernel, clearKernelMemos, enableF16, sameFloatDtype, storageType, widen, narrow, type FloatDType } from './util.js';
-import { setStagingTextureCacheBytes, stagingTexture, type StagingFormat } from './staging.js';
+import { setStagingTextureCacheBytes, stagingTexture, stagingFormat, texelBytes } from './staging.js';
 import { matmul } from './matmul.js';
 import { softmax } from './softmax.js';
 import { permute, reshape } from './shape.js';
@@ -551,7 +551,7 @@ const dotv = (a: string[], b: string[]) => `hsum4(${a.reduce((acc, x, i) => (i ?
  */
 function rowSource(d: Dims, n: number, name: string, tex: boolean): string {
   return tex
-    ? `@group(0) @binding(${n}) var ${name}T: texture_storage_2d_array<${textureFormat(d.dt)}, read>;`
+    ? `@group(0) @binding(${n}) var ${name}T: texture_storage_2d_array<${stagingFormat(d.dt)}, read>;`
     : `@group(0) @binding(${n}) var<storage, read> ${name}: array<vec4<${ty(d)}>>;`;
 }
 /** WGSL: vec4 c of row `row` of head h in batch item b (n4 vec4s a head), from the buffer (at buffer offset `at`) or the texture */
@@ -862,20 +862,17 @@ function rowsFromTextures(d: Dims): boolean {
   );
 }
 
-/** storage format of the staging textures for rows of dtype `dt` */
-const textureFormat = (dt: FloatDType): StagingFormat => (dt === 'f16' ? 'rgba16float' : 'rgba32float');
-
 /** WGSL: the copy of rows of dtype `dt` into a staging texture (where the queue cannot copy them) */
 const textureCopyKernel = memoKernel(
   (dt: FloatDType) => /* wgsl */ `${enableF16(dt)}
 struct P { W: u32, S: u32, _0: u32, _1: u32 }
 @group(0) @binding(0) var<uniform> u: P;
 @group(0) @binding(1) var<storage, read> X: array<vec4<${storageType(dt)}>>;
-@group(0) @binding(2) var T: texture_storage_2d_array<${textureFormat(dt)}, write>;
+@group(0) @binding(2) var T: texture_storage_2d_array<${stagingFormat(dt)}, write>;
 @compute @workgroup_size(32)
 fn main(@builtin(global_invocation_id) g: vec3<u32>) {
   if (g.x >= u.W) { return; }
-  textureStore(T, vec2<u32>(g.x, g.y), g.z, ${dt === 'f16' ? 'vec4<f32>(X[(g.z * u.S + g.y) * u.W + g.x])' : 'X[(g.z * u.S + g.y) * u.W + g.x]'});
+  textureStore(T, vec2<u32>(g.x, g.y), g.z, ${widen(dt, 'X[(g.z * u.S + g.y) * u.W + g.x]', true)});
 }`,
 );
 
@@ -885,7 +882,7 @@ export function setAttentionTextureCacheBytes(bytes: number) {
 }
 
 /** bytes of one vec4 of dtype `dt` (one texel of its staging texture) */
-const vec4Bytes = (dt: FloatDType) => (dt === 'f16' ? 8 : 16);
+const vec4Bytes = (dt: FloatDType) => texelBytes(stagingFormat(dt));
 /**
  * whether rows of W vec4s of dtype `dt` are copied by the queue (a buffer-to-texture copy needs rows of a
  * multiple of 256 bytes: W * 16 in f32, W * 8 in f16)
@@ -900,7 +897,7 @@ const queueCopies = (W: number, dt: FloatDType) => (W * vec4Bytes(dt)) % 256 ===
 function rowTexture(t: Tensor, B: number, S: number, W: number, role: string): GPUTextureView {
   const r = rt();
   const dt = t.dtype as FloatDType;
-  const tex = stagingTexture(`attention_${role}`, [W, S, B], textureFormat(dt));
+  const tex = stagingTexture(`attention_${role}`, [W, S, B], stagingFormat(dt));
   const view = tex.createView({ dimension: '2d-array' });
   if (queueCopies(W, dt)) r.copyToTexture(t.buffer, 0, W * vec4Bytes(dt), S, tex, [W, S, B]);
   else

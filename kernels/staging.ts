@@ -25,7 +25,10 @@ export function setStagingTextureCacheBytes(bytes: number) {
 
 /** storage formats of staging textures: f32 values, or f16 values (f16 activations; read back as f32 in shaders) */
 export type StagingFormat = 'rgba32float' | 'rgba16float';
-const texelBytes = (f: GPUTextureFormat) => (f === 'rgba16float' ? 8 : 16);
+/** the staging format that holds the values of a tensor of dtype `dt` */
+export const stagingFormat = (dt: string): StagingFormat => (dt === 'f16' ? 'rgba16float' : 'rgba32float');
+/** bytes of one texel of `f` (one vec4 of the tensor it holds) */
+export const texelBytes = (f: GPUTextureFormat) => (f === 'rgba16float' ? 8 : 16);
 const texBytes = (x: GPUTexture) => x.width * x.height * x.depthOrArrayLayers * texelBytes(x.format);
 
 const cache = perRuntime(
@@ -96,7 +99,7 @@ export function linearTextureFits(vec4s: number): boolean {
 export function linearTexture(t: Tensor, vec4s: number, role: string): GPUTextureView {
   const full = Math.floor(vec4s / LINEAR_WIDTH);
   const rest = vec4s - full * LINEAR_WIDTH;
-  const format: StagingFormat = t.dtype === 'f16' ? 'rgba16float' : 'rgba32float';
+  const format = stagingFormat(t.dtype);
   const tex = stagingTexture(role, [LINEAR_WIDTH, linearRows(vec4s), 1], format);
   const r = rt();
   const rowBytes = LINEAR_WIDTH * texelBytes(format);

@@ -13,11 +13,10 @@
 // file access only when called.
 import { Tensor, ShapeError } from '../engine/tensor.js';
 import { add, mul, gelu, quickGelu, relu, silu, tanh, pow, scale, addScalar, affine, cast } from '../kernels/elementwise.js';
-import { needF16 } from '../kernels/util.js';
 import { reshape, transpose, concat, gather, broadcastTo, slice } from '../kernels/shape.js';
 import { attention } from '../kernels/attention.js';
 import { conv2d } from '../kernels/conv2d.js';
-import { linear, layerNorm } from './nn.js';
+import { linear, layerNorm, activationDtypes } from './nn.js';
 import { Params, uploadWeights, type UploadOptions } from './weights.js';
 import { ConfigReader, type ConfigObject } from '../weights-tools/config-reader.js';
 import { subConfig } from '../weights-tools/param-spec.js';
@@ -260,9 +259,7 @@ export class ClipVisionModel {
    */
   forward(pixels: Tensor, opts: { activations?: 'f32' | 'f16' } = {}): ClipVisionOutput {
     const c = this.config;
-    const outDtype = pixels.dtype === 'f16' ? 'f16' : 'f32';
-    const act = opts.activations ?? outDtype;
-    if (act === 'f16') needF16('CLIP vision', 'activations');
+    const { act, out: outDtype } = activationDtypes('CLIP vision', pixels, opts.activations);
     if (pixels.rank !== 4 || pixels.shape[1] !== c.numChannels || pixels.shape[2] !== c.imageSize || pixels.shape[3] !== c.imageSize)
       throw new ShapeError(`CLIP vision: pixel_values must be [B, ${c.numChannels}, ${c.imageSize}, ${c.imageSize}], got [${pixels.shape}]`);
     const B = pixels.shape[0];

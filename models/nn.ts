@@ -4,6 +4,7 @@ import { ShapeError, type Tensor } from '../engine/tensor.js';
 import { reshape } from '../kernels/shape.js';
 import { linear as linearOp } from '../kernels/matmul.js';
 import { layerNorm as layerNormOp } from '../kernels/layernorm.js';
+import { needF16 } from '../kernels/util.js';
 import type { Params } from './weights.js';
 
 /** nn.Linear: y = x W^T + b (bias optional, as the checkpoint has it); a 1x1 conv weight [O, C, 1, 1] is used as [O, C]. */
@@ -19,4 +20,15 @@ export function linear(p: Params, x: Tensor): Tensor {
 /** nn.LayerNorm over the last dim. */
 export function layerNorm(p: Params, x: Tensor, eps = 1e-5): Tensor {
   return layerNormOp(x, p.get('weight'), p.get('bias'), eps);
+}
+
+/**
+ * A model call's activation dtype (`activations`, default the input's; f16 needs shader-f16, else a ShapeError
+ * naming `model`) and the dtype its result is given in (the input's).
+ */
+export function activationDtypes(model: string, input: Tensor, activations?: 'f32' | 'f16'): { act: 'f32' | 'f16'; out: 'f32' | 'f16' } {
+  const out = input.dtype === 'f16' ? 'f16' : 'f32';
+  const act = activations ?? out;
+  if (act === 'f16') needF16(model, 'activations');
+  return { act, out };
 }

@@ -7,7 +7,6 @@
 import { Tensor, ShapeError, tidy } from '../engine/tensor.js';
 import { checkpoint } from '../engine/autodiff.js';
 import { add, mul, silu, scale as scaleOp, addScalar, cast } from '../kernels/elementwise.js';
-import { needF16 } from '../kernels/util.js';
 import { reshape, permute, concat, split } from '../kernels/shape.js';
 import { linear as linearOp } from '../kernels/matmul.js';
 import { layerNorm as layerNormOp } from '../kernels/layernorm.js';
@@ -33,7 +32,7 @@ export type Capture = (name: string, t: Tensor) => void;
 // Layer helpers on `Params` scoped at the module (shared with the VAE)
 
 // nn.Linear (a 1x1 conv weight is accepted as [O, C]) and nn.LayerNorm, shared with the other models
-import { linear as linearP, layerNorm as layerNormP } from './nn.js';
+import { linear as linearP, layerNorm as layerNormP, activationDtypes } from './nn.js';
 export { linearP, layerNormP };
 
 /** nn.Conv2d with square kernel; padding defaults to (k-1)/2 ("same" for odd k at stride 1). */
@@ -321,9 +320,7 @@ export class UNet2DConditionModel {
     const ts = typeof timesteps === 'number' ? [timesteps] : [...timesteps];
     if (ts.length !== B && ts.length !== 1) throw new ShapeError(`UNet: ${ts.length} timesteps for a batch of ${B}`);
     const tsB = ts.length === B ? ts : new Array(B).fill(ts[0]);
-    const outDtype = sample.dtype === 'f16' ? 'f16' : 'f32';
-    const act = opts.activations ?? outDtype;
-    if (act === 'f16') needF16('UNet', 'activations');
+    const { act, out: outDtype } = activationDtypes('UNet', sample, opts.activations);
 
     const n = c.blockOutChannels.length;
     const g = c.normNumGroups;

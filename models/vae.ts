@@ -7,13 +7,13 @@
 import { Tensor, ShapeError, tidy } from '../engine/tensor.js';
 import { checkpoint } from '../engine/autodiff.js';
 import { add, mul, clamp, exp, silu, scale as scaleOp, cast } from '../kernels/elementwise.js';
-import { needF16 } from '../kernels/util.js';
 import { split } from '../kernels/shape.js';
 import { uploadWeights, type Params, type UploadOptions } from './weights.js';
 import { ConfigReader, type ConfigObject } from '../weights-tools/config-reader.js';
 import { WeightsError } from '../weights-tools/errors.js';
 import { openModelFolder, type FolderAccess } from '../weights-tools/model-folder.js';
 import { vaeParamSpec } from '../weights-tools/param-spec.js';
+import { activationDtypes } from './nn.js';
 import {
   attentionP, convP, downsample, fromTokens, groupNormP, resnetBlock, toTokens, upsample,
   type Capture, type ResnetOptions,
@@ -82,13 +82,6 @@ export interface VaeForwardOptions {
 
 const EPS = 1e-6;
 
-/** the input cast to the activation dtype of `opts`, and the dtype to return */
-function activationDtypes(what: string, x: Tensor, opts: VaeForwardOptions): { act: 'f32' | 'f16'; out: 'f32' | 'f16' } {
-  const out = x.dtype === 'f16' ? 'f16' : 'f32';
-  const act = opts.activations ?? out;
-  if (act === 'f16') needF16(what, 'activations');
-  return { act, out };
-}
 
 /** VAE attention block (diffusers `Attention` with group_norm, one head, residual, rescale 1) on NCHW. */
 export function vaeAttention(p: Params, x: Tensor, groups: number): Tensor {
@@ -154,7 +147,7 @@ export class AutoencoderKL {
     if (x.shape[2] % this.downscale || x.shape[3] % this.downscale)
       throw new ShapeError(`VAE encode: image height and width must be multiples of ${this.downscale}, got ${x.shape[2]}x${x.shape[3]}`);
     const n = c.blockOutChannels.length;
-    const dts = activationDtypes('VAE encode', x, opts);
+    const dts = activationDtypes('VAE encode', x, opts.activations);
     return tidy(() => {
       let h = this.run(opts, 'encoder.conv_in', (_, y) => convP(P.sub('conv_in'), y), cast(x, dts.act), false);
       for (let i = 0; i < n; i++) {
@@ -216,7 +209,7 @@ export class AutoencoderKL {
     const cap = opts.capture;
     if (z.rank !== 4 || z.shape[1] !== c.latentChannels) throw new ShapeError(`VAE decode: latent must be [B, ${c.latentChannels}, h, w], got [${z.shape}]`);
     const n = c.blockOutChannels.length;
-    const dts = activationDtypes('VAE decode', z, opts);
+    const dts = activationDtypes('VAE decode', z, opts.activations);
     return tidy(() => {
       let h = cast(z, dts.act);
       if (c.usePostQuantConv) h = this.run(opts, 'post_quant_conv', (_, y) => convP(this.params.sub('post_quant_conv'), y, { padding: 0 }), h, false);

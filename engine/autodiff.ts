@@ -2,6 +2,7 @@
 // and the checkpoint primitive: run a function without keeping its intermediates, recompute it in backward.
 import { Tensor, ShapeError, isGradEnabled, noGrad, record, tidy, wantsGrad, withGrad } from './tensor.js';
 import { add, cast, ones, zeros } from '../kernels/elementwise.js';
+import { floatOf } from '../kernels/util.js';
 
 function topoOrder(root: Tensor): Tensor[] {
   const order: Tensor[] = [];
@@ -40,14 +41,13 @@ function topoOrder(root: Tensor): Tensor[] {
 export function grad(output: Tensor, wrt: Tensor[], gradOutput?: Tensor, accumulateLeaves = false, retainGraph = false): Tensor[] {
   if (gradOutput && gradOutput.size !== output.size)
     throw new ShapeError(`grad: gradOutput [${gradOutput.shape}] does not match output [${output.shape}]`);
-  const dt = (t: Tensor) => (t.dtype === 'f16' ? 'f16' : 'f32');
   // the upstream gradient takes the output's dtype (a gradient has the dtype of its tensor)
-  if (gradOutput && gradOutput.dtype !== output.dtype && output.dtype !== 'i32') gradOutput = noGrad(() => cast(gradOutput!, dt(output)));
+  if (gradOutput && gradOutput.dtype !== output.dtype && output.dtype !== 'i32') gradOutput = noGrad(() => cast(gradOutput!, floatOf(output)));
   const wanted = new Set(wrt);
   const order = topoOrder(output);
   const grads = new Map<Tensor, Tensor>();
   const userGrad = !!gradOutput;
-  grads.set(output, gradOutput ?? noGrad(() => ones(output.shape, dt(output))));
+  grads.set(output, gradOutput ?? noGrad(() => ones(output.shape, floatOf(output))));
   const result = new Map<Tensor, Tensor>();
   const accumulate = (t: Tensor, g: Tensor) => {
     const prev = grads.get(t);
@@ -89,7 +89,7 @@ export function grad(output: Tensor, wrt: Tensor[], gradOutput?: Tensor, accumul
           }
           // rules may compute in another float dtype (f16 with f32 gives f32): the gradient takes its tensor's
           if (gv.dtype !== inp.dtype && inp.dtype !== 'i32') {
-            const c = cast(gv, dt(inp));
+            const c = cast(gv, floatOf(inp));
             gv.dispose();
             gv = c;
           }
@@ -109,7 +109,7 @@ export function grad(output: Tensor, wrt: Tensor[], gradOutput?: Tensor, accumul
   });
   // like PyTorch, free the graph after use: scopes then release the intermediates it held
   if (!retainGraph) for (const t of order) t.node = null;
-  return wrt.map((t) => result.get(t) ?? noGrad(() => zeros(t.shape, dt(t))));
+  return wrt.map((t) => result.get(t) ?? noGrad(() => zeros(t.shape, floatOf(t))));
 }
 
 /** Accumulate d(output)/d(leaf) into `.grad` of every leaf that requires grad. */

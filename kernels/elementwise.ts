@@ -7,7 +7,7 @@
 // is f16, else f32 (as in PyTorch, f16 with f32 gives f32). `cast` converts between the two.
 import { rt, Uniforms } from '../engine/runtime.js';
 import { ShapeError, Tensor, wantsGrad, record } from '../engine/tensor.js';
-import { broadcastShapes, broadcastStrides, collapseDims, grid, prod, sameShape, stridesOf, WG_INDEX, memoKernel, flatMain, floatDtype, needF16, storageType, enableF16, widen, narrow, type FloatDType } from './util.js';
+import { broadcastShapes, broadcastStrides, collapseDims, grid, prod, sameShape, stridesOf, WG_INDEX, memoKernel, flatMain, floatDtype, needF16, storageType, enableF16, widen, narrow, floatOf, type FloatDType } from './util.js';
 import { sumTo } from './reduce.js';
 
 /** WGSL helpers usable in expressions (vec4 versions). */
@@ -329,8 +329,8 @@ export function full(shape: readonly number[], v: number, dtype: FloatDType = 'f
 export const zeros = (shape: readonly number[], dtype: FloatDType = 'f32') => full(shape, 0, dtype);
 export const ones = (shape: readonly number[], dtype: FloatDType = 'f32') => full(shape, 1, dtype);
 /** zeros / ones of `t`'s shape and dtype */
-export const zerosLike = (t: Tensor) => full(t.shape, 0, t.dtype === 'f16' ? 'f16' : 'f32');
-export const onesLike = (t: Tensor) => full(t.shape, 1, t.dtype === 'f16' ? 'f16' : 'f32');
+export const zerosLike = (t: Tensor) => full(t.shape, 0, floatOf(t));
+export const onesLike = (t: Tensor) => full(t.shape, 1, floatOf(t));
 
 /**
  * `x` stored as `dtype` ('f32' or 'f16'; f16 needs the device's shader-f16): values are rounded to nearest

@@ -3,7 +3,7 @@
 // *write* (Y[base + sum c_d * s_d] = X[o]) that places a block inside a larger tensor.
 import { rt, Uniforms } from '../engine/runtime.js';
 import { ShapeError, Tensor, wantsGrad, record } from '../engine/tensor.js';
-import { broadcastStrides, collapseDims, grid, normAxis, prod, sameShape, stridesOf, WG_INDEX, memoKernel, flatMain } from './util.js';
+import { broadcastStrides, collapseDims, grid, normAxis, prod, sameShape, stridesOf, WG_INDEX, memoKernel, flatMain, floatOf } from './util.js';
 import { zeros } from './elementwise.js';
 import { sumTo } from './reduce.js';
 
@@ -112,7 +112,7 @@ export function slice(x: Tensor, ranges: Record<number, [number, number]> | [num
   const out = Tensor.empty(shape, x.dtype, 'slice');
   stridedCopy(x, out, shape, st, base, false);
   return record(out, 'slice', [x], (g) => {
-    const z = zeros(x.shape, g.dtype === 'f16' ? 'f16' : 'f32');
+    const z = zeros(x.shape, floatOf(g));
     stridedCopy(g, z, shape, st, base, true);
     return [z];
   });
@@ -173,7 +173,7 @@ export function pad(x: Tensor, pads: Record<number, [number, number]> | [number,
     before[ax] = v[0];
     shape[ax] += v[0] + v[1];
   }
-  const out = zeros(shape, x.dtype === 'f16' ? 'f16' : 'f32'); // (i32 zeros are f32 zeros' bits)
+  const out = zeros(shape, floatOf(x)); // (i32 zeros are f32 zeros' bits)
   const st = stridesOf(shape);
   stridedCopy(x, out, x.shape, st, before.reduce((a, b, i) => a + b * st[i], 0), true);
   return record(out, 'pad', [x], (g) => {

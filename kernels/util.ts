@@ -105,6 +105,9 @@ export const widen = (dt: string, e: string, v4 = false) => (dt === 'f16' ? `${v
 /** WGSL: the f32 value `e` (a scalar, or a vec4 with `v4`) narrowed for a store into a binding of dtype `dt` */
 export const narrow = (dt: string, e: string, v4 = false) => (dt === 'f16' ? `${v4 ? 'vec4<f16>' : 'f16'}(${e})` : e);
 
+/** The float dtype of `t`'s values: f16 for f16 tensors, else f32 (an i32 tensor's zeros and gradients are f32). */
+export const floatOf = (t: Tensor): FloatDType => (t.dtype === 'f16' ? 'f16' : 'f32');
+
 /** WGSL scalar type that stores a float tensor of dtype `dt` */
 export const storageType = (dt: string) => (dt === 'f16' ? 'f16' : 'f32');
 

@@ -4,7 +4,7 @@ import { ShapeError, type Tensor } from '../engine/tensor.js';
 import { reshape } from '../kernels/shape.js';
 import { linear as linearOp } from '../kernels/matmul.js';
 import { layerNorm as layerNormOp } from '../kernels/layernorm.js';
-import { needF16 } from '../kernels/util.js';
+import { needF16, floatOf } from '../kernels/util.js';
 import type { Params } from './weights.js';
 
 /** nn.Linear: y = x W^T + b (bias optional, as the checkpoint has it); a 1x1 conv weight [O, C, 1, 1] is used as [O, C]. */
@@ -27,7 +27,7 @@ export function layerNorm(p: Params, x: Tensor, eps = 1e-5): Tensor {
  * naming `model`) and the dtype its result is given in (the input's).
  */
 export function activationDtypes(model: string, input: Tensor, activations?: 'f32' | 'f16'): { act: 'f32' | 'f16'; out: 'f32' | 'f16' } {
-  const out = input.dtype === 'f16' ? 'f16' : 'f32';
+  const out = floatOf(input);
   const act = activations ?? out;
   if (act === 'f16') needF16(model, 'activations');
   return { act, out };

@@ -519,11 +519,12 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
 
 const SG = 8;
 /** rows per lane, per kernel; tuned on lavapipe */
-const ROWS = { fwd: 4, dq: 2, dkv: 2 };
+const ROWS = { fwd: 8, dq: 4, dkv: 2 };
 /** slack of the lazily rescaled running max, in log2 units */
 const LAZY = 8;
-/** bound on rows per lane * (D + Dv) */
-const ROW_BUDGET = 640;
+/** bound on rows per lane * (D + Dv): registers per lane, the unrolled shader's size and its compile time */
+const DEFAULT_BUDGET = 1024;
+let ROW_BUDGET = DEFAULT_BUDGET;
 
 function subgroupsUsable(): boolean {
   const g = rt().gpu;
@@ -815,8 +816,9 @@ function uniforms(d: Dims, scale: number) {
 
 const DEFAULT_ROWS = { ...ROWS };
 /** Tune the subgroup kernels (benchmarks): rows per lane; null restores the defaults. */
-export function setAttentionTuning(t: { rows?: Partial<typeof ROWS> } | null) {
+export function setAttentionTuning(t: { rows?: Partial<typeof ROWS>; budget?: number } | null) {
   Object.assign(ROWS, t?.rows ?? DEFAULT_ROWS);
+  ROW_BUDGET = t?.budget ?? DEFAULT_BUDGET;
   clearKernelMemos();
 }
 

@@ -8,9 +8,10 @@
 //
 // Forward: online softmax over key blocks (running max and sum in f32, base-2 exponentials with log2(e)
 // folded into the scale); saves the row logsumexp [B, H, Sq] (natural log) for the backward.
-// Backward (FlashAttention-2): a small pass packs (lse * log2e, D = rowsum(dO * O)) per query row; the dQ
-// kernel owns query rows and loops over key blocks, recomputing P = exp(S - lse); the dK/dV kernel owns key
-// rows and loops over query blocks.
+// Backward (FlashAttention-2): a small pass packs (lse * log2e, D = rowsum(dO * O)) per query row (the
+// subgroup dQ kernel computes them itself, its lanes holding those dO rows already, and stores them for
+// dK/dV); the dQ kernel owns query rows and loops over key blocks, recomputing P = exp(S - lse); the dK/dV
+// kernel owns key rows and loops over query blocks.
 //
 // Three variants, chosen by adapter class unless forced (`setAttentionVariant`), all tested:
 //  - 'subgroup' (CPU adapters with a fixed 8-wide subgroup, e.g. lavapipe): a workgroup is one subgroup; each
@@ -564,12 +565,12 @@ function rowLoads(d: Dims, out: string, name: string, tex: boolean, at: string, 
   return `let ${out}r = ${at};\n    ` + range(n4).map((c) => `let ${out}${c} = ${rowElem(d, name, tex, `${out}r`, row, n4, c)};`).join(' ');
 }
 /** the backward kernels' inputs, with Q and dO (`texQG`) or K and V (`texKV`) as textures */
-function bwdBindings(d: Dims, texQG: boolean, texKV: boolean): string {
+function bwdBindings(d: Dims, texQG: boolean, texKV: boolean, writeLD = false): string {
   return `${rowSource(d, 1, 'Q', texQG)}
 ${rowSource(d, 2, 'K', texKV)}
 ${rowSource(d, 3, 'V', texKV)}
 ${rowSource(d, 4, 'DO', texQG)}
-@group(0) @binding(5) var<storage, read> LD: array<vec2<f32>>;`;
+@group(0) @binding(5) var<storage, ${writeLD ? 'read_write' : 'read'}> LD: array<vec2<f32>>;`;
 }
 
 const forwardSubgroup = memoKernel(forwardSubgroupSource);
@@ -654,7 +655,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(subgroup_invocation_id) 
 }
 
 const dqSubgroup = memoKernel(dqSubgroupSource);
-function dqSubgroupSource(d: Dims, causal: boolean, R: number, tex: boolean, texQG = false): string {
+function dqSubgroupSource(d: Dims, causal: boolean, R: number, tex: boolean, texQG = false, prep = false): string {
   const D4 = d.D / 4;
   const DV4 = d.Dv / 4;
   const Rs = range(R);
@@ -676,8 +677,10 @@ function dqSubgroupSource(d: Dims, causal: boolean, R: number, tex: boolean, tex
   return /* wgsl */ `${enableF16(d.dt)}enable subgroups;
 ${HEADER}
 ${FEXP2}
-${bwdBindings(d, texQG, tex)}
+${bwdBindings(d, texQG, tex, prep)}
 @group(0) @binding(6) var<storage, read_write> DQ: array<vec4<${ty(d)}>>;
+${prep ? `@group(0) @binding(7) var<storage, read> O: array<vec4<${ty(d)}>>;
+@group(0) @binding(8) var<storage, read> LSE: array<f32>;` : ''}
 @compute @workgroup_size(${SG})
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(subgroup_invocation_id) lane: u32) {
   let b = wid.y / u.H;
@@ -692,9 +695,16 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(subgroup_invocation_id) 
   let ic${r} = min(i${r}, u.Sq - 1u);
   let qb${r} = (b * u.Sq + ic${r}) * ks + h * ${D4}u;
   let gb${r} = (b * u.Sq + ic${r}) * vs + h * ${DV4}u;
-  let ld${r} = LD[(b * u.H + h) * u.Sq + ic${r}];
   ${C.map((c) => `let q${r}_${c} = ${rowElem(d, 'Q', texQG, `qb${r}`, `ic${r}`, D4, c)} * u.c;`).join(' ')}
   ${CV.map((c) => `let g${r}_${c} = ${rowElem(d, 'DO', texQG, `gb${r}`, `ic${r}`, DV4, c)};`).join(' ')}
+  ${
+    prep
+      ? // the backward's per-row (lse * log2e, rowsum(dO * O)) here, as the prep kernel computes it, stored for dK/dV
+        `let dd${r} = ${CV.reduce((acc, c) => `fma(${widen(d.dt, `O[gb${r} + ${c}u]`, true)}, g${r}_${c}, ${acc})`, 'vec4<f32>(0.0)')};
+  let ld${r} = vec2<f32>(LSE[(b * u.H + h) * u.Sq + ic${r}] * ${LOG2E}, dd${r}.x + dd${r}.y + dd${r}.z + dd${r}.w);
+  if (i${r} < u.Sq) { LD[(b * u.H + h) * u.Sq + i${r}] = ld${r}; }`
+      : `let ld${r} = LD[(b * u.H + h) * u.Sq + ic${r}];`
+  }
   ${C.map((c) => `var dq${r}_${c} = vec4<f32>(0.0);`).join(' ')}
   let kend${r} = ${causal ? `min(u.Sk, ic${r} + 1u)` : 'u.Sk'};`,
   ).join('\n  ')}
@@ -914,12 +924,12 @@ function rowTexture(t: Tensor, B: number, S: number, W: number, role: string): G
 }
 
 /** WGSL and workgroup grid of one kernel for the current variant; `n` is the number of rows it owns */
-function plan(kind: 'fwd' | 'dq' | 'dkv', d: Dims, causal: boolean, n: number, tex = false, texQ = false): { name: string; code: string; workgroups: [number, number] } {
+function plan(kind: 'fwd' | 'dq' | 'dkv', d: Dims, causal: boolean, n: number, tex = false, texQ = false, prep = false): { name: string; code: string; workgroups: [number, number] } {
   const variant = attentionVariant();
-  const name = `attention_${kind}_${variant}${tex ? (texQ ? '_texq' : '_tex') : ''}`;
+  const name = `attention_${kind}_${variant}${tex ? (texQ ? '_texq' : '_tex') : ''}${prep ? '_prep' : ''}`;
   if (variant === 'subgroup') {
     const R = rowsPerLane(n, ROWS[kind], d);
-    const code = kind === 'fwd' ? forwardSubgroup(d, causal, R, tex, texQ) : kind === 'dq' ? dqSubgroup(d, causal, R, tex, texQ) : dkvSubgroup(d, causal, R, tex);
+    const code = kind === 'fwd' ? forwardSubgroup(d, causal, R, tex, texQ) : kind === 'dq' ? dqSubgroup(d, causal, R, tex, texQ, prep) : dkvSubgroup(d, causal, R, tex);
     return { name, code, workgroups: [Math.ceil(n / (SG * R)), d.B * d.H] };
   }
   const gen =
@@ -983,13 +993,17 @@ export function attentionBackward(
     for (const t of [dk, dv]) if (t && t.size) r.write(t.buffer, new Uint8Array(Math.ceil(t.byteLength / 4) * 4));
   } else if (dq || dk) {
     const ld = Tensor.empty([d.B, d.H, d.Sq, 2], 'f32', 'attention_ld');
-    r.dispatch({
-      name: 'attention_prep',
-      code: prepKernel(d),
-      uniforms: uni,
-      bindings: [{ buffer: out.buffer }, { buffer: dOut.buffer }, { buffer: lse.buffer }, { buffer: ld.buffer }],
-      workgroups: [Math.ceil(d.Sq / WG), d.B * d.H],
-    });
+    // the subgroup dQ kernel computes the per-row (lse, D) itself (its lanes hold dO's rows already) and
+    // stores them for dK/dV; otherwise a small pass does
+    const prep = !!dq && attentionVariant() === 'subgroup';
+    if (!prep)
+      r.dispatch({
+        name: 'attention_prep',
+        code: prepKernel(d),
+        uniforms: uni,
+        bindings: [{ buffer: out.buffer }, { buffer: dOut.buffer }, { buffer: lse.buffer }, { buffer: ld.buffer }],
+        workgroups: [Math.ceil(d.Sq / WG), d.B * d.H],
+      });
     const tex = rowsFromTextures(d);
     const [bq, bk, bv, bg, bl]: Binding[] = [q, k, v, dOut, ld].map((t) => ({ buffer: t.buffer }));
     // Q and dO as textures: for dK/dV (lanes load them in turn) and then also for dQ's own rows, or for dQ alone
@@ -999,7 +1013,8 @@ export function attentionBackward(
     if (dq) {
       // dQ: lanes load keys and values in turn
       const kv = tex ? [{ texture: rowTexture(k, d.B, d.Sk, (d.H * d.D) / 4, 'k') }, { texture: rowTexture(v, d.B, d.Sk, (d.H * d.Dv) / 4, 'v') }] : [bk, bv];
-      r.dispatch({ ...plan('dq', d, causal, d.Sq, tex, texQG), uniforms: uni, bindings: [tq, ...kv, tg, bl, { buffer: dq.buffer }] });
+      const prepIn: Binding[] = prep ? [{ buffer: out.buffer }, { buffer: lse.buffer }] : [];
+      r.dispatch({ ...plan('dq', d, causal, d.Sq, tex, texQG, prep), uniforms: uni, bindings: [tq, ...kv, tg, bl, { buffer: dq.buffer }, ...prepIn] });
     }
     if (dk && dv) {
       // dK, dV: lanes load queries and output gradients in turn

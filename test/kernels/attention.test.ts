@@ -288,7 +288,7 @@ describe('attention', () => {
     const texRows = !rt().gpu.compat && rt().gpu.wgslFeatures.has('readonly_and_readwrite_storage_textures');
     const run = async (c: Case, wrt?: [boolean, boolean, boolean]) => {
       const names = await dispatchedBy(() => checkF16('subgroup', c, wrt));
-      return { kernels: names.filter((n) => /^attention_(fwd|dq|dkv)/.test(n)), copies: names.filter((n) => n === 'attention_rows_to_texture').length };
+      return { kernels: names.filter((n) => /^attention_(fwd|dq|dkv|prep)/.test(n)), copies: names.filter((n) => n === 'attention_rows_to_texture').length };
     };
     setAttentionVariant('subgroup');
     try {
@@ -297,18 +297,19 @@ describe('attention', () => {
       const c64: Case = { B: 2, H: 8, Sq: 9, Sk: 7, D: 8 };
       const full = await run(c64);
       if (!texRows) {
-        expect(full).toEqual({ kernels: ['attention_fwd_subgroup', 'attention_fwd_subgroup', 'attention_dq_subgroup', 'attention_dkv_subgroup'], copies: 0 });
+        expect(full).toEqual({ kernels: ['attention_fwd_subgroup', 'attention_fwd_subgroup', 'attention_dq_subgroup_prep', 'attention_dkv_subgroup'], copies: 0 });
         return;
       }
-      expect(full).toEqual({ kernels: ['attention_fwd_subgroup_tex', 'attention_fwd_subgroup_tex', 'attention_dq_subgroup_texq', 'attention_dkv_subgroup_tex'], copies: 8 });
+      // the dQ kernel computes the rows' (lse, D) itself ('_prep'), so no prep pass runs before it
+      expect(full).toEqual({ kernels: ['attention_fwd_subgroup_tex', 'attention_fwd_subgroup_tex', 'attention_dq_subgroup_texq_prep', 'attention_dkv_subgroup_tex'], copies: 8 });
       // dQ alone: its own rows from the buffers (no textures of Q and dO are made for it)
-      expect(await run(c64, [true, false, false])).toEqual({ kernels: ['attention_fwd_subgroup_tex', 'attention_fwd_subgroup_tex', 'attention_dq_subgroup_tex'], copies: 6 });
-      // dV alone: the dK/dV kernel only
-      expect(await run(c64, [false, false, true])).toEqual({ kernels: ['attention_fwd_subgroup_tex', 'attention_fwd_subgroup_tex', 'attention_dkv_subgroup_tex'], copies: 6 });
+      expect(await run(c64, [true, false, false])).toEqual({ kernels: ['attention_fwd_subgroup_tex', 'attention_fwd_subgroup_tex', 'attention_dq_subgroup_tex_prep'], copies: 6 });
+      // dV alone: the prep pass and the dK/dV kernel
+      expect(await run(c64, [false, false, true])).toEqual({ kernels: ['attention_fwd_subgroup_tex', 'attention_fwd_subgroup_tex', 'attention_prep', 'attention_dkv_subgroup_tex'], copies: 6 });
       // H * D = 128: rows of 256 bytes, copied by the queue; the forward and dQ read their own rows from textures
       const c128: Case = { B: 2, H: 16, Sq: 9, Sk: 7, D: 8 };
-      expect(await run(c128)).toEqual({ kernels: ['attention_fwd_subgroup_texq', 'attention_fwd_subgroup_texq', 'attention_dq_subgroup_texq', 'attention_dkv_subgroup_tex'], copies: 0 });
-      expect(await run(c128, [true, false, false])).toEqual({ kernels: ['attention_fwd_subgroup_texq', 'attention_fwd_subgroup_texq', 'attention_dq_subgroup_texq'], copies: 0 });
+      expect(await run(c128)).toEqual({ kernels: ['attention_fwd_subgroup_texq', 'attention_fwd_subgroup_texq', 'attention_dq_subgroup_texq_prep', 'attention_dkv_subgroup_tex'], copies: 0 });
+      expect(await run(c128, [true, false, false])).toEqual({ kernels: ['attention_fwd_subgroup_texq', 'attention_fwd_subgroup_texq', 'attention_dq_subgroup_texq_prep'], copies: 0 });
     } finally {
       setAttentionVariant(null);
     }
@@ -346,10 +347,10 @@ describe('attention', () => {
     setAttentionVariant('subgroup');
     try {
       const names = await run();
-      const kernels = names.filter((n) => /^attention_(fwd|dq|dkv)/.test(n));
+      const kernels = names.filter((n) => /^attention_(fwd|dq|dkv|prep)/.test(n));
       if (!rt().gpu.compat && rt().gpu.wgslFeatures.has('readonly_and_readwrite_storage_textures')) {
         // dQ reads its own Q and dO rows from the textures made for dK/dV ('texq')
-        expect(kernels).toEqual(['attention_fwd_subgroup_tex', 'attention_dq_subgroup_texq', 'attention_dkv_subgroup_tex']);
+        expect(kernels).toEqual(['attention_fwd_subgroup_tex', 'attention_dq_subgroup_texq_prep', 'attention_dkv_subgroup_tex']);
         // K and V for the forward and dQ, Q and dO for dQ and dK/dV
         expect(names.filter((n) => n === 'attention_rows_to_texture').length).toBe(6);
         // the staging textures are cached as pooled memory; releasePool frees them and the next call makes new ones
@@ -361,11 +362,11 @@ describe('attention', () => {
         const wide: Case = { B: 2, H: 8, Sq: 9, Sk: 7, D: 8 };
         const copies = await dispatchedBy(() => checkBackward('subgroup, rows copied by the queue', wide));
         // and the forward reads its own query rows from a texture too
-        expect(copies.filter((n) => /^attention_(fwd|dq|dkv)/.test(n))).toEqual(['attention_fwd_subgroup_texq', 'attention_dq_subgroup_texq', 'attention_dkv_subgroup_tex']);
+        expect(copies.filter((n) => /^attention_(fwd|dq|dkv)/.test(n))).toEqual(['attention_fwd_subgroup_texq', 'attention_dq_subgroup_texq_prep', 'attention_dkv_subgroup_tex']);
         expect(copies.filter((n) => n === 'attention_rows_to_texture')).toEqual([]);
-      } else expect(kernels).toEqual(['attention_fwd_subgroup', 'attention_dq_subgroup', 'attention_dkv_subgroup']);
+      } else expect(kernels).toEqual(['attention_fwd_subgroup', 'attention_dq_subgroup_prep', 'attention_dkv_subgroup']);
       setAttentionTextureLoads(false);
-      expect((await run()).filter((n) => /^attention_(fwd|dq|dkv)|texture/.test(n))).toEqual(['attention_fwd_subgroup', 'attention_dq_subgroup', 'attention_dkv_subgroup']);
+      expect((await run()).filter((n) => /^attention_(fwd|dq|dkv)|texture/.test(n))).toEqual(['attention_fwd_subgroup', 'attention_dq_subgroup_prep', 'attention_dkv_subgroup']);
     } finally {
       setAttentionVariant(null);
       setAttentionTextureLoads(true);

@@ -85,6 +85,10 @@ const HEADER = /* wgsl */ `
 struct P { B: u32, H: u32, Sq: u32, Sk: u32, c: f32, scale: f32, _0: u32, _1: u32 }
 @group(0) @binding(0) var<uniform> u: P;`;
 
+/** WGSL: a query row's backward constants (lse * log2e, D) from its lse and the vec4 partial sums of dO * O */
+const LD_ROW = /* wgsl */ `
+fn ld_row(lse: f32, dd: vec4<f32>) -> vec2<f32> { return vec2<f32>(lse * ${LOG2E}, dd.x + dd.y + dd.z + dd.w); }`;
+
 function consts(d: Dims) {
   return `const D4 = ${d.D / 4}u;\nconst DV4 = ${d.Dv / 4}u;`;
 }
@@ -270,6 +274,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
 const prepKernel = memoKernel(prepKernelSource);
 function prepKernelSource(d: Dims): string {
   return /* wgsl */ `${enableF16(d.dt)}${HEADER}
+${LD_ROW}
 @group(0) @binding(1) var<storage, read> O: array<vec4<${ty(d)}>>;
 @group(0) @binding(2) var<storage, read> DO: array<vec4<${ty(d)}>>;
 @group(0) @binding(3) var<storage, read> LSE: array<f32>;
@@ -285,7 +290,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
   var acc = vec4<f32>(0.0);
   for (var c = 0u; c < DV4; c++) { acc = fma(${widen(d.dt, 'O[ob + c]', true)}, ${widen(d.dt, 'DO[ob + c]', true)}, acc); }
   let row = (b * u.H + h) * u.Sq + i;
-  LD[row] = vec2<f32>(LSE[row] * ${LOG2E}, acc.x + acc.y + acc.z + acc.w);
+  LD[row] = ld_row(LSE[row], acc);
 }`;
 }
 
@@ -676,7 +681,7 @@ function dqSubgroupSource(d: Dims, causal: boolean, R: number, tex: boolean, tex
     for (const c of C) body.push(`dq${r}_${c} = ${U.reduce((acc, t) => `fma(vec4<f32>(ds${r}_${t}), k${t}_${c}, ${acc})`, `dq${r}_${c}`)};`);
   return /* wgsl */ `${enableF16(d.dt)}enable subgroups;
 ${HEADER}
-${FEXP2}
+${FEXP2}${prep ? LD_ROW : ''}
 ${bwdBindings(d, texQG, tex, prep)}
 @group(0) @binding(6) var<storage, read_write> DQ: array<vec4<${ty(d)}>>;
 ${prep ? `@group(0) @binding(7) var<storage, read> O: array<vec4<${ty(d)}>>;
@@ -701,7 +706,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(subgroup_invocation_id) 
     prep
       ? // the backward's per-row (lse * log2e, rowsum(dO * O)) here, as the prep kernel computes it, stored for dK/dV
         `let dd${r} = ${CV.reduce((acc, c) => `fma(${widen(d.dt, `O[gb${r} + ${c}u]`, true)}, g${r}_${c}, ${acc})`, 'vec4<f32>(0.0)')};
-  let ld${r} = vec2<f32>(LSE[(b * u.H + h) * u.Sq + ic${r}] * ${LOG2E}, dd${r}.x + dd${r}.y + dd${r}.z + dd${r}.w);
+  let ld${r} = ld_row(LSE[(b * u.H + h) * u.Sq + ic${r}], dd${r});
   if (i${r} < u.Sq) { LD[(b * u.H + h) * u.Sq + i${r}] = ld${r}; }`
       : `let ld${r} = LD[(b * u.H + h) * u.Sq + ic${r}];`
   }

@@ -10,10 +10,13 @@
 // 3x3 stride-1 convolutions on CPU adapters go through Winograd F(4x4, 3x3) or F(2x2, 3x3) where the image is
 // large enough (winograd.ts: 4x or 2.25x fewer multiply-adds, all three passes; `setConv2dWinograd`). The
 // direct kernels:
-// two tilings, both without workgroup memory or barriers, picked per adapter (`conv2dVariant`), both tested:
+// three tilings, picked per adapter (`conv2dVariant`), all tested on every adapter:
 //  - 'subgroup' (CPU adapters with 8-wide subgroups, e.g. lavapipe): a workgroup is one subgroup computing a
 //    32 x 32 tile; weights are shared between lanes with subgroupBroadcast (see the section below).
-//  - 'register' (everything else): each invocation computes a 4x4 block straight from global memory.
+//  - 'register' (everything else, the default on GPUs): each invocation computes a 4x4 block straight from
+//    global memory, without workgroup memory or barriers.
+//  - 'shared' (opt-in, for GPUs): the forward pass and stride-1 backward-data on matmul's workgroup-memory
+//    tiling (64 x 64 outputs per workgroup); backward-weight and strided backward-data stay 'register'.
 // Kernel size, stride and padding are uniforms, so one pipeline per kernel serves every convolution.
 // Tensors larger than one storage binding are processed in chunks of batch items, or of channels within one
 // item, each bound at a 256-byte aligned offset with the remainder passed as an element shift.
@@ -186,6 +189,10 @@ function forwardRaw(x: Tensor, w: Tensor, bias: Tensor | undefined, g: Geom): Te
     forwardSg(x, w, bias, g, y);
     return y;
   }
+  if (conv2dVariant() === 'shared') {
+    sharedConv(x, w, bias, y, g, false);
+    return y;
+  }
   const r = rt();
   const f16 = w.dtype === 'f16';
   const code = forwardKernel(f16, !!bias, ad);
@@ -211,6 +218,155 @@ function forwardRaw(x: Tensor, w: Tensor, bias: Tensor | undefined, g: Geom): Te
     }
   }
   return y;
+}
+
+// ---------------- 'shared' tiling: implicit GEMM on workgroup-memory tiles ----------------
+// The matmul 'shared' kernel's tiling (64 x 64 outputs per workgroup, 16 x 16 invocations of 4 x 4, K steps of 16
+// staged in workgroup memory) with the GEMM operands generated from the convolution: rows = output channels,
+// columns = output positions over (batch item, pixel), reduction = source channels x taps. The A tile is the
+// im2col gather (zero outside the padded image), the B tile the weights. It serves the forward pass and, for
+// stride 1, backward-data: dX is the convolution of dY with the weights transposed (o and c swapped) and
+// flipped (tap kh*kw - 1 - t), with padding kh - 1 - pt, kw - 1 - pl. Meant for GPUs, where each loaded value
+// is reused 64 times from workgroup memory; the other passes keep the 'register' kernels.
+// uniforms: Cc (reduction channels in this window), ci0 (first of them, for the weight index), Oc, o0 (output
+// channels and the first one), H, W (source), Ho, Wo (output), xBS, yBS, xShift, yShift, accum, nn (batch
+// items in this window), wOut, wIn (weight strides of an output and a reduction channel), flip, and the step
+// of 16 reduction rows as (channels, tap rows, tap columns) = (q, ry, rx): each invocation walks its rows'
+// (channel, ky, kx) by additions and carries, with no integer division in the loop.
+const sharedKernel = memoKernel(sharedKernelSource);
+function sharedKernelSource(f16: boolean, bias: boolean, ad: FloatDType): string {
+  const I = [0, 1, 2, 3];
+  // (channel, ky, kx) of reduction row k and its step to row k + 16
+  const start = (v: string, k: string) => `var ${v}c = ${k} / KHW; var ${v}y = i32((${k} % KHW) / u32(KW)); var ${v}x = i32(${k} % u32(KW));`;
+  const step = (v: string) =>
+    `${v}x += u.rx; if (${v}x >= KW) { ${v}x -= KW; ${v}y += 1; } ${v}y += u.ry; if (${v}y >= KH) { ${v}y -= KH; ${v}c += 1u; } ${v}c += u.q;`;
+  return /* wgsl */ `${enableF16(f16 ? 'f16' : 'f32', ad)}
+struct P { Cc: u32, ci0: u32, Oc: u32, o0: u32, H: u32, W: u32, Ho: u32, Wo: u32, xBS: u32, yBS: u32, xShift: u32, yShift: u32, accum: u32, nn: u32, wOut: u32, wIn: u32, flip: u32, q: u32, ry: i32, rx: i32, ${GEOM_FIELDS} }
+@group(0) @binding(0) var<uniform> u: P;
+@group(0) @binding(1) var<storage, read> X: array<${storageType(ad)}>;
+@group(0) @binding(2) var<storage, read> WT: array<${f16 ? 'f16' : 'f32'}>;
+${bias ? '@group(0) @binding(3) var<storage, read> BIAS: array<f32>;' : ''}
+@group(0) @binding(${bias ? 4 : 3}) var<storage, read_write> Y: array<${storageType(ad)}>;
+var<workgroup> As: array<array<f32, 64>, 16>;
+var<workgroup> Bs: array<array<f32, 64>, 16>;
+@compute @workgroup_size(16, 16, 1)
+fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
+  ${GEOM_LETS}
+  let P = u.Ho * u.Wo;
+  let M = u.nn * P;
+  let HW = u.H * u.W;
+  let tileM = wid.x * 64u;
+  let tileO = wid.y * 64u;
+  let li = lid.y * 16u + lid.x;
+  // A-tile loads: this invocation's position (column am of the tile), reduction rows ak + 4i
+  let am = li % 64u;
+  let ak = li / 64u;
+  let gm = tileM + am;
+  let mOk = gm < M;
+  let mc = min(gm, M - 1u);
+  let pa = mc % P;
+  let iy0 = i32(pa / u.Wo) * SH - PT;
+  let ix0 = i32(pa % u.Wo) * SW - PL;
+  let xb = u.xShift + (mc / P) * u.xBS;
+  ${I.map((i) => start(`a${i}`, `(ak + ${4 * i}u)`)).join('\n  ')}
+  // B-tile loads: reduction row bk, output channels bo + 16i
+  let bk = li % 16u;
+  let bo = li / 16u;
+  ${start('b', 'bk')}
+  var acc: array<vec4<f32>, 4>;
+  for (var i = 0u; i < 4u; i++) { acc[i] = vec4<f32>(0.0); }
+  for (var k0 = 0u; k0 < u.Cc * KHW; k0 += 16u) {
+    // write-after-read: every invocation must be done reading the previous tile
+    workgroupBarrier();
+    ${I.map(
+      (i) => `{
+      let iy = iy0 + a${i}y;
+      let ix = ix0 + a${i}x;
+      let ok = mOk && a${i}c < u.Cc && iy >= 0 && iy < i32(u.H) && ix >= 0 && ix < i32(u.W);
+      let xi = select(0u, xb + a${i}c * HW + u32(iy) * u.W + u32(ix), ok);
+      As[ak + ${4 * i}u][am] = select(0.0, ${widen(ad, 'X[xi]')}, ok);
+      ${step(`a${i}`)}
+    }`,
+    ).join('\n    ')}
+    {
+      let t = u32(by * KW + bx);
+      let wk = (u.ci0 + bc) * u.wIn + select(t, KHW - 1u - t, u.flip != 0u);
+      ${I.map(
+        (i) => `{
+        let oo = bo + ${16 * i}u;
+        let ok = bc < u.Cc && tileO + oo < u.Oc;
+        Bs[bk][oo] = select(0.0, f32(WT[select(0u, (u.o0 + tileO + oo) * u.wOut + wk, ok)]), ok);
+      }`,
+      ).join('\n      ')}
+      ${step('b')}
+    }
+    workgroupBarrier();
+    for (var kk = 0u; kk < 16u; kk++) {
+      let av = vec4<f32>(As[kk][lid.x * 4u], As[kk][lid.x * 4u + 1u], As[kk][lid.x * 4u + 2u], As[kk][lid.x * 4u + 3u]);
+      for (var i = 0u; i < 4u; i++) { acc[i] = fma(vec4<f32>(Bs[kk][lid.y * 4u + i]), av, acc[i]); }
+    }
+  }
+  for (var j = 0u; j < 4u; j++) {
+    let m = tileM + lid.x * 4u + j;
+    if (m >= M) { break; }
+    let yb = u.yShift + (m / P) * u.yBS + m % P;
+    for (var i = 0u; i < 4u; i++) {
+      let o = tileO + lid.y * 4u + i;
+      if (o >= u.Oc) { break; }
+      let k = yb + o * P;
+      var v = acc[i][j];
+      ${bias ? 'if (u.accum == 0u) { v += BIAS[u.o0 + o]; }' : ''}
+      Y[k] = ${narrow(ad, `select(v, v + ${widen(ad, 'Y[k]')}, u.accum != 0u)`)};
+    }
+  }
+}`;
+}
+
+/**
+ * One pass of the 'shared' tiling: out [N, Oo, Ho, Wo] = conv(src [N, Cs, H, W]) over the weights w, for the
+ * forward pass (geometry g) or, with `flip`, backward-data (src = dY, out = dX, stride 1). Windows of batch
+ * items and channels as for the other kernels.
+ */
+function sharedConv(src: Tensor, w: Tensor, bias: Tensor | undefined, out: Tensor, g: Geom, flip: boolean) {
+  const r = rt();
+  const ad = src.dtype as FloatDType;
+  const [N, Cs, H, W] = src.shape;
+  const [, Oo, Ho, Wo] = out.shape;
+  const KHW = g.KH * g.KW;
+  // the pass's geometry: forward as given; backward-data a stride-1 convolution of dY padded by k - 1 - p
+  const pg: Geom = flip ? { ...g, PT: g.KH - 1 - g.PT, PL: g.KW - 1 - g.PL } : g;
+  // weight strides of an output and a reduction channel: w is [O, C, kh, kw]
+  const [wOut, wIn] = flip ? [KHW, g.C * KHW] : [g.C * KHW, KHW];
+  // the step of 16 reduction rows (channel-major, then ky, kx) as whole channels, tap rows and tap columns
+  const [q, r16] = [Math.floor(16 / KHW), 16 % KHW];
+  const [ry, rx] = [Math.floor(r16 / g.KW), r16 % g.KW];
+  const code = sharedKernel(w.dtype === 'f16', !!bias, ad);
+  const name = flip ? 'conv2d_shared_bwd_data' : 'conv2d_shared';
+  const op = flip ? 'conv2d backward' : 'conv2d';
+  const { nb, ca: cb, cb: ob } = plan(op, N, Cs, H * W, Oo, Ho * Wo, DTYPE_BYTES[ad]);
+  for (let n0 = 0; n0 < N; n0 += nb) {
+    const nn = Math.min(nb, N - n0);
+    for (let o0 = 0; o0 < Oo; o0 += ob) {
+      const oc = Math.min(ob, Oo - o0);
+      const yw = bindWindow(out, n0 * Oo * Ho * Wo + o0 * Ho * Wo, (nn - 1) * Oo * Ho * Wo + oc * Ho * Wo);
+      for (let c0 = 0; c0 < Cs; c0 += cb) {
+        const cc = Math.min(cb, Cs - c0);
+        const xw = bindWindow(src, n0 * Cs * H * W + c0 * H * W, (nn - 1) * Cs * H * W + cc * H * W);
+        const wg: [number, number, number] = [Math.ceil((nn * Ho * Wo) / 64), Math.ceil(oc / 64), 1];
+        checkGrid(op, wg);
+        r.dispatch({
+          name,
+          code,
+          uniforms: geomUniforms(
+            new Uniforms().u32(cc, c0, oc, o0, H, W, Ho, Wo, Cs * H * W, Oo * Ho * Wo, xw.shift, yw.shift, c0 > 0 ? 1 : 0, nn, wOut, wIn, flip ? 1 : 0, q).i32(ry, rx),
+            pg,
+          ),
+          bindings: [xw.bind, { buffer: w.buffer }, ...(bias ? [{ buffer: bias.buffer }] : []), yw.bind],
+          workgroups: wg,
+        });
+      }
+    }
+  }
 }
 
 // ---------------- backward-data ----------------
@@ -293,6 +449,10 @@ function backwardDataRaw(gy: Tensor, w: Tensor, g: Geom): Tensor {
   }
   if (useSubgroup(C)) {
     backwardDataSg(gy, w, g, dx);
+    return dx;
+  }
+  if (conv2dVariant() === 'shared' && g.SH === 1 && g.SW === 1) {
+    sharedConv(gy, w, undefined, dx, g, true);
     return dx;
   }
   const r = rt();
@@ -448,7 +608,7 @@ function backwardWeightF32(gy: Tensor, x: Tensor, g: Geom): Tensor {
 const SG = 8;
 const SG_R = 32; // rows per workgroup (4 per lane)
 const SG_T = 4; // positions per lane
-export type ConvVariant = 'subgroup' | 'register';
+export type ConvVariant = 'subgroup' | 'register' | 'shared';
 let forcedVariant: ConvVariant | null = null;
 /** Force a conv2d tiling (tests and benchmarks); null restores the per-adapter default. */
 export function setConv2dVariant(v: ConvVariant | null) {
@@ -468,7 +628,7 @@ function useSubgroup(rows: number): boolean {
 
 /** The tilings this adapter can run. */
 export function conv2dVariants(): ConvVariant[] {
-  return subgroupsUsable() ? ['subgroup', 'register'] : ['register'];
+  return subgroupsUsable() ? ['subgroup', 'register', 'shared'] : ['register', 'shared'];
 }
 function subgroupsUsable() {
   const g = rt().gpu;

@@ -82,8 +82,8 @@ async function forwardCheck(c: Case, wDtype: 'f32' | 'f16' = 'f32', tol = 1e-5, 
 /** Exact backward (vs float64 reference) on a larger shape through the transposed sums. */
 const refBackward = (c: Case, x: Float32Array, w: Float32Array, gy: Float32Array) => rconv2dBackward(x, c.x, w, c.w, gy, c.opts);
 
-// every suite runs with both direct tilings: 'subgroup' (CPU adapters with 8-wide subgroups) and 'register'
-// (the rest); 'subgroup' twice: weights read in place, and repacked first (the kernels pick by size, tests force
+// every suite runs with each direct tiling: 'subgroup' (CPU adapters with 8-wide subgroups), 'register' (the
+// rest) and 'shared' (workgroup-memory tiles, opt-in for GPUs); 'subgroup' twice: weights read in place, and repacked first (the kernels pick by size, tests force
 // each); and twice more with every 3x3 stride-1 convolution through Winograd, F(4x4, 3x3) and F(2x2, 3x3) (the
 // rest direct).
 type Variant = ConvVariant | 'winograd' | 'winograd 2x2' | 'winograd, buffers';
@@ -97,6 +97,7 @@ const VARIANTS: [Variant, WeightPacking][] = [
   ['subgroup', 'never'],
   ['subgroup', 'always'],
   ['register', 'auto'],
+  ['shared', 'auto'],
   ['winograd', 'auto'],
   ['winograd 2x2', 'auto'],
   ['winograd, buffers', 'auto'],
@@ -253,6 +254,7 @@ for (const [variant, packing] of VARIANTS)
         if (isWinograd(variant)) expect(names).toEqual(expect.arrayContaining(['winograd_input', 'winograd_output', 'winograd_grad_output', 'winograd_weight_grad']));
         else if (variant === 'subgroup' && conv2dVariants().includes('subgroup'))
           expect(names).toEqual(expect.arrayContaining(['conv2d_sg', 'conv2d_sg_bwd_data', 'conv2d_sg_bwd_weight', ...(packing === 'always' ? ['conv2d_repack'] : [])]));
+        else if (variant === 'shared') expect(names).toEqual(expect.arrayContaining(['conv2d_shared', 'conv2d_shared_bwd_data', 'conv2d_bwd_weight']));
         else expect(names).toEqual(expect.arrayContaining(['conv2d', 'conv2d_bwd_data', 'conv2d_bwd_weight']));
       });
 

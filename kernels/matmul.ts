@@ -108,34 +108,85 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
 }`;
 }
 
+// The 'shared' tiling (GPUs): 64x64 outputs per workgroup of 16x16 invocations (4x4 each), K in steps of 16
+// staged in workgroup memory. Two options (`setMatmulSharedTuning`), off by default until measured on a GPU:
+//  - coalesced: each tile is loaded along the operand's contiguous dimension (consecutive invocations read
+//    consecutive addresses whatever the transposes; by default only op(A) = Aᵀ and op(B) = B are), with the
+//    workgroup arrays padded to 65 columns so that those stores do not collide in one memory bank.
+//  - split-K: where the output has few tiles and K is long (weight gradients: 320x1280 outputs over 4096 rows
+//    are 100 workgroups, fewer than a large GPU has multiprocessors), the K range is cut into slices that run
+//    as separate workgroups, each writing f32 partial sums; a second pass adds the slices and the bias.
+export interface SharedTuning {
+  coalesced: boolean;
+  /** 'never', 'auto' (by the output's tile count and K), or a forced number of slices (tests) */
+  splitK: 'never' | 'auto' | number;
+}
+const SHARED_DEFAULT: SharedTuning = { coalesced: false, splitK: 'never' };
+let sharedTuning: SharedTuning = { ...SHARED_DEFAULT };
+/** Tune the 'shared' tiling (GPUs); null restores the defaults. */
+export function setMatmulSharedTuning(t: Partial<SharedTuning> | null) {
+  sharedTuning = { ...SHARED_DEFAULT, ...(t ?? {}) };
+}
+/** 'auto' split-K: below this many output tiles, and with K at least SPLIT_MIN_K, split K */
+const SPLIT_TILES = 256;
+const SPLIT_MIN_K = 1024;
+/** K rows per slice: a multiple of the K step, at least 256 under 'auto' */
+function splitSlices(M: number, N: number, K: number, batch: number): { slices: number; chunk: number } {
+  const tiles = Math.ceil(M / 64) * Math.ceil(N / 64) * batch;
+  const mode = sharedTuning.splitK;
+  let want = 1;
+  if (typeof mode === 'number') want = Math.max(1, Math.floor(mode));
+  else if (mode === 'auto' && tiles < SPLIT_TILES && K >= SPLIT_MIN_K) want = Math.min(Math.ceil(SPLIT_TILES / tiles), Math.floor(K / 256));
+  const chunk = Math.ceil(Math.ceil(K / Math.max(1, want)) / 16) * 16;
+  return { slices: Math.ceil(K / chunk), chunk };
+}
+
 const sharedKernel = memoKernel(sharedKernelSource);
-function sharedKernelSource(transA: boolean, transB: boolean, bias: boolean, d: Dts): string {
-  // 64x64 tile, 16x16 invocations, 4x4 outputs each, K step 16
+function sharedKernelSource(transA: boolean, transB: boolean, bias: boolean, d: Dts, coalesced = false, split = false): string {
   const { a, b } = loadExprs(transA, transB, d);
-  return /* wgsl */ `${HEADER(d, bias)}
-var<workgroup> As: array<array<f32, 64>, 16>;
-var<workgroup> Bs: array<array<f32, 64>, 16>;
+  // the tile loads: element e of 1024 is (row kk of K, column mm) along the column by default; along K where
+  // coalescing and the operand is contiguous in K (A not transposed, B transposed)
+  const alongK = (kContig: boolean) => coalesced && kContig;
+  const idx = (kContig: boolean) => (alongK(kContig) ? 'let kk = e % 16u; let mm = e / 16u;' : 'let kk = e / 64u; let mm = e % 64u;');
+  const W = coalesced ? 65 : 64;
+  // split: workgroup_id.z = slice * batch + batch item; K range [k0s, k1s); f32 partial sums, no bias
+  const out = split
+    ? `C[(wid.z * u.M + m) * u.N + n] = acc[i][j];`
+    : `C[cBase + m * u.N + n] = ${narrow(d.c, `acc[i][j]${bias ? ' + BIAS[n]' : ''}`)};`;
+  const header = split
+    ? HEADER({ ...d, c: 'f32' }, false).replace('_0: u32 }', 'chunk: u32 }')
+    : HEADER(d, bias);
+  return /* wgsl */ `${header}
+var<workgroup> As: array<array<f32, ${W}>, 16>;
+var<workgroup> Bs: array<array<f32, ${W}>, 16>;
 @compute @workgroup_size(16, 16, 1)
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
   let tileN = wid.x * 64u;
   let tileM = wid.y * 64u;
-  let bat = wid.z;
+  let bat = wid.z${split ? ' % u.batch' : ''};
   let aBase = bat * u.aStride;
   let bBase = bat * u.bStride;
   let li = lid.y * 16u + lid.x;
+  let k0s = ${split ? '(wid.z / u.batch) * u.chunk' : '0u'};
+  let k1s = ${split ? 'min(u.K, k0s + u.chunk)' : 'u.K'};
   var acc: array<vec4<f32>, 4>;
   for (var i = 0u; i < 4u; i++) { acc[i] = vec4<f32>(0.0); }
-  for (var k0 = 0u; k0 < u.K; k0 += 16u) {
+  for (var k0 = k0s; k0 < k1s; k0 += 16u) {
     // write-after-read: every invocation must be done reading the previous tile
     workgroupBarrier();
     for (var e = li; e < 1024u; e += 256u) {
-      let kk = e / 64u;
-      let mm = e % 64u;
-      let gk = k0 + kk;
-      let gm = tileM + mm;
-      let gn = tileN + mm;
-      As[kk][mm] = select(0.0, ${a('min(gm, u.M - 1u)', 'min(gk, u.K - 1u)')}, gk < u.K && gm < u.M);
-      Bs[kk][mm] = select(0.0, ${b('min(gk, u.K - 1u)', 'min(gn, u.N - 1u)')}, gk < u.K && gn < u.N);
+      {
+        ${idx(!transA)}
+        let gk = k0 + kk;
+        let gm = tileM + mm;
+        As[kk][mm] = select(0.0, ${a('min(gm, u.M - 1u)', 'min(gk, u.K - 1u)')}, gk < k1s && gm < u.M);
+      }
+      {
+        ${idx(transB)}
+        let gk = k0 + kk;
+        let gn = tileN + mm;
+        Bs[kk][mm] = select(0.0, ${b('min(gk, u.K - 1u)', 'min(gn, u.N - 1u)')}, gk < k1s && gn < u.N);
+      }
     }
     workgroupBarrier();
     for (var kk = 0u; kk < 16u; kk++) {
@@ -149,11 +200,27 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
     if (m >= u.M) { continue; }
     for (var j = 0u; j < 4u; j++) {
       let n = tileN + lid.x * 4u + j;
-      if (n < u.N) { C[cBase + m * u.N + n] = ${narrow(d.c, `acc[i][j]${bias ? ' + BIAS[n]' : ''}`)}; }
+      if (n < u.N) { ${out} }
     }
   }
 }`;
 }
+
+// the sum of the split-K slices' partials P [slices, total] (+ bias over the last dim), stored in C's dtype
+const splitSumKernel = memoKernel(
+  (bias: boolean, c: FloatDType) => /* wgsl */ `${enableF16(c)}
+${WG_INDEX}
+struct P { total: u32, N: u32, slices: u32, _0: u32 }
+@group(0) @binding(0) var<uniform> u: P;
+@group(0) @binding(1) var<storage, read> PS: array<f32>;
+${bias ? '@group(0) @binding(2) var<storage, read> BIAS: array<f32>;' : ''}
+@group(0) @binding(${bias ? 3 : 2}) var<storage, read_write> C: array<${storageType(c)}>;
+${flatMain('i', 'u.total')}
+  var v = ${bias ? 'BIAS[i % u.N]' : '0.0'};
+  for (var s = 0u; s < u.slices; s++) { v += PS[s * u.total + i]; }
+  C[i] = ${narrow(c, 'v')};
+}`,
+);
 
 const range = (n: number) => [...Array(n).keys()];
 
@@ -495,7 +562,32 @@ function matmulInto(a: Tensor, b: Tensor, opts: MatmulOptions, cDt: FloatDType):
     });
     return out;
   }
-  const code = variant === 'register' ? registerKernel(transA, transB, !!bias, d) : sharedKernel(transA, transB, !!bias, d);
+  if (variant === 'shared') {
+    const { coalesced } = sharedTuning;
+    const { slices, chunk } = splitSlices(M, N, K, batch);
+    const partBytes = slices * batch * M * N * 4;
+    if (slices > 1 && partBytes <= r.maxBindingBytes && slices * batch <= r.maxWorkgroups) {
+      const part = Tensor.empty([slices * batch * M * N], 'f32', 'matmul_split');
+      r.dispatch({
+        name: 'matmul_shared_split',
+        code: sharedKernel(transA, transB, false, d, coalesced, true),
+        uniforms: new Uniforms().u32(M, N, K, batch, aS, bS, M * N, chunk).done(),
+        bindings: [{ buffer: a.buffer }, { buffer: b.buffer }, { buffer: part.buffer }],
+        workgroups: [Math.ceil(N / 64), Math.ceil(M / 64), slices * batch],
+      });
+      const total = batch * M * N;
+      r.dispatch({
+        name: 'matmul_split_sum',
+        code: splitSumKernel(!!bias, cDt),
+        uniforms: new Uniforms().u32(total, N, slices, 0).done(),
+        bindings: [{ buffer: part.buffer }, ...(bias ? [{ buffer: bias.buffer }] : []), { buffer: out.buffer }],
+        workgroups: grid(Math.ceil(total / 64)),
+      });
+      part.dispose();
+      return out;
+    }
+  }
+  const code = variant === 'register' ? registerKernel(transA, transB, !!bias, d) : sharedKernel(transA, transB, !!bias, d, sharedTuning.coalesced);
   const wg: [number, number, number] =
     variant === 'register' ? [Math.ceil(N / TN / 8), Math.ceil(M / TM / 8), batch] : [Math.ceil(N / 64), Math.ceil(M / 64), batch];
   r.dispatch({

@@ -2,7 +2,7 @@
 // dB = Aᵀ @ dC) and a full autodiff step; the same matmuls through @tensorflow/tfjs-backend-webgpu and
 // @jax-js/jax on the same adapter.
 import { Tensor, grad, rt, tidy } from '../../engine/index.js';
-import { matmul, matmulRaw, setMatmulKMajor, setMatmulVariant, setMatmulWeightCacheBytes, type MatmulVariant } from '../../kernels/matmul.js';
+import { matmul, matmulRaw, setMatmulKMajor, setMatmulSharedTuning, setMatmulVariant, setMatmulWeightCacheBytes, type MatmulVariant } from '../../kernels/matmul.js';
 import { gpuFn, loadJax, loadTfjs, randn, withSetting, type BenchCase, type BenchSuite } from '../lib.js';
 
 const SHAPES: [number, number, number][] = [
@@ -39,10 +39,21 @@ function oursCases(M: number, K: number, N: number): BenchCase[] {
   const general = mk('matmul [subgroup, general kernel]', 'fwd', flops, () =>
     withSetting(() => setMatmulKMajor('never'), () => setMatmulKMajor('auto'), () => matmulRaw(A, B)),
   );
+  // GPUs only (their default is the 'shared' tiling): the same three matmuls with its options on (coalesced tile
+  // loads; split-K where the output has few tiles), so that one run on a GPU compares them with the default
+  const tuned = (name: string, pass: BenchCase['pass'], fn: () => Tensor): BenchCase => {
+    const c = mk(`${name} [shared tuned]`, pass, flops, () =>
+      withSetting(() => setMatmulSharedTuning({ coalesced: true, splitK: 'auto' }), () => setMatmulSharedTuning(null), fn),
+    );
+    return { ...c, setup: async () => (rt().gpu.adapterClass === 'cpu' ? null : c.setup()) };
+  };
   return [
     mk('matmul', 'fwd', flops, () => matmulRaw(A, B)),
     forced('register'),
     general,
+    tuned('matmul', 'fwd', () => matmulRaw(A, B)),
+    tuned('matmul dA=dC@Bᵀ', 'bwd', () => matmulRaw(G, B, { transB: true })),
+    tuned('matmul dB=Aᵀ@dC', 'bwd', () => matmulRaw(A, G, { transA: true })),
     // B is frozen here: from the second call on its K-major copy is kept (CPU adapters); the second row copies it every call
     mk('matmul dA=dC@Bᵀ', 'bwd', flops, () => matmulRaw(G, B, { transB: true })),
     mk('matmul dA=dC@Bᵀ [no weight cache]', 'bwd', flops, () =>

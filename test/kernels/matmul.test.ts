@@ -8,6 +8,7 @@ import {
   linear,
   matmulWeightCacheBytes,
   setMatmulKMajor,
+  setMatmulSharedTuning,
   setMatmulVariant,
   setMatmulWeightCacheBytes,
   matmulVariant,
@@ -22,15 +23,19 @@ beforeAll(async () => {
 afterEach(() => {
   setMatmulVariant(null);
   setMatmulKMajor('auto');
+  setMatmulSharedTuning(null);
 });
 
 // 'subgroup' twice: its general kernel, and its K-major tile wherever the shape allows (N a multiple of 4,
-// on 8-wide subgroups; other shapes and adapters fall back to the general kernel)
-const VARIANTS = ['subgroup', 'subgroup k-major', 'register', 'shared'] as const;
+// on 8-wide subgroups; other shapes and adapters fall back to the general kernel); 'shared' twice: as by
+// default, and with both of its options (coalesced tile loads, K split into 3 slices wherever K > 16, so odd
+// slice lengths and a short last slice)
+const VARIANTS = ['subgroup', 'subgroup k-major', 'register', 'shared', 'shared tuned'] as const;
 type Label = (typeof VARIANTS)[number];
 function use(v: Label) {
-  setMatmulVariant(v.startsWith('subgroup') ? 'subgroup' : (v as MatmulVariant));
+  setMatmulVariant(v.startsWith('subgroup') ? 'subgroup' : v.startsWith('shared') ? 'shared' : (v as MatmulVariant));
   setMatmulKMajor(v === 'subgroup k-major' ? 'always' : 'never');
+  setMatmulSharedTuning(v === 'shared tuned' ? { coalesced: true, splitK: 3 } : null);
 }
 
 type Case = [a: number[], b: number[], transA: boolean, transB: boolean];
@@ -110,6 +115,19 @@ describe('matmul forward vs float64 reference', () => {
       const used = await dispatchedBy(() => checkForward(c));
       expect(used).toContain(eight ? 'matmul_kmajor' : 'matmul_register');
     }
+  });
+
+  it("'shared' split-K: forced slices, and 'auto' only for few output tiles over a long K", async () => {
+    setMatmulVariant('shared');
+    setMatmulSharedTuning({ splitK: 3 });
+    expect(await dispatchedBy(() => checkForward([[33, 100], [100, 12], false, false]))).toEqual(expect.arrayContaining(['matmul_shared_split', 'matmul_split_sum']));
+    // K within one step: nothing to split
+    expect(await dispatchedBy(() => checkForward([[33, 16], [16, 12], false, false]))).toEqual(['matmul_shared']);
+    setMatmulSharedTuning({ splitK: 'auto', coalesced: true });
+    // one output tile over K = 2048: 8 slices of 256
+    expect(await dispatchedBy(() => checkForward([[2048, 64], [2048, 64], true, false], 5e-5))).toEqual(['matmul_shared_split', 'matmul_split_sum']);
+    // K below 1024: one pass
+    expect(await dispatchedBy(() => checkForward([[1000, 64], [1000, 36], true, false], 5e-5))).toEqual(['matmul_shared']);
   });
 
   it('default tiling per adapter: subgroup or register on CPU adapters, shared on GPUs', () => {

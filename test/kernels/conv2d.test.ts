@@ -171,6 +171,8 @@ for (const [variant, packing] of VARIANTS)
         // taps that reach no input row at all (1-pixel-high input under a 3x3 kernel)
         { name: '3x3 s1 p1 on 1-pixel rows', x: [2, 9, 1, 5], w: [10, 9, 3, 3], bias: true, opts: { padding: 1 } },
         { name: '3x3 s2 p1 on 1x2', x: [1, 9, 1, 2], w: [10, 9, 3, 3], bias: true, opts: { stride: 2, padding: 1 } },
+        // padding beyond the kernel (backward-data as a convolution of dY then pads by k - 1 - p < 0)
+        { name: '3x3 s1 p3', x: [1, 5, 6, 7], w: [4, 5, 3, 3], bias: true, opts: { padding: 3 } },
       ];
       for (const c of BCASES)
         it(`${c.name}: x[${c.x}] w[${c.w}]`, async () => {

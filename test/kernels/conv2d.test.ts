@@ -16,7 +16,7 @@ import {
   type WeightPacking,
 } from '../../kernels/conv2d.js';
 import { setWinogradTextureLoads, WINOGRAD_F23, WINOGRAD_F43 } from '../../kernels/winograd.js';
-import { setMatmulKMajor } from '../../kernels/matmul.js';
+import { setMatmulKMajor, setMatmulSharedTuning, setMatmulVariant } from '../../kernels/matmul.js';
 import { rconv2d, rconv2dBackward } from '../../kernels/conv2d.ref.js';
 import { rprod, rt64 } from '../../kernels/core.ref.js';
 import { checkGrad, dispatchedBy, expectClose, gpu, rand, f16Rounded } from '../helpers/check.js';
@@ -502,6 +502,38 @@ describe('conv2d Winograd F(4x4, 3x3)', () => {
     expect(await used([1, 16, 8, 8], [16, 16, 3, 3])).toBe(false); // 16 tiles of 2x2
     expect(await used([2, 8, 16, 16], [16, 8, 3, 3])).toBe(false); // 8 input channels
     expect(await used([2, 16, 32, 32], [16, 16, 1, 1])).toBe(false); // not 3x3
+  });
+
+  it("runs its GEMMs on every matmul tiling (GPUs would use 'shared', with or without its options)", async () => {
+    const c: Case = { name: '3x3 s1 p1 odd', x: [2, 17, 9, 11], w: [19, 17, 3, 3], bias: true, opts: { padding: 1 } };
+    const d = data(c);
+    const probe = rconv2d(rt64(d.x, c.x), rt64(d.w, c.w), null, c.opts);
+    const gy = rand(probe.data.length, 5);
+    const ref = refBackward(c, d.x, d.w, gy);
+    setConv2dWinograd('always');
+    try {
+      for (const [v, tuning] of [['register', null], ['shared', null], ['shared', { coalesced: true, splitK: 2 }]] as const) {
+        setMatmulVariant(v);
+        setMatmulSharedTuning(tuning);
+        let gx!: Tensor, gw!: Tensor;
+        const names = await dispatchedBy(() => {
+          [gx, gw] = tidy(() => {
+            const x = Tensor.from(d.x, c.x).requireGrad();
+            const w = Tensor.from(d.w, c.w).requireGrad();
+            return grad(conv2d(x, w, Tensor.from(d.b, [c.w[0]]), c.opts), [x, w], Tensor.from(gy, ref.yShape));
+          });
+        });
+        expect(names).toEqual(expect.arrayContaining(['winograd_output', 'winograd_weight_grad', tuning ? 'matmul_shared_split' : `matmul_${v}`]));
+        await forwardCheck(c, 'f32', 1e-5);
+        expectClose(await gx.data(), ref.dx, 1e-5, `winograd dx, matmul ${v}`);
+        expectClose(await gw.data(), ref.dw, 1e-5, `winograd dw, matmul ${v}`);
+        [gx, gw].forEach((t) => t.dispose());
+      }
+    } finally {
+      setMatmulVariant(null);
+      setMatmulSharedTuning(null);
+      setConv2dWinograd('auto');
+    }
   });
 
   it('stays within 1e-4 of the float64 reference at 1280 input channels', async () => {

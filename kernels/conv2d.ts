@@ -248,7 +248,9 @@ struct P { Cc: u32, ci0: u32, Oc: u32, o0: u32, H: u32, W: u32, Ho: u32, Wo: u32
 ${bias ? '@group(0) @binding(3) var<storage, read> BIAS: array<f32>;' : ''}
 @group(0) @binding(${bias ? 4 : 3}) var<storage, read_write> Y: array<${storageType(ad)}>;
 var<workgroup> As: array<array<f32, 64>, 16>;
-var<workgroup> Bs: array<array<f32, 64>, 16>;
+// consecutive invocations store consecutive rows of the weight tile (contiguous weights): 65 columns keep
+// those stores out of one memory bank
+var<workgroup> Bs: array<array<f32, 65>, 16>;
 @compute @workgroup_size(16, 16, 1)
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
   ${GEOM_LETS}

@@ -389,5 +389,7 @@ describe('web app in Chromium', () => {
     const { status, bench } = await benchPage('&set=quick&min=0.05&compat=1', 'compat');
     expect(status).toContain('compatibility mode');
     expect(bench.rows.length).toBeGreaterThanOrEqual(8);
+    // the GPU tilings' opt-in variants compile and run there too
+    expect(bench.rows.map((r) => r.name)).toEqual(expect.arrayContaining(['matmul [shared tuned]', 'conv2d 3x3 [shared tiles]']));
 });
 });

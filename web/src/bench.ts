@@ -7,8 +7,8 @@ import { rt } from '../../engine/runtime.js';
 import { Tensor, tidy } from '../../engine/tensor.js';
 import { grad } from '../../engine/autodiff.js';
 import { add, silu } from '../../kernels/elementwise.js';
-import { matmul, matmulRaw, setMatmulVariant, type MatmulVariant } from '../../kernels/matmul.js';
-import { conv2d } from '../../kernels/conv2d.js';
+import { matmul, matmulRaw, setMatmulSharedTuning, setMatmulVariant, type MatmulVariant } from '../../kernels/matmul.js';
+import { conv2d, setConv2dVariant } from '../../kernels/conv2d.js';
 import { attention, setAttentionVariant, type AttentionVariant } from '../../kernels/attention.js';
 import { groupNorm } from '../../kernels/groupnorm.js';
 import { copyCase, gpuFn, randn, peerNotes, type BenchCase, type BenchSuite } from '../../bench/lib.js';
@@ -85,6 +85,10 @@ function unetSuite(quick: boolean, have: Set<string> = new Set()): BenchSuite {
     const make = () => [T([1, C, HW, HW], 3), T([C, C, 3, 3], 4), T([C], 5), T([1, C, HW, HW], 6)];
     cases.push(
       tensorCase({ name: 'conv2d 3x3', shape, pass: 'fwd', flops, bytes: 4 * (2 * C * HW * HW + C * C * 9 + C) }, make, ([x, w, b]) => conv2d(x, w, b, { padding: 1 })),
+      tensorCase({ name: 'conv2d 3x3 [shared tiles]', shape, pass: 'fwd', flops, bytes: 4 * (2 * C * HW * HW + C * C * 9 + C) }, make, ([x, w, b]) => conv2d(x, w, b, { padding: 1 }), {
+        set: () => setConv2dVariant('shared'),
+        reset: () => setConv2dVariant(null),
+      }),
       tensorCase({ name: 'conv2d 3x3 autodiff', shape, pass: 'fwd+bwd', flops: 3 * flops }, make, ([x, w, b, g]) =>
         tidy(() => {
           const xx = x.detach().requireGrad();
@@ -132,6 +136,18 @@ function quickSuite(): BenchSuite {
         v ? forceMatmul(v) : undefined,
       ),
     );
+  // the 'shared' tiling's options (GPUs, off by default): coalesced loads, and K split in 2 slices here
+  cases.push(
+    tensorCase(
+      { name: 'matmul [shared tuned]', shape: `${M}x${K} @ ${K}x${N}`, pass: 'fwd', flops: 2 * M * N * K, bytes: 4 * (M * K + K * N + M * N) },
+      () => [T([M, K], 1), T([K, N], 2)],
+      ([a, b]) => matmulRaw(a, b, { transB: true }),
+      {
+        set: () => (setMatmulVariant('shared'), setMatmulSharedTuning({ coalesced: true, splitK: 2 })),
+        reset: () => (setMatmulVariant(null), setMatmulSharedTuning(null)),
+      },
+    ),
+  );
   cases.push(
     tensorCase(
       { name: 'matmul autodiff', shape: `${M}x${K} @ ${K}x${N}`, pass: 'fwd+bwd', flops: 3 * 2 * M * N * K },

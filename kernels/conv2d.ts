@@ -99,6 +99,14 @@ function checkWeightBinding(op: string, w: Tensor) {
   if (w.byteLength > rt().maxBindingBytes) throw new ShapeError(`${op}: weight of ${w.byteLength} bytes exceeds the storage binding limit`);
 }
 
+/** The binding window of channels [c0, c0 + cc) of batch items [n0, n0 + nn) of an NCHW tensor (one span: the
+ * channels between the first item's window and the last item's are bound too and left alone). */
+function channelWindow(t: Tensor, n0: number, nn: number, c0: number, cc: number) {
+  const [, Ct, H, W] = t.shape;
+  const S = H * W;
+  return bindWindow(t, n0 * Ct * S + c0 * S, (nn - 1) * Ct * S + cc * S);
+}
+
 function checkGrid(op: string, wg: number[]) {
   const m = rt().maxWorkgroups;
   if (wg.some((v) => v > m)) throw new ShapeError(`${op}: dispatch [${wg}] exceeds ${m} workgroups per dimension`);
@@ -201,10 +209,10 @@ function forwardRaw(x: Tensor, w: Tensor, bias: Tensor | undefined, g: Geom): Te
     const nn = Math.min(nb, N - n0);
     for (let o0 = 0; o0 < O; o0 += ob) {
       const oc = Math.min(ob, O - o0);
-      const yw = bindWindow(y, n0 * O * Ho * Wo + o0 * Ho * Wo, (nn - 1) * O * Ho * Wo + oc * Ho * Wo);
+      const yw = channelWindow(y, n0, nn, o0, oc);
       for (let c0 = 0; c0 < C; c0 += cb) {
         const cc = Math.min(cb, C - c0);
-        const xw = bindWindow(x, n0 * C * H * W + c0 * H * W, (nn - 1) * C * H * W + cc * H * W);
+        const xw = channelWindow(x, n0, nn, c0, cc);
         const wg: [number, number, number] = [Math.ceil((Ho * Wo) / 32), Math.ceil(oc / 32), nn];
         checkGrid('conv2d', wg);
         r.dispatch({
@@ -350,10 +358,10 @@ function sharedConv(src: Tensor, w: Tensor, bias: Tensor | undefined, out: Tenso
     const nn = Math.min(nb, N - n0);
     for (let o0 = 0; o0 < Oo; o0 += ob) {
       const oc = Math.min(ob, Oo - o0);
-      const yw = bindWindow(out, n0 * Oo * Ho * Wo + o0 * Ho * Wo, (nn - 1) * Oo * Ho * Wo + oc * Ho * Wo);
+      const yw = channelWindow(out, n0, nn, o0, oc);
       for (let c0 = 0; c0 < Cs; c0 += cb) {
         const cc = Math.min(cb, Cs - c0);
-        const xw = bindWindow(src, n0 * Cs * H * W + c0 * H * W, (nn - 1) * Cs * H * W + cc * H * W);
+        const xw = channelWindow(src, n0, nn, c0, cc);
         const wg: [number, number, number] = [Math.ceil((nn * Ho * Wo) / 64), Math.ceil(oc / 64), 1];
         checkGrid(op, wg);
         r.dispatch({
@@ -465,10 +473,10 @@ function backwardDataRaw(gy: Tensor, w: Tensor, g: Geom): Tensor {
     const nn = Math.min(nb, N - n0);
     for (let c0 = 0; c0 < C; c0 += cb) {
       const cc = Math.min(cb, C - c0);
-      const xw = bindWindow(dx, n0 * C * H * W + c0 * H * W, (nn - 1) * C * H * W + cc * H * W);
+      const xw = channelWindow(dx, n0, nn, c0, cc);
       for (let o0 = 0; o0 < O; o0 += ob) {
         const oc = Math.min(ob, O - o0);
-        const gw = bindWindow(gy, n0 * O * Ho * Wo + o0 * Ho * Wo, (nn - 1) * O * Ho * Wo + oc * Ho * Wo);
+        const gw = channelWindow(gy, n0, nn, o0, oc);
         const wg: [number, number, number] = [Math.ceil((H * SW * QB) / 8), Math.ceil(cc / 32), nn];
         checkGrid('conv2d backward', wg);
         r.dispatch({
@@ -573,10 +581,10 @@ function backwardWeightF32(gy: Tensor, x: Tensor, g: Geom): Tensor {
     const nn = Math.min(nb, N - n0);
     for (let o0 = 0; o0 < O; o0 += ob) {
       const oc = Math.min(ob, O - o0);
-      const gw = bindWindow(gy, n0 * O * Ho * Wo + o0 * Ho * Wo, (nn - 1) * O * Ho * Wo + oc * Ho * Wo);
+      const gw = channelWindow(gy, n0, nn, o0, oc);
       for (let c0 = 0; c0 < C; c0 += cb) {
         const cc = Math.min(cb, C - c0);
-        const xw = bindWindow(x, n0 * C * H * W + c0 * H * W, (nn - 1) * C * H * W + cc * H * W);
+        const xw = channelWindow(x, n0, nn, c0, cc);
         const wg: [number, number, number] = [Math.ceil(cc / 32), Math.ceil(oc / 32), KH * KW];
         checkGrid('conv2d backward', wg);
         r.dispatch({
@@ -887,10 +895,10 @@ function forwardSg(x: Tensor, w: Tensor, bias: Tensor | undefined, g: Geom, y: T
     const wr = packed ? repack(w, bias, 'fwd', o0, oc, g) : null;
     for (let n0 = 0; n0 < N; n0 += nb) {
       const nn = Math.min(nb, N - n0);
-      const yw = bindWindow(y, n0 * O * Ho * Wo + o0 * Ho * Wo, (nn - 1) * O * Ho * Wo + oc * Ho * Wo);
+      const yw = channelWindow(y, n0, nn, o0, oc);
       for (let c0 = 0; c0 < C; c0 += cb) {
         const cc = Math.min(cb, C - c0);
-        const xw = bindWindow(x, n0 * C * H * W + c0 * H * W, (nn - 1) * C * H * W + cc * H * W);
+        const xw = channelWindow(x, n0, nn, c0, cc);
         const wg: [number, number, number] = [Math.ceil((nn * Ho * Wo) / (SG * SG_T)), Math.ceil(oc / SG_R), 1];
         checkGrid('conv2d', wg);
         r.dispatch({
@@ -923,10 +931,10 @@ function backwardDataSg(gy: Tensor, w: Tensor, g: Geom, dx: Tensor) {
     const wr = packed ? repack(w, undefined, 'bwd', c0, cc, g) : null;
     for (let n0 = 0; n0 < N; n0 += nb) {
       const nn = Math.min(nb, N - n0);
-      const xw = bindWindow(dx, n0 * C * H * W + c0 * H * W, (nn - 1) * C * H * W + cc * H * W);
+      const xw = channelWindow(dx, n0, nn, c0, cc);
       for (let o0 = 0; o0 < O; o0 += ob) {
         const oc = Math.min(ob, O - o0);
-        const gw = bindWindow(gy, n0 * O * Ho * Wo + o0 * Ho * Wo, (nn - 1) * O * Ho * Wo + oc * Ho * Wo);
+        const gw = channelWindow(gy, n0, nn, o0, oc);
         const wg: [number, number, number] = [Math.ceil((nn * phasePlane) / (SG * SG_T)), Math.ceil(cc / SG_R), SH * SW];
         checkGrid('conv2d backward', wg);
         r.dispatch({
@@ -1086,11 +1094,11 @@ function backwardWeightSg(gy: Tensor, x: Tensor, g: Geom, dw: Tensor): boolean {
     const nn = Math.min(nb, N - n0);
     for (let o0 = 0; o0 < O; o0 += ob) {
       const oc = Math.min(ob, O - o0);
-      const gw = bindWindow(gy, n0 * O * Ho * Wo + o0 * Ho * Wo, (nn - 1) * O * Ho * Wo + oc * Ho * Wo);
+      const gw = channelWindow(gy, n0, nn, o0, oc);
       const { gt, Rp } = transposeRows(gw, ad, nn, oc, Ho * Wo, O * Ho * Wo);
       for (let c0 = 0; c0 < C; c0 += cb) {
         const cc = Math.min(cb, C - c0);
-        const xw = bindWindow(x, n0 * C * H * W + c0 * H * W, (nn - 1) * C * H * W + cc * H * W);
+        const xw = channelWindow(x, n0, nn, c0, cc);
         const { gt: xt, Rp: Cp } = transposeRows(xw, ad, nn, cc, H * W, C * H * W);
         const wg: [number, number, number] = [Math.ceil(cc / (SG * SG_T)), Math.ceil(oc / SG_R), KH * KW];
         checkGrid('conv2d backward', wg);
@@ -1158,7 +1166,7 @@ function biasGradRaw(gy: Tensor): Tensor {
     const nn = Math.min(nb, N - n0);
     for (let o0 = 0; o0 < O; o0 += ob) {
       const oc = Math.min(ob, O - o0);
-      const gw = bindWindow(gy, n0 * O * Ho * Wo + o0 * Ho * Wo, (nn - 1) * O * Ho * Wo + oc * Ho * Wo);
+      const gw = channelWindow(gy, n0, nn, o0, oc);
       r.dispatch({
         name: 'conv2d_bwd_bias',
         code: biasGradKernel(ad),

@@ -107,6 +107,40 @@ function channelWindow(t: Tensor, n0: number, nn: number, c0: number, cc: number
   return bindWindow(t, n0 * Ct * S + c0 * S, (nn - 1) * Ct * S + cc * S);
 }
 
+/** One visit of `eachWindow`: batch items [n0, n0 + nn), the outer tensor's channels [o0, o0 + oc) in window `ow`
+ * and the inner tensor's [i0, i0 + ic) in `iw`. */
+interface WindowPair {
+  n0: number;
+  nn: number;
+  ow: ReturnType<typeof bindWindow>;
+  o0: number;
+  oc: number;
+  iw: ReturnType<typeof bindWindow>;
+  i0: number;
+  ic: number;
+}
+
+/**
+ * The binding windows of a pass over two NCHW tensors of one batch (of the activations' dtype), as `plan`
+ * chunks them: batch chunks, then windows of `outer`'s channels, then of `inner`'s; `visit` dispatches each.
+ */
+function eachWindow(op: string, outer: Tensor, inner: Tensor, visit: (w: WindowPair) => void) {
+  const [N, CO, HO, WO] = outer.shape;
+  const [, CI, HI, WI] = inner.shape;
+  const { nb, ca: ib, cb: ob } = plan(op, N, CI, HI * WI, CO, HO * WO, DTYPE_BYTES[outer.dtype]);
+  for (let n0 = 0; n0 < N; n0 += nb) {
+    const nn = Math.min(nb, N - n0);
+    for (let o0 = 0; o0 < CO; o0 += ob) {
+      const oc = Math.min(ob, CO - o0);
+      const ow = channelWindow(outer, n0, nn, o0, oc);
+      for (let i0 = 0; i0 < CI; i0 += ib) {
+        const ic = Math.min(ib, CI - i0);
+        visit({ n0, nn, ow, o0, oc, iw: channelWindow(inner, n0, nn, i0, ic), i0, ic });
+      }
+    }
+  }
+}
+
 function checkGrid(op: string, wg: number[]) {
   const m = rt().maxWorkgroups;
   if (wg.some((v) => v > m)) throw new ShapeError(`${op}: dispatch [${wg}] exceeds ${m} workgroups per dimension`);
@@ -204,27 +238,17 @@ function forwardRaw(x: Tensor, w: Tensor, bias: Tensor | undefined, g: Geom): Te
   const r = rt();
   const f16 = w.dtype === 'f16';
   const code = forwardKernel(f16, !!bias, ad);
-  const { nb, ca: cb, cb: ob } = plan('conv2d', N, C, H * W, O, Ho * Wo, DTYPE_BYTES[ad]);
-  for (let n0 = 0; n0 < N; n0 += nb) {
-    const nn = Math.min(nb, N - n0);
-    for (let o0 = 0; o0 < O; o0 += ob) {
-      const oc = Math.min(ob, O - o0);
-      const yw = channelWindow(y, n0, nn, o0, oc);
-      for (let c0 = 0; c0 < C; c0 += cb) {
-        const cc = Math.min(cb, C - c0);
-        const xw = channelWindow(x, n0, nn, c0, cc);
-        const wg: [number, number, number] = [Math.ceil((Ho * Wo) / 32), Math.ceil(oc / 32), nn];
-        checkGrid('conv2d', wg);
-        r.dispatch({
-          name: 'conv2d',
-          code,
-          uniforms: geomUniforms(new Uniforms().u32(cc, C, c0, oc, o0, H, W, Ho, Wo, C * H * W, O * Ho * Wo, xw.shift, yw.shift, c0 > 0 ? 1 : 0, 0, 0), g),
-          bindings: [xw.bind, { buffer: w.buffer }, ...(bias ? [{ buffer: bias.buffer }] : []), yw.bind],
-          workgroups: wg,
-        });
-      }
-    }
-  }
+  eachWindow('conv2d', y, x, ({ nn, ow: yw, o0, oc, iw: xw, i0: c0, ic: cc }) => {
+    const wg: [number, number, number] = [Math.ceil((Ho * Wo) / 32), Math.ceil(oc / 32), nn];
+    checkGrid('conv2d', wg);
+    r.dispatch({
+      name: 'conv2d',
+      code,
+      uniforms: geomUniforms(new Uniforms().u32(cc, C, c0, oc, o0, H, W, Ho, Wo, C * H * W, O * Ho * Wo, xw.shift, yw.shift, c0 > 0 ? 1 : 0, 0, 0), g),
+      bindings: [xw.bind, { buffer: w.buffer }, ...(bias ? [{ buffer: bias.buffer }] : []), yw.bind],
+      workgroups: wg,
+    });
+  });
   return y;
 }
 
@@ -340,7 +364,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
 function sharedConv(src: Tensor, w: Tensor, bias: Tensor | undefined, out: Tensor, g: Geom, flip: boolean) {
   const r = rt();
   const ad = src.dtype as FloatDType;
-  const [N, Cs, H, W] = src.shape;
+  const [, Cs, H, W] = src.shape;
   const [, Oo, Ho, Wo] = out.shape;
   const KHW = g.KH * g.KW;
   // the pass's geometry: forward as given; backward-data a stride-1 convolution of dY padded by k - 1 - p
@@ -353,30 +377,20 @@ function sharedConv(src: Tensor, w: Tensor, bias: Tensor | undefined, out: Tenso
   const code = sharedKernel(w.dtype === 'f16', !!bias, ad);
   const name = flip ? 'conv2d_shared_bwd_data' : 'conv2d_shared';
   const op = flip ? 'conv2d backward' : 'conv2d';
-  const { nb, ca: cb, cb: ob } = plan(op, N, Cs, H * W, Oo, Ho * Wo, DTYPE_BYTES[ad]);
-  for (let n0 = 0; n0 < N; n0 += nb) {
-    const nn = Math.min(nb, N - n0);
-    for (let o0 = 0; o0 < Oo; o0 += ob) {
-      const oc = Math.min(ob, Oo - o0);
-      const yw = channelWindow(out, n0, nn, o0, oc);
-      for (let c0 = 0; c0 < Cs; c0 += cb) {
-        const cc = Math.min(cb, Cs - c0);
-        const xw = channelWindow(src, n0, nn, c0, cc);
-        const wg: [number, number, number] = [Math.ceil((nn * Ho * Wo) / 64), Math.ceil(oc / 64), 1];
-        checkGrid(op, wg);
-        r.dispatch({
-          name,
-          code,
-          uniforms: geomUniforms(
-            new Uniforms().u32(cc, c0, oc, o0, H, W, Ho, Wo, Cs * H * W, Oo * Ho * Wo, xw.shift, yw.shift, c0 > 0 ? 1 : 0, nn, wOut, wIn, flip ? 1 : 0, q).i32(ry, rx),
-            pg,
-          ),
-          bindings: [xw.bind, { buffer: w.buffer }, ...(bias ? [{ buffer: bias.buffer }] : []), yw.bind],
-          workgroups: wg,
-        });
-      }
-    }
-  }
+  eachWindow(op, out, src, ({ nn, ow: yw, o0, oc, iw: xw, i0: c0, ic: cc }) => {
+    const wg: [number, number, number] = [Math.ceil((nn * Ho * Wo) / 64), Math.ceil(oc / 64), 1];
+    checkGrid(op, wg);
+    r.dispatch({
+      name,
+      code,
+      uniforms: geomUniforms(
+        new Uniforms().u32(cc, c0, oc, o0, H, W, Ho, Wo, Cs * H * W, Oo * Ho * Wo, xw.shift, yw.shift, c0 > 0 ? 1 : 0, nn, wOut, wIn, flip ? 1 : 0, q).i32(ry, rx),
+        pg,
+      ),
+      bindings: [xw.bind, { buffer: w.buffer }, ...(bias ? [{ buffer: bias.buffer }] : []), yw.bind],
+      workgroups: wg,
+    });
+  });
 }
 
 // ---------------- backward-data ----------------
@@ -468,27 +482,17 @@ function backwardDataRaw(gy: Tensor, w: Tensor, g: Geom): Tensor {
   const r = rt();
   const code = backwardDataKernel(w.dtype === 'f16', ad);
   const QB = Math.ceil(Math.ceil(W / SW) / 4);
-  const { nb, ca: cb, cb: ob } = plan('conv2d backward', N, C, H * W, O, Ho * Wo, DTYPE_BYTES[ad]);
-  for (let n0 = 0; n0 < N; n0 += nb) {
-    const nn = Math.min(nb, N - n0);
-    for (let c0 = 0; c0 < C; c0 += cb) {
-      const cc = Math.min(cb, C - c0);
-      const xw = channelWindow(dx, n0, nn, c0, cc);
-      for (let o0 = 0; o0 < O; o0 += ob) {
-        const oc = Math.min(ob, O - o0);
-        const gw = channelWindow(gy, n0, nn, o0, oc);
-        const wg: [number, number, number] = [Math.ceil((H * SW * QB) / 8), Math.ceil(cc / 32), nn];
-        checkGrid('conv2d backward', wg);
-        r.dispatch({
-          name: 'conv2d_bwd_data',
-          code,
-          uniforms: geomUniforms(new Uniforms().u32(cc, c0, oc, o0, C, H, W, Ho, Wo, C * H * W, O * Ho * Wo, xw.shift, gw.shift, o0 > 0 ? 1 : 0, QB, 0), g),
-          bindings: [gw.bind, { buffer: w.buffer }, xw.bind],
-          workgroups: wg,
-        });
-      }
-    }
-  }
+  eachWindow('conv2d backward', dx, gy, ({ nn, ow: xw, o0: c0, oc: cc, iw: gw, i0: o0, ic: oc }) => {
+    const wg: [number, number, number] = [Math.ceil((H * SW * QB) / 8), Math.ceil(cc / 32), nn];
+    checkGrid('conv2d backward', wg);
+    r.dispatch({
+      name: 'conv2d_bwd_data',
+      code,
+      uniforms: geomUniforms(new Uniforms().u32(cc, c0, oc, o0, C, H, W, Ho, Wo, C * H * W, O * Ho * Wo, xw.shift, gw.shift, o0 > 0 ? 1 : 0, QB, 0), g),
+      bindings: [gw.bind, { buffer: w.buffer }, xw.bind],
+      workgroups: wg,
+    });
+  });
   return dx;
 }
 
@@ -576,27 +580,17 @@ function backwardWeightF32(gy: Tensor, x: Tensor, g: Geom): Tensor {
   }
   if (useSubgroup(O) && backwardWeightSg(gy, x, g, dw)) return dw;
   const code = backwardWeightKernel(ad);
-  const { nb, ca: cb, cb: ob } = plan('conv2d backward', N, C, H * W, O, Ho * Wo, DTYPE_BYTES[ad]);
-  for (let n0 = 0; n0 < N; n0 += nb) {
-    const nn = Math.min(nb, N - n0);
-    for (let o0 = 0; o0 < O; o0 += ob) {
-      const oc = Math.min(ob, O - o0);
-      const gw = channelWindow(gy, n0, nn, o0, oc);
-      for (let c0 = 0; c0 < C; c0 += cb) {
-        const cc = Math.min(cb, C - c0);
-        const xw = channelWindow(x, n0, nn, c0, cc);
-        const wg: [number, number, number] = [Math.ceil(cc / 32), Math.ceil(oc / 32), KH * KW];
-        checkGrid('conv2d backward', wg);
-        r.dispatch({
-          name: 'conv2d_bwd_weight',
-          code,
-          uniforms: geomUniforms(new Uniforms().u32(cc, c0, oc, o0, C, H, W, Ho, Wo, nn, C * H * W, O * Ho * Wo, xw.shift, gw.shift, n0 > 0 ? 1 : 0, 0), g),
-          bindings: [xw.bind, gw.bind, { buffer: dw.buffer }],
-          workgroups: wg,
-        });
-      }
-    }
-  }
+  eachWindow('conv2d backward', gy, x, ({ n0, nn, ow: gw, o0, oc, iw: xw, i0: c0, ic: cc }) => {
+    const wg: [number, number, number] = [Math.ceil(cc / 32), Math.ceil(oc / 32), KH * KW];
+    checkGrid('conv2d backward', wg);
+    r.dispatch({
+      name: 'conv2d_bwd_weight',
+      code,
+      uniforms: geomUniforms(new Uniforms().u32(cc, c0, oc, o0, C, H, W, Ho, Wo, nn, C * H * W, O * Ho * Wo, xw.shift, gw.shift, n0 > 0 ? 1 : 0, 0), g),
+      bindings: [xw.bind, gw.bind, { buffer: dw.buffer }],
+      workgroups: wg,
+    });
+  });
   return dw;
 }
 

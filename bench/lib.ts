@@ -50,6 +50,11 @@ export interface Row {
   profile?: KernelProfileRow[];
 }
 
+/** The case on GPU adapters only (skipped on CPU adapters): for options that exist to be measured on a GPU. */
+export function gpuOnly(c: BenchCase): BenchCase {
+  return { ...c, setup: async () => (rt().gpu.adapterClass === 'cpu' ? null : c.setup()) };
+}
+
 /** Wrap an engine call: run it, dispose what it returns, and wait for the GPU to finish. */
 export function gpuFn(fn: () => Tensor | Tensor[] | void): () => Promise<void> {
   return async () => {

@@ -64,9 +64,10 @@ function loadExprs(transA: boolean, transB: boolean, d: Dts) {
   return { a, b };
 }
 
-const HEADER = (d: Dts, bias: boolean) => /* wgsl */ `
+// `last`: the parameter block's last word (padding unless a kernel uses it)
+const HEADER = (d: Dts, bias: boolean, last = '_0') => /* wgsl */ `
 ${enableF16(d.a, d.b, d.c)}
-struct P { M: u32, N: u32, K: u32, batch: u32, aStride: u32, bStride: u32, cStride: u32, _0: u32 }
+struct P { M: u32, N: u32, K: u32, batch: u32, aStride: u32, bStride: u32, cStride: u32, ${last}: u32 }
 @group(0) @binding(0) var<uniform> u: P;
 @group(0) @binding(1) var<storage, read> A: array<${storageType(d.a)}>;
 @group(0) @binding(2) var<storage, read> B: array<${storageType(d.b)}>;
@@ -153,9 +154,7 @@ function sharedKernelSource(transA: boolean, transB: boolean, bias: boolean, d: 
   const out = split
     ? `C[(wid.z * u.M + m) * u.N + n] = acc[i][j];`
     : `C[cBase + m * u.N + n] = ${narrow(d.c, `acc[i][j]${bias ? ' + BIAS[n]' : ''}`)};`;
-  const header = split
-    ? HEADER({ ...d, c: 'f32' }, false).replace('_0: u32 }', 'chunk: u32 }')
-    : HEADER(d, bias);
+  const header = split ? HEADER({ ...d, c: 'f32' }, false, 'chunk') : HEADER(d, bias);
   return /* wgsl */ `${header}
 var<workgroup> As: array<array<f32, ${W}>, 16>;
 var<workgroup> Bs: array<array<f32, ${W}>, 16>;

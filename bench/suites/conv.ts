@@ -8,7 +8,7 @@
 import { Tensor, grad, rt, tidy } from '../../engine/index.js';
 import { conv2d, conv2dRaw, setConv2dVariant, setConv2dWinograd } from '../../kernels/conv2d.js';
 import { setWinogradTextureLoads } from '../../kernels/winograd.js';
-import { gpuFn, loadJax, loadTfjs, randn, tfDone, jaxDone, disposeAll, withSetting, type TfT, type BenchCase, type BenchSuite } from '../lib.js';
+import { gpuFn, gpuOnly, loadJax, loadTfjs, randn, tfDone, jaxDone, disposeAll, withSetting, type TfT, type BenchCase, type BenchSuite } from '../lib.js';
 
 interface Shape {
   N: number;
@@ -61,7 +61,6 @@ function oursCases(s: Shape): BenchCase[] {
   // stride-1 backward-data) and Winograd in all three passes, so that one run on a GPU compares them with the
   // default. Skipped on CPU adapters, whose default is Winograd and where workgroup-memory tiles are slow
   // (2.3 GFLOP/s against 'register''s 5.8 on lavapipe at 2x320x32x32).
-  const gpuOnly = (c: BenchCase): BenchCase => ({ ...c, setup: async () => (rt().gpu.adapterClass === 'cpu' ? null : c.setup()) });
   const sharedTiles = (name: string, fn: () => Tensor): BenchCase =>
     gpuOnly(mk(`${name} [shared tiles]`, name === 'conv2d' ? 'fwd' : 'bwd', 1, () => withSetting(() => setConv2dVariant('shared'), () => setConv2dVariant(null), fn)));
   const winogradAlways = (name: string, fn: () => Tensor): BenchCase =>

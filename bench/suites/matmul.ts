@@ -3,7 +3,7 @@
 // @jax-js/jax on the same adapter.
 import { Tensor, grad, rt, tidy } from '../../engine/index.js';
 import { matmul, matmulRaw, setMatmulKMajor, setMatmulSharedTuning, setMatmulVariant, setMatmulWeightCacheBytes, type MatmulVariant } from '../../kernels/matmul.js';
-import { gpuFn, loadJax, loadTfjs, randn, withSetting, type BenchCase, type BenchSuite } from '../lib.js';
+import { gpuFn, gpuOnly, loadJax, loadTfjs, randn, withSetting, type BenchCase, type BenchSuite } from '../lib.js';
 
 const SHAPES: [number, number, number][] = [
   [4096, 320, 1280],
@@ -41,12 +41,12 @@ function oursCases(M: number, K: number, N: number): BenchCase[] {
   );
   // GPUs only (their default is the 'shared' tiling): the same three matmuls with its options on (coalesced tile
   // loads; split-K where the output has few tiles), so that one run on a GPU compares them with the default
-  const tuned = (name: string, pass: BenchCase['pass'], fn: () => Tensor): BenchCase => {
-    const c = mk(`${name} [shared tuned]`, pass, flops, () =>
-      withSetting(() => setMatmulSharedTuning({ coalesced: true, splitK: 'auto' }), () => setMatmulSharedTuning(null), fn),
+  const tuned = (name: string, pass: BenchCase['pass'], fn: () => Tensor): BenchCase =>
+    gpuOnly(
+      mk(`${name} [shared tuned]`, pass, flops, () =>
+        withSetting(() => setMatmulSharedTuning({ coalesced: true, splitK: 'auto' }), () => setMatmulSharedTuning(null), fn),
+      ),
     );
-    return { ...c, setup: async () => (rt().gpu.adapterClass === 'cpu' ? null : c.setup()) };
-  };
   return [
     mk('matmul', 'fwd', flops, () => matmulRaw(A, B)),
     forced('register'),
